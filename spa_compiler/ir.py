@@ -1,0 +1,408 @@
+"""ModelIR: the in-memory model every pass edits.
+
+It wraps an `onnx_graphsurgeon.Graph` (graph surgery with numpy-backed constants) and keeps the
+model-level fields graphsurgeon does not carry (IR version, metadata, model-local functions).
+
+Invariants kept here:
+    * the input file is never modified: `load` only reads;
+    * `save` is atomic: the model (and its external-data file) are written into a temporary folder
+      beside the destination and moved into place only once complete; on any failure nothing is left;
+    * the IR version written is chosen for the target runtime (`ir_version=` on `to_proto`/`save`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from spa_compiler.errors import InvalidModelError, UnsupportedModelError, UsageError
+
+logger = logging.getLogger(__name__)
+
+#: Opsets of the default domain that the passes and channel rules are written and tested for.
+MIN_OPSET = 11
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+#: Above this many bytes of tensor data the model is written with an external-data file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+#: Tensors smaller than this stay inline when external data is used.
+EXTERNAL_DATA_MIN_TENSOR = 1024
+
+
+def _proto_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of inline tensor data (initializers) of a model, without serializing it."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) if t.HasField("raw_data") else int(np.prod(t.dims or [1])) * 4
+    return total
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, in hex (for reports and the never-modified check)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelIR:
+    """A model being compiled: a graphsurgeon graph plus model-level metadata.
+
+    Attributes:
+        graph: The graphsurgeon graph. Passes edit it in place.
+        ir_version: IR version of the loaded model (the saved one is chosen per target).
+        source: Path the model was loaded from, if any.
+        version: Bumped by the PassManager after every modifying pass; analyses cache on it.
+    """
+
+    def __init__(
+        self,
+        graph: gs.Graph,
+        *,
+        ir_version: int = 10,
+        metadata: Mapping[str, str] | None = None,
+        source: Path | None = None,
+    ) -> None:
+        self.graph = graph
+        self.ir_version = ir_version
+        self.metadata = dict(metadata or {})
+        self.source = source
+        self.version = 0
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_proto(cls, model: onnx.ModelProto, *, source: Path | None = None) -> ModelIR:
+        """Wrap a ModelProto (whose external data, if any, is already loaded)."""
+        _check_opsets(model)
+        try:
+            graph = gs.import_onnx(model)
+        except Exception as e:  # graphsurgeon raises plain exceptions on malformed graphs
+            raise InvalidModelError(f"cannot import the graph: {e}") from e
+        meta = {p.key: p.value for p in model.metadata_props}
+        return cls(graph, ir_version=model.ir_version, metadata=meta, source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, check: bool = True) -> ModelIR:
+        """Load an ONNX file (with its external data), validating it unless `check` is False.
+
+        Raises:
+            InvalidModelError: not a file, not ONNX, truncated, missing external data, invalid.
+            UnsupportedModelError: an opset outside [MIN_OPSET, MAX_OPSET].
+        """
+        proto = load_proto(path)
+        if check:
+            from spa_compiler.validation import check_model
+
+            check_model(proto, base_dir=Path(path).parent, what=f"input model {path}")
+        return cls.from_proto(proto, source=Path(path))
+
+    # ------------------------------------------------------------------ export
+    def to_proto(self, *, ir_version: int | None = None) -> onnx.ModelProto:
+        """Export to a ModelProto. `ir_version` defaults to the loaded model's (capped by onnx's)."""
+        ir = min(ir_version or self.ir_version, onnx.IR_VERSION)
+        model = gs.export_onnx(self.graph, do_type_check=False)
+        model.ir_version = ir
+        del model.metadata_props[:]
+        for k, v in self.metadata.items():
+            model.metadata_props.add(key=k, value=v)
+        return model
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ir_version: int | None = None,
+        external_data: bool | None = None,
+    ) -> Path:
+        """Write the model atomically. Returns the path written.
+
+        Args:
+            path: Destination `.onnx` file.
+            ir_version: IR version to write (see `spa_compiler.targets`).
+            external_data: Write tensors to `<name>.data` beside the model; default: only when the
+                tensor data exceeds what one protobuf can hold.
+        """
+        return save_proto(self.to_proto(ir_version=ir_version), path, external_data=external_data)
+
+    def clone(self) -> ModelIR:
+        """A deep copy (graph, constants and metadata)."""
+        other = ModelIR(
+            self.graph.copy(),
+            ir_version=self.ir_version,
+            metadata=self.metadata,
+            source=self.source,
+        )
+        # graph.copy() shares Constant values; copy them so edits of one never leak into the other.
+        for t in other.graph.tensors().values():
+            if isinstance(t, gs.Constant):
+                t.values = np.array(t.values, copy=True)
+        other.version = self.version
+        return other
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def opset(self) -> int:
+        """Opset of the default ONNX domain."""
+        return int(self.graph.opset)
+
+    def nodes(self, op_types: Iterable[str] | None = None) -> list[gs.Node]:
+        """Nodes in graph order, optionally only those of the given op types."""
+        if op_types is None:
+            return list(self.graph.nodes)
+        wanted = set(op_types)
+        return [n for n in self.graph.nodes if n.op in wanted]
+
+    def tensors(self) -> dict[str, gs.Tensor]:
+        """All tensors by name."""
+        return self.graph.tensors()
+
+    @staticmethod
+    def producer(tensor: gs.Tensor) -> gs.Node | None:
+        """The node that writes `tensor`, or None for inputs and constants."""
+        return tensor.inputs[0] if tensor.inputs else None
+
+    @staticmethod
+    def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+        """The nodes that read `tensor`."""
+        return list(tensor.outputs)
+
+    def constant_input(self, node: gs.Node, index: int) -> gs.Constant | None:
+        """The node's `index`-th input if it is a constant (initializer, or a Constant node)."""
+        if index >= len(node.inputs):
+            return None
+        return constant_value(node.inputs[index])
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        """Whether `tensor` is one of the graph outputs."""
+        return any(t is tensor for t in self.graph.outputs)
+
+    def count_params(self) -> int:
+        """Number of elements in float initializers (the model's parameters)."""
+        total = 0
+        for t in self.graph.tensors().values():
+            if isinstance(t, gs.Constant) and np.issubdtype(np.dtype(t.dtype), np.floating):
+                total += int(np.prod(t.shape))
+        return total
+
+    def input_shapes(self) -> dict[str, tuple[int | str | None, ...]]:
+        """Declared shape of every graph input (symbolic dims as strings, unknown as None)."""
+        return {t.name: tuple(t.shape or ()) for t in self.graph.inputs}
+
+    # ------------------------------------------------------------------ edits
+    def cleanup(self) -> None:
+        """Remove dead nodes and tensors, then sort topologically (the graphsurgeon idiom)."""
+        self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+
+    def set_input_shapes(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Fix the shapes of graph inputs (the `--input-shape` hints), then re-infer shapes.
+
+        Raises:
+            UsageError: a name that is not a graph input, or a rank that does not match.
+        """
+        inputs = {t.name: t for t in self.graph.inputs}
+        for name, shape in shapes.items():
+            if name not in inputs:
+                raise UsageError(
+                    f"--input-shape names {name!r}, which is not a model input",
+                    hint=f"use one of {sorted(inputs)}",
+                )
+            old = inputs[name].shape
+            if old is not None and len(old) != len(shape):
+                raise UsageError(
+                    f"--input-shape {name}: rank {len(shape)} given, the model's input has rank {len(old)}",
+                    hint=f"give {len(old)} dimensions, e.g. {name}:{'x'.join('1' for _ in old)}",
+                )
+            if old is not None:
+                for i, (o, n) in enumerate(zip(old, shape)):
+                    if isinstance(o, int) and o > 0 and o != n:
+                        raise UsageError(
+                            f"--input-shape {name}: dimension {i} is fixed to {o} in the model, not {n}",
+                            hint="only symbolic dimensions can be set",
+                        )
+            inputs[name].shape = [int(d) for d in shape]
+        self.infer_shapes()
+
+    def symbolic_inputs(self) -> dict[str, tuple[int | str | None, ...]]:
+        """Graph inputs with at least one dimension that is not a fixed positive integer."""
+        out = {}
+        for t in self.graph.inputs:
+            shape = t.shape
+            if shape is None or any(not (isinstance(d, int) and d > 0) for d in shape):
+                out[t.name] = tuple(shape or ())
+        return out
+
+    def infer_shapes(self) -> None:
+        """Run ONNX shape inference and re-import, so every tensor carries its inferred shape.
+
+        Works for models over 2 GB: large tensors are stripped (dims kept) before inference.
+        Node and tensor identities are NOT kept: call this before holding references.
+        """
+        proto = self.to_proto()
+        with _stripped_large_tensors(proto) as stripped:
+            del stripped.graph.value_info[:]
+            inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(inferred.graph.value_info)
+        self.graph = gs.import_onnx(proto)
+
+    def fingerprint(self) -> str:
+        """Hash of the serialized graph, for the never-modified and equality checks in tests."""
+        return hashlib.sha256(self.to_proto().SerializeToString(deterministic=True)).hexdigest()
+
+
+def constant_value(tensor: gs.Tensor) -> gs.Constant | None:
+    """`tensor` as a Constant if it is an initializer or the output of a Constant node."""
+    if isinstance(tensor, gs.Constant):
+        return tensor
+    prod = tensor.inputs[0] if tensor.inputs else None
+    if prod is not None and prod.op == "Constant" and "value" in prod.attrs:
+        value = prod.attrs["value"]
+        if isinstance(value, gs.Constant):
+            return value
+    return None
+
+
+def constant_array(tensor: gs.Tensor) -> npt.NDArray[np.generic] | None:
+    """The numpy value of a constant tensor (see `constant_value`), else None."""
+    c = constant_value(tensor)
+    return None if c is None else np.asarray(c.values)
+
+
+# ---------------------------------------------------------------------- file I/O
+def load_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX file with its external data, turning every failure into InvalidModelError."""
+    p = Path(path)
+    if not p.exists():
+        raise InvalidModelError(f"{p}: no such file", hint="check the path")
+    if p.is_dir():
+        raise InvalidModelError(f"{p} is a directory, not an ONNX file", hint="pass the .onnx file")
+    if not p.is_file():
+        raise InvalidModelError(f"{p} is not a regular file", hint="pass the .onnx file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        raise InvalidModelError(
+            f"{p} is not a valid ONNX protobuf (truncated or not ONNX): {type(e).__name__}",
+            hint="re-export the model; check the file is complete",
+        ) from e
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise InvalidModelError(
+            f"{p} parsed, but holds no ONNX graph (not an ONNX model?)",
+            hint="pass a model file written by an ONNX exporter",
+        )
+    missing = _missing_external_data(model, p.parent)
+    if missing:
+        raise InvalidModelError(
+            f"{p}: external-data file {missing!r} is missing (looked in {p.parent})",
+            hint="keep the .data file next to the .onnx file it belongs to",
+        )
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except Exception as e:
+        raise InvalidModelError(
+            f"{p}: cannot read its external data: {e}",
+            hint="the .data file is truncated or does not belong to this model",
+        ) from e
+    return model
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for t in onnx.external_data_helper._get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+
+
+def _missing_external_data(model: onnx.ModelProto, base: Path) -> str | None:
+    for t in _external_tensors(model):
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc or not (base / loc).is_file():
+            return loc
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info.get("length", 0) or 0)
+        if length and offset + length > (base / loc).stat().st_size:
+            return f"{loc} (shorter than the model says: truncated)"
+    return None
+
+
+def _check_opsets(model: onnx.ModelProto) -> None:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not MIN_OPSET <= imp.version <= MAX_OPSET:
+            raise UnsupportedModelError(
+                f"the model uses ONNX opset {imp.version}; spa-compiler supports opsets "
+                f"{MIN_OPSET} to {MAX_OPSET}",
+                hint="re-export with an opset in that range (e.g. torch.onnx.export(..., opset_version=17))",
+            )
+
+
+def save_proto(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+) -> Path:
+    """Write `model` to `path` atomically (model and external-data file), never half-written."""
+    dest = Path(path)
+    if dest.is_dir():
+        raise UsageError(f"output {dest} is a directory", hint="give a file name ending in .onnx")
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {parent} does not exist", hint="create it first")
+    if external_data is None:
+        external_data = _proto_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    data_name = dest.name + ".data"
+    tmpdir = Path(tempfile.mkdtemp(prefix=".spa-tmp-", dir=parent))
+    try:
+        tmp_model = tmpdir / dest.name
+        if external_data:
+            model = copy.deepcopy(model)
+            onnx.save_model(
+                model,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=EXTERNAL_DATA_MIN_TENSOR,
+            )
+            os.replace(tmpdir / data_name, parent / data_name)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, dest)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return dest
+
+
+@contextlib.contextmanager
+def _stripped_large_tensors(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
+    """Yield a shallow-data copy of `model` whose large initializers carry dims but no data.
+
+    Shape inference and the checker need only dims; this keeps them under protobuf's 2 GB limit.
+    """
+    if _proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        yield model
+        return
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    for t in stripped.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) > EXTERNAL_DATA_MIN_TENSOR:
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            t.external_data.add(key="location", value="__stripped__")
+    yield stripped
