@@ -1,0 +1,290 @@
+"""`spa-compile`: the command-line front end.
+
+Exit codes: 0 ok, 1 pass failure, 2 usage error or missing requirement, 3 invalid input model.
+Errors are one line on stderr; the traceback only with -vv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spa_compiler.errors import SpaError, UsageError
+
+logger = logging.getLogger("spa_compiler")
+
+VERBS = ("compile", "inspect", "list-passes", "demo")
+
+EXIT_OK, EXIT_PASS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug + tracebacks")
+
+
+def _add_shapes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:DxD",
+        help="fix a symbolic input's shape, e.g. input_ids:8x512 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = _ArgumentParser(
+        prog="spa-compile",
+        description="Structured compression of ONNX models to a measured latency budget.",
+        epilog="exit codes: 0 ok, 1 pass failure, 2 usage/missing requirement, 3 invalid model. "
+        "`spa-compile MODEL ...` means `spa-compile compile MODEL ...`.",
+    )
+    sub = parser.add_subparsers(dest="verb", parser_class=_ArgumentParser)
+
+    c = sub.add_parser("compile", help="compress a model (the default verb)")
+    c.add_argument("model", help="input .onnx file (never modified)")
+    c.add_argument("-o", "--output", help="output .onnx (default: MODEL.spa.onnx beside the input)")
+    c.add_argument("--latency-budget", help="milliseconds (12.5) or fraction of dense latency (0.6x)")
+    c.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("-p", "--passes", help='pipeline spec, e.g. "cleanup,prune-magnitude{ratio=0.3}"')
+    g.add_argument("--preset", help="named pipeline (see list-passes)")
+    c.add_argument("--calib", help="calibration data: a folder of .npz/.npy or test_data_set_*, or module:function")
+    c.add_argument("--report", help="write the JSON report here (written even on failure)")
+    c.add_argument("--validate", default="each", choices=("each", "end", "off"), help="when to validate")
+    c.add_argument("--runs", type=int, default=30, help="timed runs per latency measurement (median)")
+    c.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads when timing")
+    c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
+    c.add_argument("--seed", type=int, default=0)
+    _add_shapes(c)
+    _add_common(c)
+
+    i = sub.add_parser("inspect", help="ops, params, MACs, inputs, and what is prunable")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_shapes(i)
+    _add_common(i)
+
+    lp = sub.add_parser("list-passes", help="passes, their options and requirements; presets")
+    lp.add_argument("--json", action="store_true")
+    _add_common(lp)
+
+    d = sub.add_parser("demo", help="compile a bundled default model and print the report")
+    d.add_argument("--out-dir", default="spa-demo", help="where the demo writes its files")
+    d.add_argument("--runs", type=int, default=50)
+    _add_common(d)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("spa_compiler")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+class _Progress:
+    """ctx.progress -> tqdm bars on stderr; only shown for tasks that take more than a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bars: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self.started.setdefault(task, now)
+        bar = self.bars.get(task)
+        if bar is None and now - self.started[task] > 1.0 and done < total:
+            from tqdm import tqdm
+
+            bar = self.bars[task] = tqdm(total=total, desc=task, leave=False, file=sys.stderr)
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+            if done >= total:
+                bar.close()
+                del self.bars[task]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _default_output(model: str) -> str:
+    p = Path(model)
+    return str(p.with_name(p.stem + ".spa.onnx"))
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
+    from spa_compiler.report import Report
+
+    report = Report()
+    progress = _Progress(enabled=True)
+    try:
+        budget = parse_budget(args.latency_budget) if args.latency_budget else None
+        shapes = parse_input_shapes(args.input_shape)
+        calibration = None
+        if args.calib:
+            from spa_compiler.calibration import load_calibration
+
+            calibration = _load_calibration(args.model, args.calib, load_calibration)
+        compile_model(
+            args.model,
+            args.output or _default_output(args.model),
+            pipeline=args.passes,
+            preset_name=args.preset,
+            target=args.target,
+            budget=budget,
+            input_shapes=shapes,
+            calibration=calibration,
+            report=report,
+            validate=args.validate,
+            measure_runs=args.runs,
+            threads=args.threads,
+            seed=args.seed,
+            progress=progress,
+            measure_latency=not args.no_measure,
+        )
+    except SpaError as e:
+        report.status, report.error = "failed", e.one_line()
+        raise
+    except Exception as e:
+        report.status, report.error = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        progress.close()
+        if args.report:
+            try:
+                report.write(args.report)
+            except OSError as e:
+                logger.error("could not write the report to %s: %s", args.report, e)
+    print(report.summary())
+    print(f"wrote {report.output.get('path')}")
+    return EXIT_OK
+
+
+def _load_calibration(model_path: str, spec: str, loader: Any) -> Any:
+    import onnx
+
+    proto = onnx.load(model_path, load_external_data=False)
+    init = {t.name for t in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in init]
+    return loader(spec, names)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from spa_compiler.compile import parse_input_shapes
+    from spa_compiler.inspect import inspect_model
+
+    info = inspect_model(args.model, parse_input_shapes(args.input_shape))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        from spa_compiler.inspect import format_inspection
+
+        print(format_inspection(info))
+    return EXIT_OK
+
+
+def cmd_list_passes(args: argparse.Namespace) -> int:
+    from spa_compiler.pass_base import option_infos
+    from spa_compiler.passes.registry import PASSES
+    from spa_compiler.pipeline import PRESETS, pass_class
+
+    entries = []
+    for name in PASSES:
+        cls = pass_class(name)
+        entries.append(
+            {
+                "name": name,
+                "summary": (cls.__doc__ or "").strip().splitlines()[0],
+                "requires": sorted(r.value for r in cls.requires),
+                "options": [
+                    {"name": o.name, "type": o.type, "default": o.default, "doc": o.doc}
+                    for o in option_infos(cls)
+                ],
+            }
+        )
+    if args.json:
+        print(json.dumps({"passes": entries, "presets": PRESETS}, indent=2, default=str))
+        return EXIT_OK
+    for e in entries:
+        req = f"  [needs: {', '.join(e['requires'])}]" if e["requires"] else ""
+        print(f"{e['name']}: {e['summary']}{req}")
+        for o in e["options"]:
+            print(f"    {o['name']} ({o['type']}, default {o['default']!r}): {o['doc']}")
+    print("\npresets:")
+    for k, v in PRESETS.items():
+        print(f"    {k}: {v or '(empty pipeline)'}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spa_compiler.demo import run_demo
+
+    report = run_demo(Path(args.out_dir), runs=args.runs, progress=_Progress(enabled=True))
+    print(report.summary())
+    print(f"wrote {report.output.get('path')} and {Path(args.out_dir) / 'report.json'}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "compile": cmd_compile,
+    "inspect": cmd_inspect,
+    "list-passes": cmd_list_passes,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
+    verbose += argv.count("--verbose")
+    if argv and argv[0] not in VERBS and argv[0] not in ("-h", "--help") and not argv[0].startswith("-"):
+        argv.insert(0, "compile")
+    _setup_logging(verbose)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.verb is None:
+            build_parser().print_help()
+            return EXIT_USAGE
+        return COMMANDS[args.verb](args)
+    except SpaError as e:
+        if verbose >= 2:
+            logger.exception("error")
+        print(f"spa-compile: error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("spa-compile: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if verbose >= 2:
+            logger.exception("internal error")
+        print(
+            f"spa-compile: internal error: {type(e).__name__}: {e} (run with -vv for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_PASS

@@ -1,0 +1,69 @@
+"""CompileContext: everything a pass may need besides the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from spa_compiler.errors import MissingRequirementError
+from spa_compiler.report import Report
+from spa_compiler.requirements import Requirement
+
+#: (task, done, total) -> None. The CLI plugs tqdm in here; the library never imports tqdm.
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _no_progress(task: str, done: int, total: int) -> None:
+    del task, done, total
+
+
+@dataclasses.dataclass
+class CompileContext:
+    """Built once by the CLI or by `compile_model()`, handed to every pass.
+
+    Attributes:
+        calibration: A calibration source (iterable of input feeds), if the user gave one.
+        latency: A latency model of the target, if one is available.
+        target: Target runtime name (see `spa_compiler.targets`).
+        input_shapes: Shape hints for symbolic input dimensions.
+        seed: Seed for every random choice a pass makes.
+        report: The report the PassManager fills.
+        progress: Progress callback.
+        options: Free-form compile options passes may read (e.g. the latency budget).
+    """
+
+    calibration: Any = None
+    latency: Any = None
+    target: str = "ort-cpu"
+    input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    report: Report = dataclasses.field(default_factory=Report)
+    progress: ProgressFn = _no_progress
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def provides(self, req: Requirement) -> bool:
+        """Whether this context satisfies `req` (STATIC_SHAPES is checked on the model)."""
+        if req is Requirement.CALIBRATION:
+            return self.calibration is not None
+        if req is Requirement.LATENCY_MODEL:
+            return self.latency is not None
+        if req is Requirement.GPU:
+            return self.target in ("ort-cuda", "tensorrt")
+        return True
+
+    def need_calibration(self) -> Any:
+        """The calibration source, or MissingRequirementError naming the flag."""
+        if self.calibration is None:
+            raise MissingRequirementError(
+                "this pass needs calibration data", hint=f"pass {Requirement.CALIBRATION.flag}"
+            )
+        return self.calibration
+
+    def need_latency(self) -> Any:
+        """The latency model, or MissingRequirementError naming the flag."""
+        if self.latency is None:
+            raise MissingRequirementError(
+                "this pass needs a latency model", hint=f"pass {Requirement.LATENCY_MODEL.flag}"
+            )
+        return self.latency

@@ -1,0 +1,285 @@
+"""Streaming layer Hessians from calibration activations (SparseGPT's ``add_batch``, in numpy).
+
+For a linear map ``Y = W X`` with ``W: (out, in)`` and inputs ``X: (in, n)`` (``n`` samples, one per
+column; a token, a pixel position of an im2col'd Conv input, ...), the layer loss of a weight change
+``dW`` is ``||dW X||^2``. Its Hessian with respect to each row of ``W`` is ``2 X X^T`` and does not
+depend on the row. We accumulate the *per-sample mean* form
+
+    H = (2 / n) * X X^T + damp * mean(diag((2 / n) X X^T)) * I,            H: (in, in)
+
+so that ``1/2 * dw H dw^T`` is the *mean* squared output error per sample (of one row), which keeps
+numbers of the same order whatever the amount of calibration data. ``spa_compiler.obs`` works with any
+positive multiple of ``2 X X^T``: the OBS update does not depend on the scale, and its errors come out in
+the units of ``1/2 * dw H dw^T`` (with this module's ``H``: mean squared error per sample, summed over
+output rows). Damping (``damp`` relative to the mean diagonal, SparseGPT's ``percdamp``) makes ``H``
+positive definite even when features are dead or collinear.
+
+Conv layers: a Conv weight ``(out, in/g, *kernel)`` reshaped to ``(out, in/g * prod(kernel))`` acts on
+the im2col columns of its input (`im2col`); input channel ``c`` (within its group) owns the
+``prod(kernel)`` consecutive columns ``c * prod(kernel) + arange(prod(kernel))``
+(`conv_channel_columns`). The Hessian of group ``j`` of a grouped Conv is the accumulator fed with
+``im2col(x)[:, conv_group_slice(j, ...)]``.
+
+Accumulation is in float64 whatever the input dtype (the running mean is rescaled at every batch, as in
+SparseGPT, so the sum never grows with ``n``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HessianAccumulator",
+    "conv_channel_columns",
+    "conv_group_slice",
+    "conv_output_shape",
+    "conv_weight_2d",
+    "im2col",
+]
+
+
+class HessianAccumulator:
+    """Running ``X^T X / n`` (and ``sum x / n``) over batches of feature vectors.
+
+    Example:
+        >>> acc = HessianAccumulator(4)
+        >>> acc.add_batch(np.ones((2, 3, 4), dtype=np.float32))  # 6 samples of 4 features
+        >>> acc.n_samples
+        6
+        >>> float(acc.hessian(damp=0.0)[0, 0])
+        2.0
+
+    Attributes:
+        n_features: Size of the feature axis (the layer's ``in``).
+        n_samples: Number of feature vectors accumulated so far.
+    """
+
+    def __init__(self, n_features: int, dtype: npt.DTypeLike = np.float64) -> None:
+        """Create an empty accumulator.
+
+        Args:
+            n_features: Length of the last axis of every batch.
+            dtype: Accumulation dtype (float64 unless memory forbids it).
+        """
+        if n_features <= 0:
+            raise ValueError(f"n_features must be positive, got {n_features}")
+        self.n_features = int(n_features)
+        self.dtype = np.dtype(dtype)
+        self.n_samples = 0
+        self._xtx = np.zeros((self.n_features, self.n_features), dtype=self.dtype)  # mean x x^T
+        self._sum = np.zeros(self.n_features, dtype=self.dtype)  # mean x
+
+    def add_batch(self, x: npt.ArrayLike) -> None:
+        """Add a batch of activations.
+
+        Args:
+            x: ``(..., n_features)``; all leading axes are flattened into samples (batch, tokens,
+                positions). A Conv input must go through `im2col` first.
+
+        Raises:
+            ValueError: The last axis is not ``n_features``, or the batch has NaN/inf.
+        """
+        arr = np.asarray(x)
+        if arr.ndim == 0 or arr.shape[-1] != self.n_features:
+            raise ValueError(
+                f"expected activations (..., {self.n_features}), got shape {arr.shape}"
+            )
+        flat = arr.reshape(-1, self.n_features).astype(self.dtype, copy=False)
+        m = flat.shape[0]
+        if m == 0:
+            return
+        if not np.all(np.isfinite(flat)):
+            raise ValueError("activations contain NaN or inf")
+        total = self.n_samples + m
+        # Running means: H_new = H_old * n/(n+m) + X^T X/(n+m) (SparseGPT rescales the same way).
+        self._xtx *= self.n_samples / total
+        self._xtx += (flat.T @ flat) / total
+        self._sum *= self.n_samples / total
+        self._sum += flat.sum(axis=0) / total
+        self.n_samples = total
+
+    def merge(self, other: HessianAccumulator) -> None:
+        """Fold another accumulator of the same size into this one (e.g. from a worker)."""
+        if other.n_features != self.n_features:
+            raise ValueError(f"cannot merge {other.n_features} features into {self.n_features}")
+        total = self.n_samples + other.n_samples
+        if total == 0:
+            return
+        a, b = self.n_samples / total, other.n_samples / total
+        self._xtx = self._xtx * a + other._xtx.astype(self.dtype) * b
+        self._sum = self._sum * a + other._sum.astype(self.dtype) * b
+        self.n_samples = total
+
+    def _require_samples(self) -> None:
+        if self.n_samples == 0:
+            raise ValueError("no samples accumulated: call add_batch() with calibration data first")
+
+    def second_moment(self) -> npt.NDArray[np.float64]:
+        """``E[x x^T] = X X^T / n``, shape ``(n_features, n_features)`` (a copy)."""
+        self._require_samples()
+        return self._xtx.copy()
+
+    def mean(self) -> npt.NDArray[np.float64]:
+        """``E[x]``, shape ``(n_features,)``."""
+        self._require_samples()
+        return self._sum.copy()
+
+    def feature_norms(self) -> npt.NDArray[np.float64]:
+        """``||X_j||_2`` over all samples for each feature ``j`` (Wanda's activation norm)."""
+        self._require_samples()
+        return np.sqrt(np.clip(np.diag(self._xtx), 0.0, None) * self.n_samples)
+
+    def hessian(self, damp: float = 0.01) -> npt.NDArray[np.float64]:
+        """The dampened per-sample Hessian ``2/n X X^T + damp * mean(diag) * I``.
+
+        Args:
+            damp: Damping relative to the mean diagonal (SparseGPT's ``percdamp``; 0 for none).
+                When the whole diagonal is zero (all features dead), ``damp`` is added absolutely so
+                that the result is still positive definite.
+
+        Returns:
+            ``H: (n_features, n_features)``, float64 (or the accumulation dtype), symmetric.
+        """
+        self._require_samples()
+        if damp < 0:
+            raise ValueError(f"damp must be >= 0, got {damp}")
+        h = 2.0 * self._xtx
+        h = 0.5 * (h + h.T)
+        if damp > 0:
+            mean_diag = float(np.mean(np.diag(h)))
+            h[np.diag_indices_from(h)] += damp * (mean_diag if mean_diag > 0 else 1.0)
+        return h
+
+
+# ---------------------------------------------------------------------------------------- Conv
+
+
+def _spatial(value: Sequence[int] | None, default: int, rank: int, what: str) -> tuple[int, ...]:
+    if value is None:
+        return (default,) * rank
+    out = tuple(int(v) for v in value)
+    if len(out) != rank:
+        raise ValueError(f"{what} must have {rank} entries, got {out}")
+    return out
+
+
+def conv_output_shape(
+    spatial: Sequence[int],
+    kernel_shape: Sequence[int],
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """Output spatial shape of an ONNX Conv (explicit pads, ONNX order ``begins..., ends...``)."""
+    rank = len(kernel_shape)
+    s = _spatial(strides, 1, rank, "strides")
+    d = _spatial(dilations, 1, rank, "dilations")
+    p = tuple(int(v) for v in pads) if pads is not None else (0,) * (2 * rank)
+    if len(p) != 2 * rank:
+        raise ValueError(f"pads must have {2 * rank} entries, got {p}")
+    out = []
+    for i in range(rank):
+        eff = d[i] * (kernel_shape[i] - 1) + 1
+        o = (spatial[i] + p[i] + p[i + rank] - eff) // s[i] + 1
+        if o <= 0:
+            raise ValueError(f"empty Conv output along spatial axis {i}")
+        out.append(o)
+    return tuple(out)
+
+
+def im2col(
+    x: npt.ArrayLike,
+    kernel_shape: Sequence[int],
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+) -> npt.NDArray[np.generic]:
+    """The im2col matrix of an ONNX Conv input (any number of spatial dims).
+
+    With ``W: (out, C/g, *kernel)`` and ``cols = im2col(x, ...)``, output channel ``o`` of group
+    ``j`` is ``cols[:, conv_group_slice(j, C, kernel, g)] @ conv_weight_2d(W)[o]``, reshaped from
+    ``(N * prod(out_spatial),)`` to ``(N, *out_spatial)``. For ``group=1`` that is
+    ``Y = (cols @ W_2d.T).reshape(N, *out_spatial, out)`` moved to channels-first.
+
+    Args:
+        x: ``(N, C, *spatial)``.
+        kernel_shape: ``(k_1, ..., k_r)``.
+        strides: Per spatial axis (default 1).
+        pads: ONNX order ``(begin_1, ..., begin_r, end_1, ..., end_r)`` (default 0). Resolve
+            ``auto_pad`` to explicit pads before calling.
+        dilations: Per spatial axis (default 1).
+
+    Returns:
+        ``cols: (N * prod(out_spatial), C * prod(kernel))``: rows ordered ``(n, *out_pos)``,
+        columns ordered ``(c, *kernel_pos)`` (the order of ``W.reshape(out, -1)``); same dtype as x.
+    """
+    arr = np.asarray(x)
+    rank = len(kernel_shape)
+    if arr.ndim != rank + 2:
+        raise ValueError(f"expected x of rank {rank + 2} for a {rank}-D kernel, got {arr.shape}")
+    k = tuple(int(v) for v in kernel_shape)
+    s = _spatial(strides, 1, rank, "strides")
+    d = _spatial(dilations, 1, rank, "dilations")
+    p = tuple(int(v) for v in pads) if pads is not None else (0,) * (2 * rank)
+    out_sp = conv_output_shape(arr.shape[2:], k, strides=s, pads=p, dilations=d)
+    n, c = arr.shape[:2]
+    if any(p):
+        width = [(0, 0), (0, 0)] + [(p[i], p[i + rank]) for i in range(rank)]
+        arr = np.pad(arr, width)
+    # patches: (N, C, *kernel, *out_spatial)
+    patches = np.empty((n, c, *k, *out_sp), dtype=arr.dtype)
+    for offs in itertools.product(*(range(ki) for ki in k)):
+        sl = tuple(
+            slice(offs[i] * d[i], offs[i] * d[i] + s[i] * (out_sp[i] - 1) + 1, s[i])
+            for i in range(rank)
+        )
+        patches[(slice(None), slice(None), *offs)] = arr[(slice(None), slice(None), *sl)]
+    # -> (N, *out_spatial, C, *kernel)
+    order = (0, *range(2 + rank, 2 + 2 * rank), 1, *range(2, 2 + rank))
+    return patches.transpose(order).reshape(n * math.prod(out_sp), c * math.prod(k))
+
+
+def conv_weight_2d(w: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """``W: (out, C/g, *kernel)`` -> ``(out, C/g * prod(kernel))`` (a view when contiguous)."""
+    return w.reshape(w.shape[0], -1)
+
+
+def conv_channel_columns(n_channels: int, kernel_shape: Sequence[int]) -> list[npt.NDArray[np.intp]]:
+    """Column indices of each input channel in `conv_weight_2d` / `im2col` order.
+
+    Args:
+        n_channels: Input channels seen by one weight group (``C / group``).
+        kernel_shape: The Conv kernel's spatial shape.
+
+    Returns:
+        ``groups[c] = c * prod(kernel) + arange(prod(kernel))``: ready for `spa_compiler.obs`.
+    """
+    kk = math.prod(int(v) for v in kernel_shape)
+    return [np.arange(ch * kk, (ch + 1) * kk, dtype=np.intp) for ch in range(n_channels)]
+
+
+def conv_group_slice(group_index: int, n_channels: int, kernel_shape: Sequence[int], group: int) -> slice:
+    """The `im2col` columns read by weight group ``group_index`` of a grouped Conv.
+
+    Args:
+        group_index: ``0 <= group_index < group``.
+        n_channels: Total input channels ``C`` of the Conv.
+        kernel_shape: The Conv kernel's spatial shape.
+        group: The Conv's ``group`` attribute.
+    """
+    if group <= 0 or n_channels % group:
+        raise ValueError(f"{n_channels} input channels are not divisible into {group} groups")
+    if not 0 <= group_index < group:
+        raise ValueError(f"group_index {group_index} out of range for group={group}")
+    width = n_channels // group * math.prod(int(v) for v in kernel_shape)
+    return slice(group_index * width, (group_index + 1) * width)

@@ -1,0 +1,62 @@
+"""`spa-compile inspect`: what a model is made of, and what of it is prunable."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spa_compiler.ir import ModelIR
+from spa_compiler.stats import model_stats
+
+
+def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+    """A JSON-able description: inputs, outputs, opset, ops, params, MACs, prunable chains."""
+    from spa_compiler.passes.prune_magnitude import _find_chain
+
+    model = ModelIR.load(path)
+    stats = model_stats(model, shapes)
+    prunable = []
+    reasons: Counter[str] = Counter()
+    for node in model.nodes(("Conv", "Gemm")):
+        chain, why = _find_chain(model, node)
+        if chain is None:
+            if why:
+                reasons[why] += 1
+            continue
+        prunable.append(
+            {"producer": chain.producer.name, "consumer": chain.consumer.name, "channels": chain.channels,
+             "through": [m.op for m in chain.middle]}
+        )
+    return {
+        "path": str(path),
+        "ir_version": model.ir_version,
+        "opset": model.opset,
+        "inputs": [{"name": t.name, "dtype": str(t.dtype), "shape": list(t.shape or [])} for t in model.graph.inputs],
+        "outputs": [{"name": t.name, "dtype": str(t.dtype), "shape": list(t.shape or [])} for t in model.graph.outputs],
+        "params": stats["params"],
+        "macs": stats["macs"],
+        "nodes": stats["nodes"],
+        "ops": stats["ops"],
+        "prunable_chains": prunable,
+        "not_prunable": dict(reasons),
+    }
+
+
+def format_inspection(info: Mapping[str, Any]) -> str:
+    """The text `inspect` prints."""
+    lines = [f"{info['path']}: IR {info['ir_version']}, opset {info['opset']}"]
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            lines.append(f"  {kind[:-1]:6} {t['name']}: {t['dtype']} {t['shape']}")
+    macs = f"{info['macs']:,}" if info["macs"] is not None else "unknown (symbolic shapes: pass --input-shape)"
+    lines.append(f"  params {info['params']:,}   MACs {macs}   nodes {info['nodes']}")
+    lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
+    lines.append(f"  prunable channel chains (prune-magnitude): {len(info['prunable_chains'])}")
+    for c in info["prunable_chains"]:
+        through = " -> ".join(c["through"]) or "direct"
+        lines.append(f"    {c['producer']} -> [{through}] -> {c['consumer']}: {c['channels']} channels")
+    if info["not_prunable"]:
+        lines.append("  left alone: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["not_prunable"].items())))
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""ONNX Runtime sessions for checks, calibration and timing (no provider guessing)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+
+from spa_compiler.ir import ModelIR
+
+PROVIDERS = {
+    "ort-cpu": ["CPUExecutionProvider"],
+    "ort-cuda": ["CUDAExecutionProvider"],
+}
+
+
+def make_session(
+    model: onnx.ModelProto | ModelIR | str,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    optimize: bool = True,
+) -> ort.InferenceSession:
+    """An InferenceSession with fixed thread counts.
+
+    Args:
+        model: A model, ModelIR or path.
+        providers: Execution providers, in order.
+        threads: intra-op threads (None: ORT's default); inter-op is always 1.
+        optimize: ORT graph optimizations on (timing) or off (numerical checks of our graph).
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if isinstance(model, ModelIR):
+        model = model.to_proto()
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(src, sess_options=so, providers=list(providers))
+
+
+def run(
+    model: onnx.ModelProto | ModelIR | str | ort.InferenceSession,
+    feeds: Mapping[str, npt.NDArray[np.generic]],
+    *,
+    optimize: bool = False,
+) -> list[npt.NDArray[np.generic]]:
+    """Run once on the CPU provider and return every graph output."""
+    sess = model if isinstance(model, ort.InferenceSession) else make_session(model, optimize=optimize)
+    return list(sess.run(None, dict(feeds)))
+
+
+def random_feeds(
+    model: onnx.ModelProto | ModelIR,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    seed: int = 0,
+) -> dict[str, npt.NDArray[np.generic]]:
+    """Random inputs for every graph input: N(0,1) floats, small non-negative ints, ones for masks.
+
+    Integer inputs get values in [0, 2) unless the name says ids (then [0, 32)): safe for Gather
+    over any vocabulary of at least 32 rows. Symbolic dimensions must be given in `shapes`.
+    """
+    from spa_compiler.errors import UsageError
+
+    ir = model if isinstance(model, ModelIR) else ModelIR.from_proto(model)
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, npt.NDArray[np.generic]] = {}
+    for t in ir.graph.inputs:
+        shape = tuple((shapes or {}).get(t.name, t.shape or ()))
+        if any(not (isinstance(d, int) and d > 0) for d in shape):
+            raise UsageError(
+                f"input {t.name!r} has symbolic dimensions {list(shape)}",
+                hint=f"pass --input-shape {t.name}:" + "x".join(
+                    str(d) if isinstance(d, int) and d > 0 else "N" for d in shape
+                ),
+            )
+        dtype = np.dtype(t.dtype)
+        if np.issubdtype(dtype, np.floating):
+            feeds[t.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[t.name] = np.ones(shape, dtype=bool)
+        elif np.issubdtype(dtype, np.integer):
+            name = t.name.lower()
+            if "mask" in name:
+                feeds[t.name] = np.ones(shape, dtype=dtype)
+            elif "position" in name and shape:
+                feeds[t.name] = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
+            else:
+                high = 32 if ("id" in name and "type" not in name) else 2
+                feeds[t.name] = rng.integers(0, high, size=shape).astype(dtype)
+        else:
+            raise UsageError(f"input {t.name!r} has dtype {dtype}, which random inputs cannot fill")
+    return feeds
