@@ -1,0 +1,564 @@
+"""Structured Optimal Brain Surgeon for one linear layer (ZipLM; ALGORITHMS.md §2), in numpy.
+
+Setting. ``Y = W X`` with ``W: (out, in)`` and calibration inputs ``X: (in, n)``. A *group* ``S`` is a
+set of input columns removed together (an FFN neuron = 1 column of the down projection, an attention
+head = ``head_dim`` columns of the output projection, a Conv input channel = ``prod(kernel)`` im2col
+columns, see `spa_compiler.hessian.conv_channel_columns`). Removing ``S`` and re-fitting the other
+columns minimizes the layer loss ``L(dW) = 1/2 * sum_rows dw H dw^T`` subject to ``W'[:, S] = 0``.
+
+Conventions (read these before comparing numbers with a paper):
+
+* ``H`` is the Hessian of the loss, i.e. any positive multiple ``c * 2 X X^T`` (damped). With
+  ``H = 2 X X^T`` the loss ``1/2 dw H dw^T`` is exactly ``||dW X||^2``; with
+  `HessianAccumulator.hessian` (``c = 1/n``) it is the mean squared error per sample.
+* Errors carry the factor 1/2 of the quadratic form::
+
+      E_S = 1/2 * sum_rows W[:, S] ((H^-1)_SS)^-1 W[:, S]^T
+
+  so that, for ``H = 2 X X^T`` and no damping, ``E_S == ||W X - W' X||_F^2`` for the compensated W'
+  (ALGORITHMS.md writes the same formula without the 1/2, i.e. twice the loss; the ranking is the same).
+* Update and inverse downdate (independent of the scale of H)::
+
+      W    <- W    - W[:, S] ((H^-1)_SS)^-1 (H^-1)_S,:          then W[:, S] = 0
+      H^-1 <- H^-1 - (H^-1)_:,S ((H^-1)_SS)^-1 (H^-1)_S,:       then rows/cols S = 0
+
+  Shapes never change: removed columns stay as zeros so that group indices stay valid.
+* Sequential OBS removals equal the exact least-squares re-fit of the cumulative kept set
+  (`solve_kept`), and the step errors add up to the total loss (Pythagoras in the H-norm), which is
+  what the tests check against ``np.linalg.lstsq``.
+
+Singular H. `prepare_hessian` symmetrizes, applies relative damping, and decouples *dead* features
+(zero diagonal: the input is always 0, so its column does not affect the loss) by giving them a tiny
+diagonal, which makes their removal cost ~0. If Cholesky still fails, damping is raised tenfold up to
+four times (with a warning), then `PreconditionError`. A group whose ``(H^-1)_SS`` block is not positive
+definite (only possible through rounding) gets error ``inf``; if it must be removed anyway,
+`remove_group` uses the pseudo-inverse of the block.
+
+Weights are processed in float64. Importances of the baseline criteria (`magnitude_scores`,
+`wanda_scores`) are "higher = keep"; OBS errors are costs, "lower = remove first".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from spa_compiler.errors import PreconditionError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ObsPath",
+    "greedy_prune",
+    "group_errors",
+    "inverse_hessian",
+    "magnitude_scores",
+    "prepare_hessian",
+    "remove_group",
+    "solve_kept",
+    "uniform_levels",
+    "wanda_scores",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
+
+#: Diagonal given to dead features, relative to the mean live diagonal.
+DEAD_FEATURE_DIAG = 1e-12
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _as_matrix(w: npt.ArrayLike, what: str) -> FloatArray:
+    arr = np.asarray(w, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D, got shape {arr.shape}")
+    return arr
+
+
+def _as_groups(groups: Sequence[npt.ArrayLike], n_cols: int, *, disjoint: bool) -> list[IndexArray]:
+    """Validate groups: non-empty, in range, no repeated column (anywhere, if `disjoint`)."""
+    out: list[IndexArray] = []
+    seen = np.zeros(n_cols, dtype=bool)
+    for i, g in enumerate(groups):
+        idx = np.asarray(g, dtype=np.intp).reshape(-1)
+        if idx.size == 0:
+            raise ValueError(f"group {i} is empty")
+        if idx.min() < 0 or idx.max() >= n_cols:
+            raise ValueError(f"group {i} has columns outside [0, {n_cols})")
+        if np.unique(idx).size != idx.size:
+            raise ValueError(f"group {i} repeats a column")
+        if disjoint:
+            if seen[idx].any():
+                raise ValueError(f"group {i} overlaps an earlier group; groups must be disjoint")
+            seen[idx] = True
+        out.append(idx)
+    return out
+
+
+def _check_square(h: FloatArray, n: int, what: str) -> None:
+    if h.shape != (n, n):
+        raise ValueError(f"{what} must be ({n}, {n}) to match W's columns, got {h.shape}")
+
+
+def uniform_levels(n_groups: int, n_levels: int = 16, *, max_fraction: float = 1.0) -> list[int]:
+    """Levels ``0, k_1, ..., k_m`` (groups removed) at uniform fractions up to ``max_fraction``.
+
+    Args:
+        n_groups: Number of groups of the layer.
+        n_levels: Number of non-zero steps (16 = every 1/16 of the groups, as in ZipLM).
+        max_fraction: Largest fraction of groups removed.
+
+    Returns:
+        Sorted, de-duplicated ints starting at 0.
+    """
+    top = int(round(n_groups * max_fraction))
+    return sorted({int(round(top * i / n_levels)) for i in range(n_levels + 1)})
+
+
+# --------------------------------------------------------------------------------- Hessians
+
+
+def prepare_hessian(h: npt.ArrayLike, damp: float = 0.0) -> FloatArray:
+    """A float64, symmetric, dampened copy of H with dead features decoupled.
+
+    Args:
+        h: ``(in, in)`` Hessian (any positive multiple of ``2 X X^T``).
+        damp: Added as ``damp * mean(diag(H)) * I`` (0: none; use 0 only for well-conditioned H).
+
+    Returns:
+        ``H'``: rows/columns of dead features (diagonal <= 0 after damping) are zeroed and their
+        diagonal set to ``DEAD_FEATURE_DIAG * mean(live diagonal)``.
+    """
+    hh = _as_matrix(h, "H")
+    if hh.shape[0] != hh.shape[1]:
+        raise ValueError(f"H must be square, got {hh.shape}")
+    if not np.all(np.isfinite(hh)):
+        raise PreconditionError("layer Hessian contains NaN or inf", hint="check calibration data")
+    hh = 0.5 * (hh + hh.T)
+    diag = np.diag(hh).copy()
+    if damp < 0:
+        raise ValueError(f"damp must be >= 0, got {damp}")
+    if damp > 0:
+        mean_diag = float(diag.mean())
+        hh[np.diag_indices_from(hh)] += damp * (mean_diag if mean_diag > 0 else 1.0)
+        diag = np.diag(hh).copy()
+    dead = diag <= 0
+    if dead.any():
+        live = diag[~dead]
+        tiny = DEAD_FEATURE_DIAG * (float(live.mean()) if live.size else 1.0)
+        hh[dead, :] = 0.0
+        hh[:, dead] = 0.0
+        hh[dead, dead] = tiny
+        logger.debug("%d of %d features are dead (zero activation)", int(dead.sum()), dead.size)
+    return hh
+
+
+def inverse_hessian(h: FloatArray, *, max_retries: int = 4) -> FloatArray:
+    """``H^-1`` through Cholesky, raising damping tenfold on failure (a warning each time).
+
+    Args:
+        h: A prepared H (`prepare_hessian`).
+        max_retries: Damping escalations before giving up.
+
+    Raises:
+        PreconditionError: H is not positive definite even after the escalations.
+    """
+    mean_diag = float(np.mean(np.diag(h))) or 1.0
+    extra = 0.0
+    for attempt in range(max_retries + 1):
+        hh = h if extra == 0.0 else h + extra * mean_diag * np.eye(h.shape[0])
+        try:
+            lower = np.linalg.cholesky(hh)
+        except np.linalg.LinAlgError:
+            extra = 1e-6 * 10.0**attempt
+            logger.warning(
+                "layer Hessian (%d x %d) is not positive definite; adding damping %.1e",
+                h.shape[0], h.shape[0], extra,
+            )
+            continue
+        linv = np.linalg.inv(lower)
+        hinv = linv.T @ linv
+        return 0.5 * (hinv + hinv.T)
+    raise PreconditionError(
+        f"layer Hessian ({h.shape[0]} x {h.shape[0]}) is not positive definite even with "
+        f"damping {extra:.0e}",
+        hint="raise the damping or provide more varied calibration data",
+    )
+
+
+# ------------------------------------------------------------------------------- OBS kernels
+
+
+def _bucket(groups: Sequence[IndexArray]) -> dict[int, tuple[IndexArray, IndexArray]]:
+    """size -> (group ids, stacked column indices (G_s, size))."""
+    by_size: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_size.setdefault(g.size, []).append(i)
+    return {
+        s: (np.asarray(ids, dtype=np.intp), np.stack([groups[i] for i in ids]))
+        for s, ids in by_size.items()
+    }
+
+
+def _errors_bucket(w: FloatArray, hinv: FloatArray, idx: IndexArray) -> FloatArray:
+    """Errors of equally sized groups ``idx: (G, s)``; inf where the block is not PD."""
+    size = idx.shape[1]
+    if size == 1:
+        cols = idx[:, 0]
+        d = hinv[cols, cols]
+        sq = np.einsum("ij,ij->j", w[:, cols], w[:, cols])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = 0.5 * sq / d
+        err[~(d > 0)] = np.inf
+        return err
+    blocks = hinv[idx[:, :, None], idx[:, None, :]]  # (G, s, s)
+    rhs = np.transpose(w[:, idx], (1, 2, 0))  # (G, s, out)
+    try:
+        lower = np.linalg.cholesky(blocks)
+        z = np.linalg.solve(lower, rhs)
+        return 0.5 * np.einsum("gso,gso->g", z, z)
+    except np.linalg.LinAlgError:
+        err = np.empty(idx.shape[0])
+        for g in range(idx.shape[0]):
+            try:
+                z = np.linalg.solve(np.linalg.cholesky(blocks[g]), rhs[g])
+                err[g] = 0.5 * float(np.sum(z * z))
+            except np.linalg.LinAlgError:
+                err[g] = np.inf
+        return err
+
+
+def _errors(
+    w: FloatArray,
+    hinv: FloatArray,
+    buckets: dict[int, tuple[IndexArray, IndexArray]],
+    n_groups: int,
+    active: npt.NDArray[np.bool_] | None = None,
+) -> FloatArray:
+    out = np.full(n_groups, np.inf)
+    for ids, idx in buckets.values():
+        if active is not None:
+            keep = active[ids]
+            ids, idx = ids[keep], idx[keep]
+            if ids.size == 0:
+                continue
+        out[ids] = _errors_bucket(w, hinv, idx)
+    return out
+
+
+def group_errors(
+    w: npt.ArrayLike, hinv: npt.ArrayLike, groups: Sequence[npt.ArrayLike]
+) -> FloatArray:
+    """OBS cost of removing each group on its own (with optimal compensation).
+
+    Args:
+        w: ``W: (out, in)``.
+        hinv: ``H^-1: (in, in)`` (`inverse_hessian` of a prepared H, or a downdated one).
+        groups: Column-index arrays; may overlap (each is evaluated independently).
+
+    Returns:
+        ``E: (n_groups,)``, ``E_S = 1/2 sum_rows W[:, S] ((H^-1)_SS)^-1 W[:, S]^T`` (module doc for the
+        1/2); ``inf`` where ``(H^-1)_SS`` is not positive definite.
+    """
+    ww = _as_matrix(w, "W")
+    hi = _as_matrix(hinv, "H^-1")
+    _check_square(hi, ww.shape[1], "H^-1")
+    gs = _as_groups(groups, ww.shape[1], disjoint=False)
+    return _errors(ww, hi, _bucket(gs), len(gs))
+
+
+def _block_inverse(block: FloatArray) -> FloatArray:
+    try:
+        lower = np.linalg.cholesky(block)
+        linv = np.linalg.inv(lower)
+        return linv.T @ linv
+    except np.linalg.LinAlgError:
+        logger.warning("(H^-1)_SS of a %d-column group is singular; using its pseudo-inverse",
+                       block.shape[0])
+        return np.linalg.pinv(block, hermitian=True)
+
+
+def _remove_inplace(w: FloatArray, hinv: FloatArray, cols: IndexArray) -> None:
+    ainv = _block_inverse(hinv[np.ix_(cols, cols)])
+    rows = hinv[cols, :]  # (s, in), a copy
+    w -= (w[:, cols] @ ainv) @ rows
+    hinv -= rows.T @ (ainv @ rows)
+    w[:, cols] = 0.0
+    hinv[cols, :] = 0.0
+    hinv[:, cols] = 0.0
+
+
+def remove_group(
+    w: npt.ArrayLike, hinv: npt.ArrayLike, cols: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray]:
+    """One OBS step: remove columns ``cols`` and compensate the others.
+
+    Args:
+        w: ``W: (out, in)``.
+        hinv: ``H^-1: (in, in)`` of the currently kept columns (removed ones are zero rows/cols).
+        cols: The group's column indices ``S``.
+
+    Returns:
+        ``(W_new, Hinv_new)`` as new float64 arrays of the same shapes; ``W_new[:, S] == 0`` and
+        ``Hinv_new`` is the inverse of H restricted to the kept columns (zero elsewhere).
+    """
+    ww = _as_matrix(w, "W").copy()
+    hi = _as_matrix(hinv, "H^-1").copy()
+    _check_square(hi, ww.shape[1], "H^-1")
+    (idx,) = _as_groups([cols], ww.shape[1], disjoint=True)
+    _remove_inplace(ww, hi, idx)
+    return ww, hi
+
+
+def solve_kept(
+    w: npt.ArrayLike, h: npt.ArrayLike, keep_cols: npt.ArrayLike, *, damp: float = 0.0
+) -> FloatArray:
+    """Exact least-squares re-fit of W on a fixed set of kept columns (the oracle).
+
+    Minimizes ``sum_rows (W' - W) H (W' - W)^T`` over W' with ``W'[:, R] = 0`` (R = removed). Setting
+    the gradient over the kept columns K to zero: ``(W'_K - W_K) H_KK - W_R H_RK = 0``, i.e.
+    ``W'_K = (W H_:,K) H_KK^-1``. With ``H = 2 X X^T`` this is ``argmin ||W X - W' X||``.
+
+    Args:
+        w: ``W: (out, in)``.
+        h: ``H: (in, in)``, passed through `prepare_hessian` with ``damp``.
+        keep_cols: Indices of kept columns (any order, no repeats).
+        damp: Relative damping (as in `prepare_hessian`).
+
+    Returns:
+        ``W': (out, in)`` float64, zero on the removed columns. A singular ``H_KK`` falls back to
+        ``lstsq`` (minimum-norm solution).
+    """
+    ww = _as_matrix(w, "W")
+    hh = prepare_hessian(h, damp)
+    _check_square(hh, ww.shape[1], "H")
+    keep = np.asarray(keep_cols, dtype=np.intp).reshape(-1)
+    out = np.zeros_like(ww)
+    if keep.size == 0:
+        return out
+    if np.unique(keep).size != keep.size or keep.min() < 0 or keep.max() >= ww.shape[1]:
+        raise ValueError("keep_cols must be distinct column indices of W")
+    h_kk = hh[np.ix_(keep, keep)]
+    rhs = hh[keep, :] @ ww.T  # (K, out) = (W H_:,K)^T
+    try:
+        np.linalg.cholesky(h_kk)
+        sol = np.linalg.solve(h_kk, rhs)
+    except np.linalg.LinAlgError:
+        logger.warning("H restricted to %d kept columns is singular; using lstsq", keep.size)
+        sol = np.linalg.lstsq(h_kk, rhs, rcond=None)[0]
+    out[:, keep] = sol.T
+    return out
+
+
+# ----------------------------------------------------------------------------------- greedy
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ObsPath:
+    """The result of `greedy_prune`: one removal order and the layer at each requested level.
+
+    Memory: ``snapshots`` holds one ``(out, in)`` array per level (in ``snapshot_dtype``), e.g.
+    16 levels of a 1536x576 float32 weight = 57 MB. With ``snapshots=False`` only the order is kept
+    and `weight` re-solves each level exactly with `solve_kept` (same result up to rounding).
+
+    Attributes:
+        levels: Requested levels (number of groups removed), sorted, starting where asked.
+        errors: ``(len(levels),)`` cumulative predicted loss at each level (sum of step errors);
+            with ``H = 2 X X^T`` undamped, equal to ``||W X - W_level X||^2``.
+        order: Group ids in removal order, length ``max(levels)``.
+        step_errors: OBS error of each removal step (relative to the already compensated W).
+        groups: The groups (column-index arrays) the ids refer to.
+        snapshots: level -> compensated W (zero columns for removed groups), or None.
+        weight_in: The original W (float64), used for lazy re-solves.
+        hessian: The prepared H used (damped, dead features decoupled).
+    """
+
+    levels: tuple[int, ...]
+    errors: FloatArray
+    order: IndexArray
+    step_errors: FloatArray
+    groups: tuple[IndexArray, ...]
+    snapshots: dict[int, npt.NDArray[np.floating]] | None
+    weight_in: FloatArray
+    hessian: FloatArray
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level <= len(self.order):
+            raise ValueError(f"level {level} outside [0, {len(self.order)}] of this path")
+
+    def error(self, level: int) -> float:
+        """Cumulative predicted loss after removing ``level`` groups."""
+        self._check_level(level)
+        return float(np.sum(self.step_errors[:level]))
+
+    def removed_groups(self, level: int) -> IndexArray:
+        """Ids of the groups removed at ``level``, in removal order."""
+        self._check_level(level)
+        return self.order[:level].copy()
+
+    def kept_groups(self, level: int) -> IndexArray:
+        """Ids of the groups kept at ``level``, ascending."""
+        removed = set(self.removed_groups(level).tolist())
+        return np.asarray([g for g in range(len(self.groups)) if g not in removed], dtype=np.intp)
+
+    def removed_columns(self, level: int) -> IndexArray:
+        """Sorted column indices removed at ``level``."""
+        ids = self.removed_groups(level)
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.intp)
+        return np.sort(np.concatenate([self.groups[i] for i in ids]))
+
+    def kept_columns(self, level: int) -> IndexArray:
+        """Sorted column indices kept at ``level`` (columns in no group are always kept)."""
+        mask = np.ones(self.weight_in.shape[1], dtype=bool)
+        mask[self.removed_columns(level)] = False
+        return np.flatnonzero(mask)
+
+    def weight(self, level: int, *, resolve: bool = False) -> npt.NDArray[np.floating]:
+        """Compensated W at ``level`` (full shape, removed columns zero).
+
+        Args:
+            level: Number of groups removed; any level up to ``max(levels)`` when re-solving.
+            resolve: Re-fit with `solve_kept` even when a snapshot exists.
+        """
+        self._check_level(level)
+        if not resolve and self.snapshots is not None and level in self.snapshots:
+            return self.snapshots[level]
+        return solve_kept(self.weight_in, self.hessian, self.kept_columns(level))
+
+
+def greedy_prune(
+    w: npt.ArrayLike,
+    h: npt.ArrayLike,
+    groups: Sequence[npt.ArrayLike],
+    *,
+    levels: Sequence[int],
+    damp: float = 0.0,
+    snapshots: bool = True,
+    snapshot_dtype: npt.DTypeLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ObsPath:
+    """Greedy structured OBS: repeatedly remove the cheapest group and compensate (ZipLM).
+
+    Cost: each step re-scores the remaining groups (``O(out * in * s)``) and downdates ``H^-1``
+    (``O(in^2 * s)``); ``max(levels)`` steps.
+
+    Args:
+        w: ``W: (out, in)`` (any float dtype).
+        h: ``H: (in, in)``, e.g. ``HessianAccumulator.hessian(damp)``.
+        groups: Disjoint column-index arrays (columns in no group are never removed).
+        levels: Numbers of removed groups at which to record error and weight, e.g.
+            `uniform_levels`; each in ``[0, len(groups)]``.
+        damp: Extra relative damping applied by `prepare_hessian` (0 if ``h`` is already damped).
+        snapshots: Keep a copy of W at every level (see `ObsPath` for memory).
+        snapshot_dtype: dtype of the snapshots (default: W's dtype if floating, else float64).
+        progress: Called as ``progress(step, total_steps)`` after each removal.
+
+    Returns:
+        The `ObsPath`. Ties are broken by the lower group id; when every remaining group has error
+        ``inf`` the removal still happens (pseudo-inverse) and the cumulative error becomes inf.
+    """
+    w_in = np.asarray(w)
+    w0 = _as_matrix(w_in, "W")
+    n_out, n_in = w0.shape
+    hh = prepare_hessian(h, damp)
+    _check_square(hh, n_in, "H")
+    gs = _as_groups(groups, n_in, disjoint=True)
+    lv = sorted({int(x) for x in levels})
+    if not lv:
+        raise ValueError("levels must not be empty")
+    if lv[0] < 0 or lv[-1] > len(gs):
+        raise ValueError(f"levels must lie in [0, {len(gs)}], got {lv}")
+    if snapshot_dtype is None:
+        snapshot_dtype = w_in.dtype if np.issubdtype(w_in.dtype, np.floating) else np.float64
+    total = lv[-1]
+
+    hinv = inverse_hessian(hh)
+    cur = w0.copy()
+    buckets = _bucket(gs)
+    active = np.ones(len(gs), dtype=bool)
+    order = np.zeros(total, dtype=np.intp)
+    step_err = np.zeros(total)
+    snaps: dict[int, npt.NDArray[np.floating]] | None = {} if snapshots else None
+    want = set(lv)
+
+    if snaps is not None and 0 in want:
+        snaps[0] = cur.astype(snapshot_dtype, copy=True)
+    for step in range(total):
+        errs = _errors(cur, hinv, buckets, len(gs), active)
+        j = int(np.argmin(errs))  # inactive groups are inf; an all-inf tie picks the first active
+        if not np.isfinite(errs[j]):
+            j = int(np.flatnonzero(active)[0])
+        order[step] = j
+        step_err[step] = errs[j]
+        active[j] = False
+        _remove_inplace(cur, hinv, gs[j])
+        if step % 32 == 31:
+            hinv = 0.5 * (hinv + hinv.T)
+        if snaps is not None and step + 1 in want:
+            snaps[step + 1] = cur.astype(snapshot_dtype, copy=True)
+        if progress is not None:
+            progress(step + 1, total)
+    cum = np.concatenate([[0.0], np.cumsum(step_err)])
+    logger.debug(
+        "greedy OBS on W %dx%d: %d of %d groups removed, error %.4g",
+        n_out, n_in, total, len(gs), cum[-1],
+    )
+    return ObsPath(
+        levels=tuple(lv),
+        errors=cum[lv],
+        order=order,
+        step_errors=step_err,
+        groups=tuple(gs),
+        snapshots=snaps,
+        weight_in=w0,
+        hessian=hh,
+    )
+
+
+# ------------------------------------------------------------------------ baseline criteria
+
+
+def magnitude_scores(w: npt.ArrayLike, groups: Sequence[npt.ArrayLike], p: float = 2) -> FloatArray:
+    """Group magnitude importance ``||W[:, S]||_p`` over all entries (higher = keep).
+
+    Args:
+        w: ``W: (out, in)``; columns are the prunable inputs (transpose an ONNX MatMul weight).
+        groups: Column-index arrays.
+        p: Norm order (1: group L1, 2: group L2, inf: max).
+    """
+    ww = _as_matrix(w, "W")
+    gs = _as_groups(groups, ww.shape[1], disjoint=False)
+    return np.asarray([np.linalg.norm(ww[:, g].ravel(), ord=p) for g in gs])
+
+
+def wanda_scores(
+    w: npt.ArrayLike, stats: npt.ArrayLike, groups: Sequence[npt.ArrayLike]
+) -> FloatArray:
+    """Group Wanda importance ``sum_{i, j in S} |W_ij| * ||X_j||`` (higher = keep).
+
+    Args:
+        w: ``W: (out, in)``.
+        stats: Either per-feature activation norms ``(in,)`` (e.g.
+            `HessianAccumulator.feature_norms`) or a Hessian / second moment ``(in, in)``, of which
+            ``sqrt(diag)`` is used (proportional to the norms, so the ranking is the same).
+        groups: Column-index arrays.
+    """
+    ww = _as_matrix(w, "W")
+    st = np.asarray(stats, dtype=np.float64)
+    if st.ndim == 2:
+        _check_square(st, ww.shape[1], "stats")
+        norms = np.sqrt(np.clip(np.diag(st), 0.0, None))
+    elif st.shape == (ww.shape[1],):
+        norms = st
+    else:
+        raise ValueError(f"stats must be ({ww.shape[1]},) or square, got {st.shape}")
+    per_col = np.abs(ww).sum(axis=0) * norms
+    gs = _as_groups(groups, ww.shape[1], disjoint=False)
+    return np.asarray([per_col[g].sum() for g in gs])
