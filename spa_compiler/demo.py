@@ -1,0 +1,51 @@
+"""`spa-compile demo`: the main job on a bundled default model, no arguments needed.
+
+Builds the zoo's ResNet-style model from its seed (torch export; no download), then compiles it
+with the default preset and writes model.onnx, model.compiled.onnx and report.json to a folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from spa_compiler.compile import compile_model
+from spa_compiler.context import ProgressFn, _no_progress
+from spa_compiler.errors import MissingRequirementError
+from spa_compiler.report import Report
+
+DEMO_MODEL = "tiny_resnet"
+DEMO_EXPORTER = "torchscript"
+DEMO_PIPELINE = "cleanup,prune-magnitude{ratio=0.5},cleanup"
+
+
+def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = _no_progress) -> Report:
+    """Export the demo model, compile it, write the report; returns the report."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise MissingRequirementError(
+            "the demo builds its model with torch, which is not installed",
+            hint="pip install 'spa-compiler[zoo]' (or: pip install torch onnxscript)",
+        ) from e
+    from spa_compiler import models_zoo
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress("export demo model", 0, 1)
+    src = models_zoo.build(DEMO_MODEL, DEMO_EXPORTER)
+    progress("export demo model", 1, 1)
+    model = out_dir / "model.onnx"
+    shutil.copyfile(src, model)
+    report = Report()
+    compile_model(
+        model,
+        out_dir / "model.compiled.onnx",
+        pipeline=DEMO_PIPELINE,
+        target="ort-cpu",
+        input_shapes=models_zoo.shape_hints(DEMO_MODEL) if hasattr(models_zoo, "shape_hints") else None,
+        report=report,
+        measure_runs=runs,
+        progress=progress,
+    )
+    report.write(out_dir / "report.json")
+    return report
