@@ -39,7 +39,8 @@ def check_model(
                     onnx.checker.check_model(str(path), full_check=True)
             else:
                 onnx.checker.check_model(small, full_check=False)
-                onnx.shape_inference.infer_shapes(small, check_type=True, strict_mode=True)
+                inferred = onnx.shape_inference.infer_shapes(small, check_type=True, strict_mode=True)
+                check_channel_consistency(inferred)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             hint = (
@@ -53,3 +54,74 @@ def check_model(
 def validate_after(model: ModelIR, pass_name: str) -> None:
     """Validate a model right after a modifying pass; the error names the pass."""
     check_model(model, what=f"model after pass {pass_name!r}", error=ValidationError)
+
+
+def _dims(proto: onnx.ModelProto) -> dict[str, list[int | None]]:
+    out: dict[str, list[int | None]] = {}
+    g = proto.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for t in g.initializer:
+        out[t.name] = list(t.dims)
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = list(n.attribute[0].t.dims)
+    return out
+
+
+def check_channel_consistency(proto: onnx.ModelProto) -> None:
+    """Channel counts agree between data and weights (ONNX shape inference does not check these).
+
+    Checks Conv (X channels == W in-channels * group, bias == W out-channels), BatchNormalization
+    (every parameter == X channels), Gemm / MatMul (reduction sizes), LayerNormalization (scale
+    and bias == normalized shape). Raises onnx.checker.ValidationError naming the node.
+    """
+    dims = _dims(proto)
+
+    def known(name: str, axis: int) -> int | None:
+        d = dims.get(name)
+        if not name or d is None or not d:
+            return None
+        try:
+            v = d[axis]
+        except IndexError:
+            return None
+        return v if isinstance(v, int) and v > 0 else None
+
+    def fail(node: onnx.NodeProto, what: str) -> None:
+        raise onnx.checker.ValidationError(f"node {node.name or node.op_type} ({node.op_type}): {what}")
+
+    for n in proto.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Conv" and len(n.input) >= 2:
+            x, w = known(n.input[0], 1), known(n.input[1], 1)
+            group = int(attrs.get("group", 1))
+            if x is not None and w is not None and x != w * group:
+                fail(n, f"input has {x} channels, weight expects {w} x group {group}")
+            if len(n.input) > 2 and n.input[2]:
+                b, o = known(n.input[2], 0), known(n.input[1], 0)
+                if b is not None and o is not None and b != o:
+                    fail(n, f"bias has {b} entries for {o} output channels")
+        elif n.op_type == "BatchNormalization":
+            c = known(n.input[0], 1)
+            for p in n.input[1:5]:
+                v = known(p, 0)
+                if c is not None and v is not None and v != c:
+                    fail(n, f"parameter {p} has {v} entries for {c} channels")
+        elif n.op_type == "Gemm" and len(n.input) >= 2:
+            a = known(n.input[0], 0 if attrs.get("transA", 0) else 1)
+            b = known(n.input[1], 1 if attrs.get("transB", 0) else 0)
+            if a is not None and b is not None and a != b:
+                fail(n, f"reduction sizes differ: {a} vs {b}")
+        elif n.op_type == "MatMul" and len(n.input) == 2:
+            a, b = known(n.input[0], -1), known(n.input[1], -2)
+            if a is not None and b is not None and a != b and len(dims.get(n.input[1], [])) >= 2:
+                fail(n, f"reduction sizes differ: {a} vs {b}")
+        elif n.op_type == "LayerNormalization":
+            c = known(n.input[0], -1)
+            for p in n.input[1:3]:
+                v = known(p, -1)
+                if c is not None and v is not None and v != c:
+                    fail(n, f"parameter {p} has {v} entries for {c} features")

@@ -1,0 +1,117 @@
+"""ModelIR: load/save round trips, external data, atomic writes, IR versions, clones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from spa_compiler import ir as ir_mod
+from spa_compiler.errors import InvalidModelError, UsageError
+from spa_compiler.ir import ModelIR, save_proto
+from spa_compiler.targets import TARGETS, output_ir_version
+from tests.helpers import conv_chain_model, run_ort
+
+
+def _feeds(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+
+
+def test_round_trip_is_exact(tmp_path: Path, rng: np.random.Generator) -> None:
+    proto = conv_chain_model(rng)
+    p = tmp_path / "m.onnx"
+    onnx.save(proto, p)
+    model = ModelIR.load(p)
+    out = tmp_path / "o.onnx"
+    model.save(out)
+    feeds = _feeds(rng)
+    np.testing.assert_array_equal(run_ort(proto, feeds)[0], run_ort(onnx.load(out), feeds)[0])
+
+
+def test_external_data_round_trip(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(1234)
+    proto = conv_chain_model(rng)
+    p = tmp_path / "m.onnx"
+    onnx.save_model(conv_chain_model(np.random.default_rng(1234)), p, save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    model = ModelIR.load(p)
+    # force the external-data path for the output, as for a >2 GB model
+    monkeypatch.setattr(ir_mod, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "sub" / "o.onnx"
+    out.parent.mkdir()
+    model.save(out)
+    assert (out.parent / "o.onnx.data").is_file()
+    assert sorted(q.name for q in out.parent.iterdir()) == ["o.onnx", "o.onnx.data"]
+    reloaded = onnx.load(out)
+    feeds = _feeds(rng)
+    np.testing.assert_array_equal(run_ort(proto, feeds)[0], run_ort(reloaded, feeds)[0])
+
+
+def test_save_failure_leaves_nothing(tmp_path: Path, rng: np.random.Generator, monkeypatch) -> None:
+    model = ModelIR.from_proto(conv_chain_model(rng))
+    dest = tmp_path / "o.onnx"
+    dest.write_bytes(b"previous contents")
+
+    def fail(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", fail)
+    with pytest.raises(OSError):
+        model.save(dest)
+    assert dest.read_bytes() == b"previous contents"  # the old file is intact, not half-replaced
+    assert [q.name for q in tmp_path.iterdir()] == ["o.onnx"]
+
+
+def test_save_into_missing_folder_is_usage_error(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = ModelIR.from_proto(conv_chain_model(rng))
+    with pytest.raises(UsageError, match="does not exist"):
+        model.save(tmp_path / "nope" / "o.onnx")
+
+
+def test_ir_version_capped_per_target(rng: np.random.Generator) -> None:
+    proto = conv_chain_model(rng)
+    proto.ir_version = 14
+    model = ModelIR.from_proto(proto)
+    assert output_ir_version(model, TARGETS["ort-cpu"]) == 13
+    assert output_ir_version(model, TARGETS["tensorrt"]) == 10
+    assert model.to_proto(ir_version=13).ir_version == 13
+    low = ModelIR.from_proto(conv_chain_model(rng))  # IR 9 stays 9
+    assert output_ir_version(low, TARGETS["ort-cpu"]) == 9
+
+
+def test_clone_is_independent(rng: np.random.Generator) -> None:
+    model = ModelIR.from_proto(conv_chain_model(rng))
+    before = model.fingerprint()
+    other = model.clone()
+    w = other.tensors()["w1"]
+    w.values[...] = 0
+    assert model.fingerprint() == before
+    assert other.fingerprint() != before
+
+
+def test_load_missing_file() -> None:
+    with pytest.raises(InvalidModelError, match="no such file"):
+        ModelIR.load("/nonexistent/model.onnx")
+
+
+def test_set_input_shapes_checks(rng: np.random.Generator) -> None:
+    proto = conv_chain_model(rng)
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "n"
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "n"
+    model = ModelIR.from_proto(proto)
+    assert model.symbolic_inputs() == {"x": ("n", 3, 8, 8)}
+    with pytest.raises(UsageError, match="rank"):
+        model.set_input_shapes({"x": (1, 3, 8)})
+    with pytest.raises(UsageError, match="fixed to 3"):
+        model.set_input_shapes({"x": (1, 4, 8, 8)})
+    with pytest.raises(UsageError, match="not a model input"):
+        model.set_input_shapes({"y": (1,)})
+    model.set_input_shapes({"x": (2, 3, 8, 8)})
+    assert model.symbolic_inputs() == {}
+    assert model.tensors()["r2"].shape == [2, 16, 8, 8]  # inferred through the graph
+
+
+def test_save_proto_refuses_directory(tmp_path: Path, rng: np.random.Generator) -> None:
+    with pytest.raises(UsageError, match="directory"):
+        save_proto(conv_chain_model(rng), tmp_path)
