@@ -157,6 +157,9 @@ class PruneMagnitudePass(Pass):
         details = []
         removed_total = 0
         chains = 0
+        # Decide every chain on the unmodified weights first, so the result does not depend on
+        # the order chains are visited in; then rewrite.
+        plan: list[tuple[_Chain, np.ndarray]] = []
         for node in model.nodes(("Conv", "Gemm")):
             chain, why = _find_chain(model, node)
             if chain is None:
@@ -171,15 +174,16 @@ class PruneMagnitudePass(Pass):
                 skipped["nothing-to-remove"] += 1
                 continue
             scores = channel_scores(np.asarray(chain.weight.values), self.norm)
-            keep = np.sort(np.argsort(-scores, kind="stable")[:keep_n])
+            plan.append((chain, np.sort(np.argsort(-scores, kind="stable")[:keep_n])))
+        for chain, keep in plan:
             self._rewrite(model, chain, keep)
             chains += 1
-            removed_total += chain.channels - keep_n
+            removed_total += chain.channels - len(keep)
             details.append(
                 {"producer": chain.producer.name, "consumer": chain.consumer.name,
-                 "channels": chain.channels, "kept": keep_n}
+                 "channels": chain.channels, "kept": len(keep)}
             )
-            logger.debug("prune-magnitude %s: %d -> %d", chain.producer.name, chain.channels, keep_n)
+            logger.debug("prune-magnitude %s: %d -> %d", chain.producer.name, chain.channels, len(keep))
         return PassResult(
             model,
             modified=chains > 0,
@@ -190,10 +194,16 @@ class PruneMagnitudePass(Pass):
 
     @staticmethod
     def _rewrite(model: ModelIR, chain: _Chain, keep: np.ndarray) -> None:
+        # constants are resolved again from the nodes: an earlier rewrite may have given a node
+        # its own copy of a shared initializer
         p = chain.producer
-        slice_constant(chain.weight, 0, keep, allowed_users=[p], model=model)
+        w = constant_value(p.inputs[1])
+        assert w is not None  # checked in _find_chain
+        slice_constant(w, 0, keep, allowed_users=[p], model=model)
         if chain.bias is not None:
-            slice_constant(chain.bias, 0, keep, allowed_users=[p], model=model)
+            b = constant_value(p.inputs[2])
+            assert b is not None
+            slice_constant(b, 0, keep, allowed_users=[p], model=model)
         for m in chain.middle:
             if m.op == "BatchNormalization":
                 for x in m.inputs[1:5]:
