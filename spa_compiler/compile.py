@@ -121,9 +121,9 @@ def measure(
 
     stats = model_stats(model, shapes)
     providers = TARGETS[target].providers or ("CPUExecutionProvider",)
-    import onnxruntime as ort
+    from spa_compiler.runtime import import_ort
 
-    available = set(ort.get_available_providers())
+    available = set(import_ort().get_available_providers())
     providers = tuple(p for p in providers if p in available) or ("CPUExecutionProvider",)
     m = measure_ort(model, feeds, providers=providers, threads=threads, runs=runs, min_seconds=0.5)
     stats.update(

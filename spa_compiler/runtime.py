@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 
+from spa_compiler.errors import MissingRequirementError
 from spa_compiler.ir import ModelIR
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+
+def import_ort() -> Any:
+    """The onnxruntime module (CPU or GPU build), or a one-line error saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise MissingRequirementError(
+            "ONNX Runtime is not installed",
+            hint="pip install 'spa-compiler[cpu]' (or [gpu] for onnxruntime-gpu; never both)",
+        ) from e
+    return onnxruntime
 
 PROVIDERS = {
     "ort-cpu": ["CPUExecutionProvider"],
@@ -32,6 +49,7 @@ def make_session(
         threads: intra-op threads (None: ORT's default); inter-op is always 1.
         optimize: ORT graph optimizations on (timing) or off (numerical checks of our graph).
     """
+    ort = import_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -53,7 +71,9 @@ def run(
     optimize: bool = False,
 ) -> list[npt.NDArray[np.generic]]:
     """Run once on the CPU provider and return every graph output."""
-    sess = model if isinstance(model, ort.InferenceSession) else make_session(model, optimize=optimize)
+    sess = model if hasattr(model, "run") and hasattr(model, "get_inputs") else make_session(
+        model, optimize=optimize  # type: ignore[arg-type]
+    )
     return list(sess.run(None, dict(feeds)))
 
 

@@ -10,10 +10,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 
 from spa_compiler.ir import ModelIR
-from spa_compiler.runtime import make_session
+from spa_compiler.runtime import import_ort, make_session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,5 +73,5 @@ def measure_ort(
         runs=len(times),
         provider=sess.get_providers()[0],
         threads=threads,
-        runtime=f"onnxruntime {ort.__version__}",
+        runtime=f"onnxruntime {import_ort().__version__}",
     )
