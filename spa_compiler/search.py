@@ -22,7 +22,9 @@ Discretization (what "exact up to the grid" means):
 3. The DP is exact for the rounded problem. Against the true additive problem it may miss a better
    choice only if that choice's latency is within (number of groups) * delta of the budget; the loss
    shrinks with a finer `resolution` (cost O(groups * levels * resolution) time, O(groups * resolution)
-   memory for back-pointers).
+   memory for back-pointers). To recover most such boundary choices the DP also fills the G cells
+   past the budget, and a choice found there is accepted when its unrounded latency fits (checked
+   exactly, in order of error): a choice that fits exactly on the budget is then not lost to rounding.
 4. The latency reported for the chosen levels is always recomputed from the unrounded values.
 
 Ties in error are broken towards the lower (rounded) latency, then towards the lower level index.
@@ -176,6 +178,8 @@ def _cells(excess: float, delta: float) -> int:
     if delta <= 0.0:
         return 1 << 62
     q = excess / delta
+    if not q < 2.0**62:  # also inf, from a subnormal grid
+        return 1 << 62
     k = math.floor(q)
     return k if q - k <= _EPS * max(1.0, q) else k + 1
 
@@ -211,11 +215,21 @@ def _min_error_within(
     else:
         delta = slack_ms / resolution
         cells = resolution
-    dp, back = _dp_table(groups, cells, delta)
-    if not np.isfinite(dp).any():
-        return None, delta
-    t = int(np.argmin(dp))  # first minimum: the lowest latency among equal errors
-    return _backtrack(groups, back, t, delta), delta
+    # The table runs G cells past the budget: upper rounding adds less than one cell per group, so a
+    # choice that truly fits can land there. Those cells are accepted only after an exact check.
+    dp, back = _dp_table(groups, cells + len(groups) if delta > 0 else cells, delta)
+    order = np.lexsort((np.arange(dp.size), dp))  # by error, then by latency
+    for t in order:
+        if not np.isfinite(dp[t]):
+            break
+        idx = _backtrack(groups, back, int(t), delta)
+        if t <= cells or _excess(groups, idx) <= slack_ms * (1.0 + _EPS):
+            return idx, delta
+    return None, delta
+
+
+def _excess(groups: Sequence[GroupOptions], idx: Sequence[int]) -> float:
+    return math.fsum(g.levels[i].latency_ms - min(lv.latency_ms for lv in g.levels) for g, i in zip(groups, idx))
 
 
 def _min_latency_within_error(
