@@ -1,14 +1,14 @@
 """Calibration inputs (``--calib``) and the intermediate activations they produce.
 
 A *feed* is one model run's inputs, ``dict[input name, np.ndarray]``. A `CalibrationSource` is a
-re-iterable collection of feeds, read lazily: every ``iter()`` starts again from the beginning and holds
-one feed in memory at a time (passes iterate once per layer or per layer block).
+re-iterable collection of feeds, read lazily: every ``iter()`` starts again from the beginning and
+holds one feed in memory at a time (passes iterate once per layer or per layer block).
 
 ``load_calibration(spec, input_names)`` understands three kinds of ``spec``:
 
 1. A directory of NumPy files (`NumpyDirectorySource`), any mix of:
 
-   * ``*.npz`` files, one feed each, keyed by input name (``np.savez(path, input_ids=..., mask=...)``);
+   * ``*.npz`` files, one feed each, keyed by input name (``np.savez(path, ids=..., mask=...)``);
    * ``<input>_<k>.npy`` files directly in the directory: feed ``k`` is ``{input: <input>_<k>.npy}``
      for every input (all inputs must have the same set of ``k``);
    * per-input folders ``<input>/*.npy``: the i-th file (natural sort: ``2.npy`` before ``10.npy``)
@@ -18,11 +18,11 @@ one feed in memory at a time (passes iterate once per layer or per layer block).
    ``_`` (``input:0`` -> ``input_0``). ``.npz`` feeds come first, then ``.npy`` feeds; files are
    opened with ``allow_pickle=False``. A single ``.npz`` file is also accepted as a one-feed source.
 2. The ONNX backend-test layout (`TestDataSetSource`): a directory of ``test_data_set_*/`` folders,
-   one feed each (or one such folder itself), with ``input_<i>.pb`` serialized ``TensorProto`` files.
-   A tensor is matched to an input by its ``name``, else by position ``i``.
+   one feed each (or one such folder itself), with ``input_<i>.pb`` serialized ``TensorProto``
+   files. A tensor is matched to an input by its ``name``, else by position ``i``.
 3. ``module:function`` or ``path/to/file.py:function`` (`FunctionSource`): the function is called
-   with no arguments at every iteration and must return an iterable of feeds (a generator function is
-   ideal: it streams and restarts).
+   with no arguments at every iteration and must return an iterable of feeds (a generator function
+   is ideal: it streams and restarts).
 
 Every feed is validated as it is read: a missing input, a non-array value, a dtype other than the
 expected one (when ``expected_dtypes`` is given, e.g. from `model_inputs`) or a shape that
@@ -108,7 +108,8 @@ class InputSpec:
     Attributes:
         name: The graph input's name.
         dtype: Its numpy dtype (None for non-tensor inputs).
-        shape: Its dims: ints for fixed sizes, None for symbolic or unknown ones (None: unknown rank).
+        shape: Its dims: ints for fixed sizes, None for symbolic or unknown ones (None: unknown
+            rank).
     """
 
     name: str
@@ -131,7 +132,9 @@ def model_inputs(model: onnx.ModelProto | ModelIR) -> list[InputSpec]:
             if tt.elem_type:
                 dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
             if tt.HasField("shape"):
-                shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+                shape = tuple(
+                    d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
+                )
         out.append(InputSpec(vi.name, dtype, shape))
     return out
 
@@ -189,7 +192,8 @@ class _Validated:
         missing = [n for n in self.input_names if n not in raw]
         if missing:
             raise UsageError(
-                f"calibration feed {where} lacks input(s) {missing} (it has {sorted(map(str, raw))})",
+                f"calibration feed {where} lacks input(s) {missing} "
+                f"(it has {sorted(map(str, raw))})",
                 hint=f"the model's inputs are {list(self.input_names)}",
             )
         feed: Feed = {}
@@ -210,7 +214,10 @@ class _Validated:
             shape = self.expected_shapes.get(name)
             if shape is not None and (
                 arr.ndim != len(shape)
-                or any(d is not None and d > 0 and d != a for d, a in zip(shape, arr.shape))
+                or any(
+                    d is not None and d > 0 and d != a
+                    for d, a in zip(shape, arr.shape, strict=True)
+                )
             ):
                 dims = ["?" if d is None or d <= 0 else d for d in shape]
                 raise UsageError(
@@ -233,8 +240,9 @@ class NumpyDirectorySource(_Validated):
         npy_feeds: The ``.npy`` feeds: one ``{input name: file}`` per feed.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], input_names: Sequence[str],
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], input_names: Sequence[str], **kwargs: Any
+    ) -> None:
         """Index the folder (listing only; no array is read here).
 
         Raises:
@@ -257,7 +265,9 @@ class NumpyDirectorySource(_Validated):
     def _index_npy(self, entries: list[Path]) -> list[dict[str, Path]]:
         stems = {name: {name, _file_stem(name)} for name in self.input_names}
         dirs = {p.name: p for p in entries if p.is_dir()}
-        folder_of = {n: next((dirs[s] for s in sorted(v) if s in dirs), None) for n, v in stems.items()}
+        folder_of = {
+            n: next((dirs[s] for s in sorted(v) if s in dirs), None) for n, v in stems.items()
+        }
         if any(folder_of.values()):
             lacking = [n for n, f in folder_of.items() if f is None]
             if lacking:
@@ -347,8 +357,9 @@ class TestDataSetSource(_Validated):
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, directory: str | os.PathLike[str], input_names: Sequence[str],
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], input_names: Sequence[str], **kwargs: Any
+    ) -> None:
         """Index the folder (listing only).
 
         Raises:
@@ -388,8 +399,9 @@ class TestDataSetSource(_Validated):
                 elif index < len(self.input_names):
                     name = self.input_names[index]
                     if tensor.name:
-                        logger.debug("%s: tensor %r taken as input %r by position", path,
-                                     tensor.name, name)
+                        logger.debug(
+                            "%s: tensor %r taken as input %r by position", path, tensor.name, name
+                        )
                 else:
                     raise UsageError(
                         f"{path} holds tensor {tensor.name!r}, which is not a model input, and "
@@ -430,7 +442,9 @@ class FunctionSource(_Validated):
         except SpaError:
             raise
         except Exception as e:
-            raise UsageError(f"calibration function {self.spec} raised {type(e).__name__}: {e}") from e
+            raise UsageError(
+                f"calibration function {self.spec} raised {type(e).__name__}: {e}"
+            ) from e
         if isinstance(result, Mapping) or not isinstance(result, Iterable):
             raise UsageError(
                 f"calibration function {self.spec} returned a {type(result).__name__}, expected an "
@@ -456,8 +470,9 @@ class FunctionSource(_Validated):
 def _import_function(spec: str) -> Callable[[], Any]:
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:
-        raise UsageError(f"calibration spec {spec!r} is neither a folder nor module:function",
-                         hint=_HINT_LAYOUT)
+        raise UsageError(
+            f"calibration spec {spec!r} is neither a folder nor module:function", hint=_HINT_LAYOUT
+        )
     try:
         if module_part.endswith(".py") or "/" in module_part or os.sep in module_part:
             path = Path(module_part)
@@ -518,7 +533,9 @@ def load_calibration(
         UsageError: missing or empty folder, unrecognized layout, import failure, bad first feed.
     """
     opts: dict[str, Any] = {
-        "expected_dtypes": expected_dtypes, "expected_shapes": expected_shapes, "limit": limit,
+        "expected_dtypes": expected_dtypes,
+        "expected_shapes": expected_shapes,
+        "limit": limit,
     }
     text = os.fspath(spec)
     path = Path(text)
@@ -526,7 +543,8 @@ def load_calibration(
     if path.is_dir():
         has_sets = bool(_input_pbs(path)) or any(p.is_dir() for p in path.glob("test_data_set_*"))
         has_numpy = any(p.suffix in (".npz", ".npy") for p in path.iterdir()) or any(
-            p.is_dir() and any(p.glob("*.npy")) for p in path.iterdir()
+            p.is_dir() and any(p.glob("*.npy"))
+            for p in path.iterdir()
             if not p.name.startswith("test_data_set_")
         )
         if has_sets and has_numpy:
@@ -541,8 +559,9 @@ def load_calibration(
         elif not any(path.iterdir()):
             raise UsageError(f"calibration folder {path} is empty", hint=_HINT_LAYOUT)
         else:
-            raise UsageError(f"calibration folder {path} holds no calibration files",
-                             hint=_HINT_LAYOUT)
+            raise UsageError(
+                f"calibration folder {path} holds no calibration files", hint=_HINT_LAYOUT
+            )
     elif path.is_file():
         if path.suffix != ".npz":
             raise UsageError(f"calibration file {path} is not a .npz file", hint=_HINT_LAYOUT)
@@ -582,8 +601,11 @@ def _externalized(proto: onnx.ModelProto, folder: str, location: str) -> onnx.Mo
             new.name, new.data_type = t.name, t.data_type
             new.dims.extend(t.dims)
             f.write(t.raw_data)
-            for key, val in (("location", location), ("offset", str(offset)),
-                             ("length", str(len(t.raw_data)))):
+            for key, val in (
+                ("location", location),
+                ("offset", str(offset)),
+                ("length", str(len(t.raw_data))),
+            ):
                 entry = new.external_data.add()
                 entry.key, entry.value = key, val
             new.data_location = onnx.TensorProto.EXTERNAL
@@ -711,7 +733,8 @@ class ActivationCollector:
         inits = {t.name: t for t in g.initializer}
         present = {o.name for o in g.output}
         missing = [
-            n for n in self.tensor_names
+            n
+            for n in self.tensor_names
             if n not in produced and n not in inits and n not in {i.name for i in g.input}
         ]
         if missing:
@@ -725,7 +748,11 @@ class ActivationCollector:
             vi = onnx.ValueInfoProto()
             vi.name = name
             src = known.get(name)
-            if src is not None and src.type.HasField("tensor_type") and src.type.tensor_type.elem_type:
+            if (
+                src is not None
+                and src.type.HasField("tensor_type")
+                and src.type.tensor_type.elem_type
+            ):
                 vi.type.tensor_type.elem_type = src.type.tensor_type.elem_type  # shape left unknown
             elif name in inits:
                 vi.type.tensor_type.elem_type = inits[name].data_type
@@ -739,8 +766,10 @@ class ActivationCollector:
         """
         missing = [n for n in self.input_names if n not in feed]
         if missing:
-            raise UsageError(f"calibration feed lacks input(s) {missing}",
-                             hint=f"the model's inputs are {self.input_names}")
+            raise UsageError(
+                f"calibration feed lacks input(s) {missing}",
+                hint=f"the model's inputs are {self.input_names}",
+            )
         inputs = {n: np.asarray(feed[n]) for n in self.input_names}
         try:
             values = self._session.run(list(self.tensor_names), inputs)
@@ -748,9 +777,11 @@ class ActivationCollector:
             raise UsageError(
                 f"ONNX Runtime rejected a calibration feed: {' '.join(str(e).split())}"
             ) from e
-        return dict(zip(self.tensor_names, values))
+        return dict(zip(self.tensor_names, values, strict=True))
 
-    def collect(self, feeds: Iterable[Mapping[str, npt.ArrayLike]]) -> Iterator[dict[str, npt.NDArray[Any]]]:
+    def collect(
+        self, feeds: Iterable[Mapping[str, npt.ArrayLike]]
+    ) -> Iterator[dict[str, npt.NDArray[Any]]]:
         """Yield the requested tensors feed by feed (one feed's activations alive at a time)."""
         for feed in feeds:
             yield self.run(feed)

@@ -8,20 +8,20 @@ depend on the row. We accumulate the *per-sample mean* form
     H = (2 / n) * X X^T + damp * mean(diag((2 / n) X X^T)) * I,            H: (in, in)
 
 so that ``1/2 * dw H dw^T`` is the *mean* squared output error per sample (of one row), which keeps
-numbers of the same order whatever the amount of calibration data. ``spa_compiler.obs`` works with any
-positive multiple of ``2 X X^T``: the OBS update does not depend on the scale, and its errors come out in
-the units of ``1/2 * dw H dw^T`` (with this module's ``H``: mean squared error per sample, summed over
-output rows). Damping (``damp`` relative to the mean diagonal, SparseGPT's ``percdamp``) makes ``H``
-positive definite even when features are dead or collinear.
+numbers of the same order whatever the amount of calibration data. ``spa_compiler.obs`` works with
+any positive multiple of ``2 X X^T``: the OBS update does not depend on the scale, and its errors
+come out in the units of ``1/2 * dw H dw^T`` (with this module's ``H``: mean squared error per
+sample, summed over output rows). Damping (``damp`` relative to the mean diagonal, SparseGPT's
+``percdamp``) makes ``H`` positive definite even when features are dead or collinear.
 
-Conv layers: a Conv weight ``(out, in/g, *kernel)`` reshaped to ``(out, in/g * prod(kernel))`` acts on
-the im2col columns of its input (`im2col`); input channel ``c`` (within its group) owns the
+Conv layers: a Conv weight ``(out, in/g, *kernel)`` reshaped to ``(out, in/g * prod(kernel))``
+acts on the im2col columns of its input (`im2col`); input channel ``c`` (within its group) owns the
 ``prod(kernel)`` consecutive columns ``c * prod(kernel) + arange(prod(kernel))``
 (`conv_channel_columns`). The Hessian of group ``j`` of a grouped Conv is the accumulator fed with
 ``im2col(x)[:, conv_group_slice(j, ...)]``.
 
-Accumulation is in float64 whatever the input dtype (the running mean is rescaled at every batch, as in
-SparseGPT, so the sum never grows with ``n``).
+Accumulation is in float64 whatever the input dtype (the running mean is rescaled at every batch,
+as in SparseGPT, so the sum never grows with ``n``).
 """
 
 from __future__ import annotations
@@ -254,7 +254,9 @@ def conv_weight_2d(w: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
     return w.reshape(w.shape[0], -1)
 
 
-def conv_channel_columns(n_channels: int, kernel_shape: Sequence[int]) -> list[npt.NDArray[np.intp]]:
+def conv_channel_columns(
+    n_channels: int, kernel_shape: Sequence[int]
+) -> list[npt.NDArray[np.intp]]:
     """Column indices of each input channel in `conv_weight_2d` / `im2col` order.
 
     Args:
@@ -268,7 +270,9 @@ def conv_channel_columns(n_channels: int, kernel_shape: Sequence[int]) -> list[n
     return [np.arange(ch * kk, (ch + 1) * kk, dtype=np.intp) for ch in range(n_channels)]
 
 
-def conv_group_slice(group_index: int, n_channels: int, kernel_shape: Sequence[int], group: int) -> slice:
+def conv_group_slice(
+    group_index: int, n_channels: int, kernel_shape: Sequence[int], group: int
+) -> slice:
     """The `im2col` columns read by weight group ``group_index`` of a grouped Conv.
 
     Args:

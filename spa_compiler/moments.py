@@ -5,7 +5,8 @@ parameters of the normalization in front of it:
 
 * BatchNorm ``y = gamma (x - mean) / sqrt(var + eps) + beta``: assuming the BN input follows its
   running statistics, ``x_c ~ N(mean_c, var_c)``, the output is ``y_c ~ N(beta_c, gamma_c^2 var_c /
-  (var_c + eps))`` (`batchnorm_gaussian`; ``~ N(beta, gamma^2)`` unless ``var`` is comparable to eps).
+  (var_c + eps))`` (`batchnorm_gaussian`; ``~ N(beta, gamma^2)`` unless ``var`` is comparable to
+  eps).
 * LayerNorm / RMSNorm with affine ``(gamma, beta)``: the normalized value has unit variance, so each
   channel is taken as ``N(beta_c, gamma_c^2)`` (`layernorm_gaussian`).
 
@@ -14,11 +15,12 @@ channel ``m_c = E[f(y_c)]`` and ``q_c = E[f(y_c)^2]``:
 
 * closed form: identity, ReLU, ReLU6 / Clip (truncated-normal moments), LeakyReLU, and GELU in its
   exact ``x Phi(x)`` form (the mean by Stein's lemma; the second moment through the bivariate normal
-  CDF ``Phi_2(h, h; rho) = Phi(h) - 2 T(h, 1/sqrt(1 + 2 s^2))``, Owen's T by 64-point Gauss-Legendre);
-* quadrature (no closed form exists): SiLU, GELU (tanh form), sigmoid, tanh, HardSwish, HardSigmoid and
-  any numpy callable, by composite 8-point Gauss-Legendre over ``z in [-10, 10]`` of the standard
-  normal, with panel edges at the activation's kinks (`quadrature_moments`; ~1e-12 relative against
-  the closed forms, far below the Monte-Carlo noise the tests use).
+  CDF ``Phi_2(h, h; rho) = Phi(h) - 2 T(h, 1/sqrt(1 + 2 s^2))``, Owen's T by 64-point
+  Gauss-Legendre);
+* quadrature (no closed form exists): SiLU, GELU (tanh form), sigmoid, tanh, HardSwish,
+  HardSigmoid and any numpy callable, by composite 8-point Gauss-Legendre over ``z in [-10, 10]``
+  of the standard normal, with panel edges at the activation's kinks (`quadrature_moments`; ~1e-12
+  relative against the closed forms, far below the Monte-Carlo noise the tests use).
 
 Channels are assumed independent (and, for Conv, so are spatial positions), so
 
@@ -66,7 +68,8 @@ Activation = Literal[
     "hardsigmoid",
 ]
 
-#: ONNX op_type -> activation name (SiLU is exported as Mul(x, Sigmoid(x)); match that pattern first).
+#: ONNX op_type -> activation name.
+#: SiLU is exported as Mul(x, Sigmoid(x)); match that pattern before looking the op up here.
 ONNX_ACTIVATIONS: dict[str, Activation] = {
     "Identity": "identity",
     "Relu": "relu",
@@ -117,8 +120,9 @@ class ChannelMoments:
         """``E[x x^T]`` under channel independence: ``diag(var) + m m^T``.
 
         Args:
-            repeat: Columns per channel (``prod(kernel)`` for im2col columns of a Conv, channel-major
-                as in `spa_compiler.hessian.im2col`); positions are assumed independent too.
+            repeat: Columns per channel (``prod(kernel)`` for im2col columns of a Conv,
+                channel-major as in `spa_compiler.hessian.im2col`); positions are assumed
+                independent too.
 
         Returns:
             ``(C * repeat, C * repeat)`` float64.
@@ -129,7 +133,7 @@ class ChannelMoments:
         return out
 
     def hessian(self, damp: float = 0.01, repeat: int = 1) -> FloatArray:
-        """Synthetic per-sample Hessian ``2 E[x x^T] + damp * mean(diag) * I`` (as `HessianAccumulator`)."""
+        """Synthetic per-sample Hessian ``2 E[x x^T] + damp * mean(diag) * I``."""
         h = 2.0 * self.second_moment_matrix(repeat)
         if damp > 0:
             mean_diag = float(np.mean(np.diag(h)))
@@ -169,7 +173,7 @@ def batchnorm_gaussian(
 def layernorm_gaussian(
     scale: npt.ArrayLike, bias: npt.ArrayLike | None = None
 ) -> tuple[FloatArray, FloatArray]:
-    """``(mu, sigma) = (beta, |gamma|)`` of a LayerNorm/RMSNorm output (unit-variance assumption)."""
+    """``(mu, sigma) = (beta, |gamma|)`` of a LayerNorm/RMSNorm output (unit variance assumed)."""
     g = np.asarray(scale, dtype=np.float64)
     mu = np.zeros_like(g) if bias is None else np.asarray(bias, dtype=np.float64) * np.ones_like(g)
     return mu, np.abs(g)
@@ -302,7 +306,9 @@ def _sigmoid(x: FloatArray) -> FloatArray:
 
 _NUMERIC: dict[str, Callable[[FloatArray], FloatArray]] = {
     "silu": lambda x: x * _sigmoid(x),
-    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "gelu_tanh": lambda x: (
+        0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    ),
     "sigmoid": _sigmoid,
     "tanh": np.tanh,
     "hardswish": lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
@@ -333,7 +339,9 @@ def activation_moments(
     Raises:
         ValueError: Unknown activation or negative sigma.
     """
-    m, s = np.broadcast_arrays(np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64))
+    m, s = np.broadcast_arrays(
+        np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    )
     m, s = m.astype(np.float64, copy=True), s.astype(np.float64, copy=True)
     if np.any(s < 0) or not np.all(np.isfinite(s)) or not np.all(np.isfinite(m)):
         raise ValueError("sigma must be finite and >= 0, mu finite")

@@ -1,10 +1,11 @@
 """Structured Optimal Brain Surgeon for one linear layer (ZipLM; ALGORITHMS.md §2), in numpy.
 
-Setting. ``Y = W X`` with ``W: (out, in)`` and calibration inputs ``X: (in, n)``. A *group* ``S`` is a
-set of input columns removed together (an FFN neuron = 1 column of the down projection, an attention
-head = ``head_dim`` columns of the output projection, a Conv input channel = ``prod(kernel)`` im2col
-columns, see `spa_compiler.hessian.conv_channel_columns`). Removing ``S`` and re-fitting the other
-columns minimizes the layer loss ``L(dW) = 1/2 * sum_rows dw H dw^T`` subject to ``W'[:, S] = 0``.
+Setting. ``Y = W X`` with ``W: (out, in)`` and calibration inputs ``X: (in, n)``. A *group* ``S``
+is a set of input columns removed together (an FFN neuron = 1 column of the down projection, an
+attention head = ``head_dim`` columns of the output projection, a Conv input channel =
+``prod(kernel)`` im2col columns, see `spa_compiler.hessian.conv_channel_columns`). Removing ``S``
+and re-fitting the other columns minimizes the layer loss ``L(dW) = 1/2 * sum_rows dw H dw^T``
+subject to ``W'[:, S] = 0``.
 
 Conventions (read these before comparing numbers with a paper):
 
@@ -16,7 +17,8 @@ Conventions (read these before comparing numbers with a paper):
       E_S = 1/2 * sum_rows W[:, S] ((H^-1)_SS)^-1 W[:, S]^T
 
   so that, for ``H = 2 X X^T`` and no damping, ``E_S == ||W X - W' X||_F^2`` for the compensated W'
-  (ALGORITHMS.md writes the same formula without the 1/2, i.e. twice the loss; the ranking is the same).
+  (ALGORITHMS.md writes the same formula without the 1/2, i.e. twice the loss; the ranking is the
+  same).
 * Update and inverse downdate (independent of the scale of H)::
 
       W    <- W    - W[:, S] ((H^-1)_SS)^-1 (H^-1)_S,:          then W[:, S] = 0
@@ -29,9 +31,9 @@ Conventions (read these before comparing numbers with a paper):
 
 Singular H. `prepare_hessian` symmetrizes, applies relative damping, and decouples *dead* features
 (zero diagonal: the input is always 0, so its column does not affect the loss) by giving them a tiny
-diagonal, which makes their removal cost ~0. If Cholesky still fails, damping is raised tenfold up to
-four times (with a warning), then `PreconditionError`. A group whose ``(H^-1)_SS`` block is not positive
-definite (only possible through rounding) gets error ``inf``; if it must be removed anyway,
+diagonal, which makes their removal cost ~0. If Cholesky still fails, damping is raised tenfold up
+to four times (with a warning), then `PreconditionError`. A group whose ``(H^-1)_SS`` block is not
+positive definite (only possible through rounding) gets error ``inf``; if it must be removed anyway,
 `remove_group` uses the pseudo-inverse of the block.
 
 Weights are processed in float64. Importances of the baseline criteria (`magnitude_scores`,
@@ -179,7 +181,9 @@ def inverse_hessian(h: FloatArray, *, max_retries: int = 4) -> FloatArray:
             extra = 1e-6 * 10.0**attempt
             logger.warning(
                 "layer Hessian (%d x %d) is not positive definite; adding damping %.1e",
-                h.shape[0], h.shape[0], extra,
+                h.shape[0],
+                h.shape[0],
+                extra,
             )
             continue
         linv = np.linalg.inv(lower)
@@ -263,8 +267,8 @@ def group_errors(
         groups: Column-index arrays; may overlap (each is evaluated independently).
 
     Returns:
-        ``E: (n_groups,)``, ``E_S = 1/2 sum_rows W[:, S] ((H^-1)_SS)^-1 W[:, S]^T`` (module doc for the
-        1/2); ``inf`` where ``(H^-1)_SS`` is not positive definite.
+        ``E: (n_groups,)``, ``E_S = 1/2 sum_rows W[:, S] ((H^-1)_SS)^-1 W[:, S]^T`` (module doc
+        for the 1/2); ``inf`` where ``(H^-1)_SS`` is not positive definite.
     """
     ww = _as_matrix(w, "W")
     hi = _as_matrix(hinv, "H^-1")
@@ -279,8 +283,9 @@ def _block_inverse(block: FloatArray) -> FloatArray:
         linv = np.linalg.inv(lower)
         return linv.T @ linv
     except np.linalg.LinAlgError:
-        logger.warning("(H^-1)_SS of a %d-column group is singular; using its pseudo-inverse",
-                       block.shape[0])
+        logger.warning(
+            "(H^-1)_SS of a %d-column group is singular; using its pseudo-inverse", block.shape[0]
+        )
         return np.linalg.pinv(block, hermitian=True)
 
 
@@ -321,8 +326,8 @@ def solve_kept(
 ) -> FloatArray:
     """Exact least-squares re-fit of W on a fixed set of kept columns (the oracle).
 
-    Minimizes ``sum_rows (W' - W) H (W' - W)^T`` over W' with ``W'[:, R] = 0`` (R = removed). Setting
-    the gradient over the kept columns K to zero: ``(W'_K - W_K) H_KK - W_R H_RK = 0``, i.e.
+    Minimizes ``sum_rows (W' - W) H (W' - W)^T`` over W' with ``W'[:, R] = 0`` (R = removed).
+    Setting the gradient over the kept columns K to zero: ``(W'_K - W_K) H_KK - W_R H_RK = 0``, i.e.
     ``W'_K = (W H_:,K) H_KK^-1``. With ``H = 2 X X^T`` this is ``argmin ||W X - W' X||``.
 
     Args:
@@ -508,7 +513,11 @@ def greedy_prune(
     cum = np.concatenate([[0.0], np.cumsum(step_err)])
     logger.debug(
         "greedy OBS on W %dx%d: %d of %d groups removed, error %.4g",
-        n_out, n_in, total, len(gs), cum[-1],
+        n_out,
+        n_in,
+        total,
+        len(gs),
+        cum[-1],
     )
     return ObsPath(
         levels=tuple(lv),

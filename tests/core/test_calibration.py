@@ -57,7 +57,7 @@ def test_npz_directory_natural_order_and_reiterable(tmp_path: Path) -> None:
     for _ in range(2):  # every iter() restarts
         feeds = list(src)
         assert len(feeds) == 3
-        for got, k in zip(feeds, (1, 2, 10)):
+        for got, k in zip(feeds, (1, 2, 10), strict=True):
             _same(got, _feed(k))
 
 
@@ -122,7 +122,9 @@ def test_test_data_set_layout(tmp_path: Path) -> None:
     rev.mkdir(parents=True)
     f = _feed(5)
     for i, name in enumerate(reversed(NAMES)):
-        (rev / f"input_{i}.pb").write_bytes(numpy_helper.from_array(f[name], name).SerializeToString())
+        (rev / f"input_{i}.pb").write_bytes(
+            numpy_helper.from_array(f[name], name).SerializeToString()
+        )
     _same(next(iter(load_calibration(tmp_path / "rev", NAMES))), f)
 
 
@@ -353,8 +355,11 @@ def _model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
             oh.make_tensor_value_info("idx", TensorProto.INT64, ["N"]),
         ],
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(emb, "E"),
-         numpy_helper.from_array(w2, "W2")],
+        [
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(emb, "E"),
+            numpy_helper.from_array(w2, "W2"),
+        ],
     )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
     onnx.checker.check_model(model)
@@ -388,7 +393,7 @@ def test_collector_matches_numpy(names: list[str]) -> None:
     feeds = [_feed(k, n=k + 2) for k in range(3)]
     outs = list(col.collect(iter(feeds)))
     assert len(outs) == 3
-    for feed, got in zip(feeds, outs):
+    for feed, got in zip(feeds, outs, strict=True):
         ref = _reference(params, feed)
         assert list(got) == names
         for n in names:
@@ -401,13 +406,16 @@ def test_collector_from_calibration_folder_into_hessian(tmp_path: Path) -> None:
     for k in range(4):
         np.savez(tmp_path / f"f{k}.npz", **_feed(k, n=5))
     specs = model_inputs(model)
-    src = load_calibration(tmp_path, [s.name for s in specs],
-                           expected_dtypes={s.name: s.dtype for s in specs})
+    src = load_calibration(
+        tmp_path, [s.name for s in specs], expected_dtypes={s.name: s.dtype for s in specs}
+    )
     with ActivationCollector(ModelIR.from_proto(model), ["r"]) as col:
         acc = HessianAccumulator(3)
         for acts in col.collect(src):
             acc.add_batch(acts["r"])
-    r = np.concatenate([_reference(params, _feed(k, n=5))["r"] for k in range(4)]).astype(np.float64)
+    r = np.concatenate([_reference(params, _feed(k, n=5))["r"] for k in range(4)]).astype(
+        np.float64
+    )
     np.testing.assert_allclose(acc.hessian(damp=0.0), 2 * r.T @ r / r.shape[0], rtol=1e-5)
 
 

@@ -54,7 +54,7 @@ def test_batched_equals_one_shot(cuts: list[int], n_features: int, seed: int) ->
     one.add_batch(x)
     many = HessianAccumulator(n_features)
     bounds = [0, *sorted(cuts), 40]
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         many.add_batch(x[a:b])  # includes empty batches
     assert many.n_samples == 40
     np.testing.assert_allclose(many.second_moment(), one.second_moment(), rtol=1e-12, atol=1e-12)

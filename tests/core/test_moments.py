@@ -2,9 +2,10 @@
 
 Monte-Carlo tolerance: with N = 1e6 samples the sample mean of f(x)^k has standard error
 SE = std(f(x)^k) / sqrt(N); we accept |analytic - MC| <= 5 SE + 5e-6 (1 + |MC|). Under the CLT a
-correct formula fails the 5 SE bound with probability < 6e-7 per comparison, and with a fixed seed the
-test is deterministic. The small absolute slack covers events rarer than ~1/N, which the sample cannot
-see at all (e.g. a clip bound 5 sigma away: SE is 0 while the exact mean differs by ~1e-8). A wrong formula (a missed term, a sigma for a variance) is off by many SE. The closed
+correct formula fails the 5 SE bound with probability < 6e-7 per comparison, and with a fixed seed
+the test is deterministic. The small absolute slack covers events rarer than ~1/N, which the
+sample cannot see at all (e.g. a clip bound 5 sigma away: SE is 0 while the exact mean differs by
+~1e-8). A wrong formula (a missed term, a sigma for a variance) is off by many SE. The closed
 forms are also checked against the deterministic quadrature to 1e-9 relative, which Monte Carlo
 cannot resolve.
 """
@@ -58,7 +59,9 @@ TORCH_REF: dict[str, tuple[Callable[[np.ndarray], np.ndarray], dict[str, float]]
 def _assert_mc(value: float, samples: np.ndarray, what: str) -> None:
     se = float(samples.std()) / math.sqrt(samples.size)
     mc = float(samples.mean())
-    assert abs(value - mc) <= 5.0 * se + 5e-6 * (1.0 + abs(mc)), f"{what}: analytic {value} vs MC {mc} (SE {se})"
+    assert abs(value - mc) <= 5.0 * se + 5e-6 * (1.0 + abs(mc)), (
+        f"{what}: analytic {value} vs MC {mc} (SE {se})"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +155,9 @@ def test_batchnorm_gaussian_and_second_moment_matrix_match_monte_carlo() -> None
         pre = bn(torch.from_numpy(x)).numpy().reshape(n, c)
     y = np.maximum(pre, 0.0)
 
-    mu, sigma = batchnorm_gaussian(bn.weight.detach().numpy(), bn.bias.detach().numpy(),
-                                   mean, var, eps=1e-3)
+    mu, sigma = batchnorm_gaussian(
+        bn.weight.detach().numpy(), bn.bias.detach().numpy(), mean, var, eps=1e-3
+    )
     for ch in range(c):
         _assert_mc(mu[ch], pre[:, ch], f"BN mean ch{ch}")
         _assert_mc(sigma[ch] ** 2 + mu[ch] ** 2, pre[:, ch] ** 2, f"BN E[y^2] ch{ch}")
@@ -175,8 +179,9 @@ def test_layernorm_gaussian() -> None:
     gamma = rng.uniform(0.5, 2.0, d)
     beta = rng.normal(0.0, 1.0, d)
     x = rng.normal(0.3, 2.0, (n, d))
-    y = F.layer_norm(torch.from_numpy(x), (d,), torch.from_numpy(gamma),
-                     torch.from_numpy(beta)).numpy()
+    y = F.layer_norm(
+        torch.from_numpy(x), (d,), torch.from_numpy(gamma), torch.from_numpy(beta)
+    ).numpy()
     mu, sigma = layernorm_gaussian(gamma, beta)
     np.testing.assert_array_equal(mu, beta)
     np.testing.assert_array_equal(sigma, gamma)
@@ -196,10 +201,15 @@ def test_conv_repeat_matches_im2col_of_independent_pixels() -> None:
     assert expect.shape == (12, 12)
     # structure: kron(m m^T, ones) + diag(repeat(var))
     np.testing.assert_allclose(
-        expect, np.kron(np.outer(mom.mean, mom.mean), np.ones((4, 4))) + np.diag(np.repeat(mom.var, 4))
+        expect,
+        np.kron(np.outer(mom.mean, mom.mean), np.ones((4, 4))) + np.diag(np.repeat(mom.var, 4)),
     )
-    x = np.clip(mu[None, :, None, None] + sigma[None, :, None, None]
-                * rng.standard_normal((200, 3, 40, 40)), 0.0, 6.0)
+    x = np.clip(
+        mu[None, :, None, None]
+        + sigma[None, :, None, None] * rng.standard_normal((200, 3, 40, 40)),
+        0.0,
+        6.0,
+    )
     acc = HessianAccumulator(12)
     for xb in np.array_split(x, 10):
         acc.add_batch(im2col(xb, (2, 2)))

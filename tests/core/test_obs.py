@@ -1,8 +1,9 @@
 """Structured OBS (spa_compiler.obs) against brute-force least squares.
 
 Oracle: for W (out, in), X (in, n) with n > in and H = 2 X X^T (no damping), removing a set S of
-columns with the OBS update must give exactly argmin_{W'[:, S] = 0} ||W X - W' X||_F^2 (computed with
-np.linalg.lstsq on the kept columns of X), and the predicted error must equal the achieved loss.
+columns with the OBS update must give exactly argmin_{W'[:, S] = 0} ||W X - W' X||_F^2 (computed
+with np.linalg.lstsq on the kept columns of X), and the predicted error must equal the achieved
+loss.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def test_remove_group_equals_lstsq_and_predicted_error(size: int) -> None:
 
 
 def test_error_scale_convention() -> None:
-    """E_S with H = 2 X X^T is ||dW X||^2; with H/n (the accumulator's) it is the per-sample mean."""
+    """E_S with H = 2 X X^T is ||dW X||^2; with H/n (the accumulator's) the per-sample mean."""
     rng = np.random.default_rng(0)
     w, x, h = _problem(rng, 4, 6, 40)
     s = [np.array([1, 4])]
@@ -160,8 +161,13 @@ def test_greedy_picks_cheapest_group_each_step() -> None:
     path = greedy_prune(w, h, groups, levels=[len(groups)])
     removed: list[int] = []
     for step, choice in enumerate(path.order.tolist()):
-        base = _lstsq_kept(w, x, np.setdiff1d(np.arange(10), np.concatenate(
-            [groups[i] for i in removed]) if removed else []))
+        base = _lstsq_kept(
+            w,
+            x,
+            np.setdiff1d(
+                np.arange(10), np.concatenate([groups[i] for i in removed]) if removed else []
+            ),
+        )
         costs = {}
         for cand in set(range(len(groups))) - set(removed):
             cols = np.concatenate([groups[i] for i in [*removed, cand]])
@@ -186,8 +192,9 @@ def test_greedy_snapshots_dtype_and_lazy_resolve() -> None:
     np.testing.assert_array_equal(lazy.order, path.order)
     for level in levels:
         np.testing.assert_allclose(lazy.weight(level), path.weight(level), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(path.weight(level, resolve=True), path.weight(level),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            path.weight(level, resolve=True), path.weight(level), rtol=1e-4, atol=1e-5
+        )
     # a level in between the recorded ones is re-solved
     assert lazy.weight(1).shape == w.shape
     with pytest.raises(ValueError, match="outside"):
@@ -201,16 +208,18 @@ def test_ungrouped_columns_are_never_removed() -> None:
     path = greedy_prune(w, h, groups, levels=[0, 3])
     np.testing.assert_array_equal(path.kept_columns(3), [2, 3, 5])
     _close(path.weight(3), _lstsq_kept(w, x, [2, 3, 5]), np.abs(w).max())
-    np.testing.assert_array_equal(np.sort(path.kept_groups(1)),
-                                  np.setdiff1d(np.arange(3), path.order[:1]))
+    np.testing.assert_array_equal(
+        np.sort(path.kept_groups(1)), np.setdiff1d(np.arange(3), path.order[:1])
+    )
 
 
 def test_progress_callback() -> None:
     rng = np.random.default_rng(5)
     w, _, h = _problem(rng, 3, 6, 20)
     calls: list[tuple[int, int]] = []
-    greedy_prune(w, h, [[c] for c in range(6)], levels=[3],
-                 progress=lambda d, t: calls.append((d, t)))
+    greedy_prune(
+        w, h, [[c] for c in range(6)], levels=[3], progress=lambda d, t: calls.append((d, t))
+    )
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -355,10 +364,12 @@ def test_property_greedy_matches_lstsq(
     assert np.all(np.diff(path.errors) >= -1e-9)
     for level in range(n_groups + 1):
         kept = path.kept_columns(level)
-        np.testing.assert_allclose(path.weight(level), _lstsq_kept(w, x, kept),
-                                   rtol=1e-6, atol=1e-7 * scale)
-        assert path.errors[level] == pytest.approx(_loss(w, path.weight(level), x),
-                                                   rel=1e-6, abs=1e-9)
+        np.testing.assert_allclose(
+            path.weight(level), _lstsq_kept(w, x, kept), rtol=1e-6, atol=1e-7 * scale
+        )
+        assert path.errors[level] == pytest.approx(
+            _loss(w, path.weight(level), x), rel=1e-6, abs=1e-9
+        )
 
 
 def test_obspath_is_a_frozen_record() -> None:
