@@ -88,6 +88,26 @@ class ZooModel:
                 values.setdefault(dim, self.input_shapes[tensor][axis])
         return values
 
+    def shapes_for(self, dims: Mapping[str, int]) -> dict[str, Shape]:
+        """Input shapes with some symbolic dims set, e.g. `shapes_for({"batch": 1})`.
+
+        Dims not named in `dims` keep their default size; naming a dim the model does not
+        have raises ValueError (a fixed-shape model has none).
+        """
+        unknown = set(dims) - set(self.dim_values())
+        if unknown:
+            raise ValueError(
+                f"zoo model {self.name!r} has no symbolic dims {sorted(unknown)}; "
+                f"it has {sorted(self.dim_values()) or 'none (fixed shapes)'}"
+            )
+        shapes = {}
+        for name in self.input_names:
+            shape = list(self.input_shapes[name])
+            for axis, dim in self.dynamic_axes.get(name, {}).items():
+                shape[axis] = dims.get(dim, shape[axis])
+            shapes[name] = tuple(shape)
+        return shapes
+
     def make_module(self, seed: int = 0) -> torch.nn.Module:
         """Build the torch module with weights drawn from `seed`, in eval mode.
 
