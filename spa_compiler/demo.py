@@ -42,7 +42,7 @@ def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = _no_progre
         out_dir / "model.compiled.onnx",
         pipeline=DEMO_PIPELINE,
         target="ort-cpu",
-        input_shapes=models_zoo.shape_hints(DEMO_MODEL) if hasattr(models_zoo, "shape_hints") else None,
+        input_shapes=models_zoo.default_shapes(DEMO_MODEL),
         report=report,
         measure_runs=runs,
         progress=progress,
