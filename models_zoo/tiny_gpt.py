@@ -23,6 +23,8 @@ from torch import nn
 class CausalSelfAttention(nn.Module):
     """Fused QKV Linear → split → heads → masked softmax(QKᵀ/√D)V → out projection."""
 
+    causal_mask: torch.Tensor  # (1, 1, max_positions, max_positions) bool buffer
+
     def __init__(self, hidden: int, num_heads: int, max_positions: int) -> None:
         super().__init__()
         self.num_heads = num_heads

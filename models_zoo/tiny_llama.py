@@ -112,6 +112,9 @@ class LlamaLayer(nn.Module):
 class TinyLlama(nn.Module):
     """Embedding → LLaMA layers → RMSNorm → LM head tied to the embedding."""
 
+    rope_cos: torch.Tensor  # (max_positions, head_dim) buffers
+    rope_sin: torch.Tensor
+
     def __init__(
         self,
         vocab_size: int = 256,

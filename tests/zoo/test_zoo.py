@@ -31,7 +31,7 @@ NAMES = (
     "tiny_llama",
 )
 CASES = [(name, exporter) for name in NAMES for exporter in models_zoo.EXPORTERS]
-TOL = {"rtol": 1e-4, "atol": 1e-5}  # fp32 torch (eager) vs ORT with optimisations off
+RTOL, ATOL = 1e-4, 1e-5  # fp32 torch (eager) vs ORT with optimisations off
 MAX_IR_VERSION = 13  # the newest IR onnxruntime 1.31+ loads
 TRANSFORMERS = ("tiny_vit", "tiny_bert", "tiny_gpt", "tiny_llama")
 
@@ -214,7 +214,7 @@ def test_onnxruntime_matches_golden_torch_outputs(
     assert len(got) == len(expected) == len(model.output_names)
     for actual, golden in zip(got, expected, strict=True):
         assert actual.shape == golden.shape
-        np.testing.assert_allclose(actual, golden, **TOL)
+        np.testing.assert_allclose(actual, golden, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize(("name", "exporter"), CASES)
@@ -235,11 +235,11 @@ def test_symbolic_dims_are_named_and_work_at_other_sizes(
     if name not in TRANSFORMERS:
         return
     session = _session(path)
-    for dims in ({"batch": 3}, {"batch": 1, "sequence": 5}, {"sequence": 64}):
-        dims = {k: v for k, v in dims.items() if k in model.dim_values()}
-        feeds = model.make_inputs(np.random.default_rng(7), model.shapes_for(dims))
+    for sizes in ({"batch": 3}, {"batch": 1, "sequence": 5}, {"sequence": 64}):
+        sizes = {k: v for k, v in sizes.items() if k in model.dim_values()}
+        feeds = model.make_inputs(np.random.default_rng(7), model.shapes_for(sizes))
         for actual, ref in zip(session.run(None, feeds), _torch_outputs(name, feeds), strict=True):
-            np.testing.assert_allclose(actual, ref, **TOL)
+            np.testing.assert_allclose(actual, ref, rtol=RTOL, atol=ATOL)
 
 
 def _has_op(graph: onnx.GraphProto, op_type: str) -> bool:
@@ -407,4 +407,6 @@ def test_concurrent_builders_export_once(
     assert len(set(results)) == 1 and len(results) == 3
     assert calls == ["tiny_densenet-torchscript"]
     feeds, expected = models_zoo.load_test_data(results[0].parent)
-    np.testing.assert_allclose(_session(results[0]).run(None, feeds)[0], expected[0], **TOL)
+    np.testing.assert_allclose(
+        _session(results[0]).run(None, feeds)[0], expected[0], rtol=RTOL, atol=ATOL
+    )
