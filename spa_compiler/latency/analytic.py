@@ -11,8 +11,10 @@ to rank options roughly, never to claim a speed-up.
 
 Presets (all constants are achieved rates, not datasheet peaks, and rough):
 
-* `cpu-generic`: fp32 on a few desktop cores; meant to be calibrated (`calibrate`) with one
-  measurement of the dense model on the machine at hand.
+* `cpu-generic`: fp32 on one x86 core with AVX2/FMA under ONNX Runtime CPU (40 GMAC/s, 20 GB/s,
+  2 us per node); on this project's 2-core CI machine, single-threaded, it was within -60%..+25% of
+  the measured latency of the 8 zoo models (tiny_shufflenet worst). Calibrate (`calibrate`) with one
+  dense measurement on the machine at hand.
 * `h200-fp16`: dense fp16 GEMM at about 600 TFLOP/s (ALGORITHMS.md section 6 measured 521 to 695 on
   large shapes) = 3e14 MAC/s; HBM3e at 4.0 TB/s achieved (4.8 nominal); 8 us per executed node
   (ONNX Runtime CUDA launch and dispatch).
@@ -71,8 +73,8 @@ class AnalyticDevice:
 
 PRESETS: dict[str, AnalyticDevice] = {
     "cpu-generic": AnalyticDevice(
-        "cpu-generic", "fp32", macs_per_s=2.0e10, bytes_per_s=1.0e10, op_overhead_ms=0.005,
-        source="generic desktop CPU, fp32; calibrate with one dense measurement",
+        "cpu-generic", "fp32", macs_per_s=4.0e10, bytes_per_s=2.0e10, op_overhead_ms=0.002,
+        source="one x86 core with AVX2/FMA, fp32, ORT CPU; calibrate with one dense measurement",
     ),
     "h200-fp16": AnalyticDevice(
         "h200-fp16", "fp16", macs_per_s=3.0e14, bytes_per_s=4.0e12, op_overhead_ms=0.008,
