@@ -12,8 +12,8 @@ to rank options roughly, never to claim a speed-up.
 Presets (all constants are achieved rates, not datasheet peaks, and rough):
 
 * `cpu-generic`: fp32 on one x86 core with AVX2/FMA under ONNX Runtime CPU (40 GMAC/s, 20 GB/s,
-  2 us per node); on this project's 2-core CI machine, single-threaded, it was within -60%..+25% of
-  the measured latency of the 8 zoo models (tiny_shufflenet worst). Calibrate (`calibrate`) with one
+  2 us per node); on this project's CI machine, single-threaded, analytic/measured was 0.78 to 1.6
+  on 7 of the 8 zoo models and 2.6 on tiny_shufflenet (many small reshapes and shuffles). Calibrate (`calibrate`) with one
   dense measurement on the machine at hand.
 * `h200-fp16`: dense fp16 GEMM at about 600 TFLOP/s (ALGORITHMS.md section 6 measured 521 to 695 on
   large shapes) = 3e14 MAC/s; HBM3e at 4.0 TB/s achieved (4.8 nominal); 8 us per executed node
