@@ -14,10 +14,10 @@ Exporters:
     "dynamo": `torch.onnx.export(..., dynamo=True)`, opset 18, `dynamic_shapes` built from the
         same axes as `torch.export.Dim`s (one Dim per name, shared across inputs, bounded by
         `ZooModel.dim_max`), onnxscript optimizer on (the default; it folds BatchNorm into a
-        preceding Conv and transposed Linear weights into initializers); saved with IR version 10,
-        since onnx 1.23 writes 14 and onnxruntime accepts at most 13 (older releases less).
+        preceding Conv and transposed Linear weights into initializers); saved with IR version 10
+        (onnxruntime 1.31 reads at most IR 13, while onnx 1.23 stamps new protos with 14).
 
-This is the only zoo module that imports torch at import time.
+Apart from the model definitions (tiny_*.py), this is the only zoo module that imports torch.
 """
 
 from __future__ import annotations

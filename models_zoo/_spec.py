@@ -72,6 +72,13 @@ class ZooModel:
         unknown = set(self.dynamic_axes) - set(self.input_names) - set(self.output_names)
         if unknown:
             raise ValueError(f"zoo model {self.name!r}: dynamic_axes names unknown {unknown}")
+        unbounded = set(self.dim_max) - set(self.dim_values())
+        if unbounded:
+            raise ValueError(f"zoo model {self.name!r}: dim_max names unknown dims {unbounded}")
+
+    def __hash__(self) -> int:
+        # The Mapping fields are dicts; names are unique in the registry.
+        return hash(self.name)
 
     @property
     def module_name(self) -> str:
