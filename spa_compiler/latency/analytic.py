@@ -13,8 +13,8 @@ Presets (all constants are achieved rates, not datasheet peaks, and rough):
 
 * `cpu-generic`: fp32 on one x86 core with AVX2/FMA under ONNX Runtime CPU (40 GMAC/s, 20 GB/s,
   2 us per node); on this project's CI machine, single-threaded, analytic/measured was 0.78 to 1.6
-  on 7 of the 8 zoo models and 2.6 on tiny_shufflenet (many small reshapes and shuffles). Calibrate (`calibrate`) with one
-  dense measurement on the machine at hand.
+  on 7 of the 8 zoo models and 2.6 on tiny_shufflenet (many small reshapes and shuffles). Calibrate
+  (`calibrate`) with one dense measurement on the machine at hand.
 * `h200-fp16`: dense fp16 GEMM at about 600 TFLOP/s (ALGORITHMS.md section 6 measured 521 to 695 on
   large shapes) = 3e14 MAC/s; HBM3e at 4.0 TB/s achieved (4.8 nominal); 8 us per executed node
   (ONNX Runtime CUDA launch and dispatch).
@@ -65,23 +65,38 @@ class AnalyticDevice:
         return 2 if self.precision in ("fp16", "bf16") else 4
 
     def estimate_ms(self, macs: float, bytes_moved: float, *, ops: int = 0) -> float:
-        """Roofline time of work with `macs` MACs moving `bytes_moved` bytes, plus `ops` node overheads."""
+        """Roofline time of `macs` MACs moving `bytes_moved` bytes, plus `ops` node overheads."""
         if macs < 0 or bytes_moved < 0 or ops < 0:
             raise ValueError(f"negative work: macs={macs}, bytes={bytes_moved}, ops={ops}")
-        return max(macs / self.macs_per_s, bytes_moved / self.bytes_per_s) * 1e3 + ops * self.op_overhead_ms
+        return (
+            max(macs / self.macs_per_s, bytes_moved / self.bytes_per_s) * 1e3
+            + ops * self.op_overhead_ms
+        )
 
 
 PRESETS: dict[str, AnalyticDevice] = {
     "cpu-generic": AnalyticDevice(
-        "cpu-generic", "fp32", macs_per_s=4.0e10, bytes_per_s=2.0e10, op_overhead_ms=0.002,
+        "cpu-generic",
+        "fp32",
+        macs_per_s=4.0e10,
+        bytes_per_s=2.0e10,
+        op_overhead_ms=0.002,
         source="one x86 core with AVX2/FMA, fp32, ORT CPU; calibrate with one dense measurement",
     ),
     "h200-fp16": AnalyticDevice(
-        "h200-fp16", "fp16", macs_per_s=3.0e14, bytes_per_s=4.0e12, op_overhead_ms=0.008,
-        source="ALGORITHMS.md section 6: dense fp16 GEMM 521-695 TFLOP/s on H200; HBM3e 4.0 TB/s achieved",
+        "h200-fp16",
+        "fp16",
+        macs_per_s=3.0e14,
+        bytes_per_s=4.0e12,
+        op_overhead_ms=0.008,
+        source="ALGORITHMS.md section 6: dense fp16 GEMM 521-695 TFLOP/s; HBM3e 4.0 TB/s achieved",
     ),
     "h200-fp32": AnalyticDevice(
-        "h200-fp32", "fp32", macs_per_s=1.0e14, bytes_per_s=4.0e12, op_overhead_ms=0.008,
+        "h200-fp32",
+        "fp32",
+        macs_per_s=1.0e14,
+        bytes_per_s=4.0e12,
+        op_overhead_ms=0.008,
         source="H200 fp32 via ONNX Runtime CUDA (TF32 GEMM paths), rough",
     ),
 }
@@ -92,12 +107,14 @@ def get_device(name: str) -> AnalyticDevice:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UsageError(f"unknown analytic device {name!r}", hint=f"use one of {', '.join(PRESETS)}") from None
+        raise UsageError(
+            f"unknown analytic device {name!r}", hint=f"use one of {', '.join(PRESETS)}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeCost:
-    """One node's analytic cost. `macs`/`bytes_moved` are None when a shape was unknown (counted as 0)."""
+    """One node's analytic cost; `macs`/`bytes_moved` are None for unknown shapes (counted as 0)."""
 
     name: str
     op_type: str
@@ -144,13 +161,18 @@ def _tensor_info(proto: onnx.ModelProto) -> dict[str, tuple[list[int | None], in
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         t = vi.type.tensor_type
         if vi.type.HasField("tensor_type") and t.HasField("shape"):
-            out[vi.name] = ([d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim], t.elem_type)
+            out[vi.name] = (
+                [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim],
+                t.elem_type,
+            )
     for init in g.initializer:
         out[init.name] = (list(init.dims), init.data_type)
     return out
 
 
-def _infer(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> onnx.ModelProto:
+def _infer(
+    proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
+) -> onnx.ModelProto:
     from spa_compiler.ir import _stripped_large_tensors
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString()) if input_shapes else proto
@@ -173,8 +195,12 @@ def _infer(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | N
 
 
 def _elem_bytes(elem_type: int, float_bytes: int) -> int:
-    if elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                     onnx.TensorProto.DOUBLE):
+    if elem_type in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.DOUBLE,
+    ):
         return float_bytes
     try:
         return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
@@ -195,18 +221,21 @@ def node_bytes(
         shape, et = info[name]
         if any(d is None or d < 0 for d in shape):
             return None
-        total += int(np.prod(shape, dtype=np.int64)) * _elem_bytes(et, float_bytes)
+        total += math.prod(d for d in shape if d is not None) * _elem_bytes(et, float_bytes)
     return total
 
 
 def estimate_model(
-    model: Any, device: AnalyticDevice | str, *, input_shapes: Mapping[str, Sequence[int]] | None = None
+    model: Any,
+    device: AnalyticDevice | str,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> AnalyticEstimate:
     """Analytic latency of a whole model (ModelProto, ModelIR or path) on `device`.
 
-    Nodes in FREE_OPS, and nodes whose inputs are all constant (folded by the runtime), cost nothing.
-    Every other node costs its roofline time plus the device's per-node overhead. Nodes with unknown
-    shapes cost the overhead only and are counted in `unknown_nodes`.
+    Nodes in FREE_OPS, and nodes whose inputs are all constant (folded by the runtime), cost
+    nothing. Every other node costs its roofline time plus the device's per-node overhead. Nodes
+    with unknown shapes cost the overhead only and are counted in `unknown_nodes`.
     """
     dev = get_device(device) if isinstance(device, str) else device
     proto = _infer(_load(model), input_shapes)
@@ -218,14 +247,21 @@ def estimate_model(
     for node in proto.graph.node:
         ins = [i for i in node.input if i]
         folded = bool(ins) and all(i in constant for i in ins)
-        static_shape = node.op_type in ("Shape", "Size") and ins[0] in info and all(
-            d is not None for d in info[ins[0]][0])
+        static_shape = (
+            node.op_type in ("Shape", "Size")
+            and ins[0] in info
+            and all(d is not None for d in info[ins[0]][0])
+        )
         if folded or static_shape:
             constant.update(node.output)
         if folded or node.op_type in FREE_OPS:
             nodes.append(NodeCost(node.name, node.op_type, 0, 0, 0.0))
             continue
-        macs = node_macs(node, shapes) if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") else 0
+        macs = (
+            node_macs(node, shapes)
+            if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            else 0
+        )
         nbytes = node_bytes(node, info, dev.float_bytes)
         if macs is None or nbytes is None:
             unknown += 1
@@ -247,17 +283,28 @@ def calibrate(estimate: AnalyticEstimate, measured_ms: float) -> AnalyticDevice:
     roof = estimate.total_ms - overhead
     if roof > 0 and measured_ms > overhead:
         s = (measured_ms - overhead) / roof
-        return dataclasses.replace(dev, name=f"{dev.name} (calibrated)", macs_per_s=dev.macs_per_s / s,
-                                   bytes_per_s=dev.bytes_per_s / s, source=f"{dev.source}; calibrated")
+        return dataclasses.replace(
+            dev,
+            name=f"{dev.name} (calibrated)",
+            macs_per_s=dev.macs_per_s / s,
+            bytes_per_s=dev.bytes_per_s / s,
+            source=f"{dev.source}; calibrated",
+        )
     s = measured_ms / estimate.total_ms
-    return dataclasses.replace(dev, name=f"{dev.name} (calibrated)", macs_per_s=dev.macs_per_s / s,
-                               bytes_per_s=dev.bytes_per_s / s, op_overhead_ms=dev.op_overhead_ms * s,
-                               source=f"{dev.source}; calibrated")
+    return dataclasses.replace(
+        dev,
+        name=f"{dev.name} (calibrated)",
+        macs_per_s=dev.macs_per_s / s,
+        bytes_per_s=dev.bytes_per_s / s,
+        op_overhead_ms=dev.op_overhead_ms * s,
+        source=f"{dev.source}; calibrated",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupCost:
-    """The work of one prunable group when dense: MACs and bytes that shrink linearly with kept units.
+    """The work of one prunable group when dense: MACs and bytes that shrink linearly with kept
+    units.
 
     Attributes:
         group_id: The group's id.
@@ -285,7 +332,8 @@ def analytic_table(
     input_shapes: Mapping[str, Sequence[int]],
     model_name: str = "",
 ) -> Any:
-    """A LatencyTable of kind "analytic": each level's time is the roofline of its share of the work.
+    """A LatencyTable of kind "analytic": each level's time is the roofline of its share of the
+    work.
 
     `total_ms` is the model's analytic (or measured) dense latency; the base is what the groups'
     dense contributions leave of it (at least 0).
@@ -299,15 +347,30 @@ def analytic_table(
         kept = sorted(set(int(k) for k in g.levels) | {g.n_units})
         if kept[0] < 0:
             raise ValueError(f"group {g.group_id}: negative kept units")
-        table_groups[str(g.group_id)] = GroupLatency(g.n_units, g.unit_size, tuple(
-            LevelLatency(k, k * g.unit_size,
-                         dev.estimate_ms(g.macs * k / g.n_units, g.bytes_moved * k / g.n_units))
-            for k in kept))
+        table_groups[str(g.group_id)] = GroupLatency(
+            g.n_units,
+            g.unit_size,
+            tuple(
+                LevelLatency(
+                    k,
+                    k * g.unit_size,
+                    dev.estimate_ms(g.macs * k / g.n_units, g.bytes_moved * k / g.n_units),
+                )
+                for k in kept
+            ),
+        )
     base = max(0.0, total_ms - math.fsum(g.dense_ms for g in table_groups.values()))
     prov = Provenance(
-        device=dev.name, runtime="analytic", runtime_version=__version__, precision=dev.precision,
+        device=dev.name,
+        runtime="analytic",
+        runtime_version=__version__,
+        precision=dev.precision,
         input_shapes={k: tuple(int(d) for d in v) for k, v in input_shapes.items()},
-        model_fingerprint=model_fingerprint, tool_version=__version__, model_name=model_name,
+        model_fingerprint=model_fingerprint,
+        tool_version=__version__,
+        model_name=model_name,
         notes=f"roofline model: {dev.source}",
     )
-    return LatencyTable(kind="analytic", provenance=prov, dense_ms=total_ms, base_ms=base, groups=table_groups)
+    return LatencyTable(
+        kind="analytic", provenance=prov, dense_ms=total_ms, base_ms=base, groups=table_groups
+    )

@@ -1,4 +1,5 @@
-"""Timing on ONNX Runtime's CUDA execution provider with io-binding, and fp32 -> fp16 model conversion.
+"""Timing on ONNX Runtime's CUDA execution provider with io-binding, and fp32 -> fp16 model
+conversion.
 
 `measure_ort_cuda` is the "ort-cuda" counterpart of `measure.measure_ort`: inputs are copied to the
 GPU once, outputs stay on the GPU, and each timed `run_with_iobinding` is synchronous (ONNX Runtime
@@ -7,9 +8,9 @@ per-run launch overhead the deployed model also pays. Medians of many runs after
 
 `convert_float16` rewrites a float32 model to float16 (weights, activations, Cast/Constant
 attributes), keeping float32 graph inputs and outputs behind Cast nodes by default, so the same
-feeds work for both precisions. Used by the fp16 timing here and by `tensorrt.build_engine(fp16=True)`
-(TensorRT-RTX builds strongly typed networks only: precision comes from the model's types).
-"""
+feeds work for both precisions. Used by the fp16 timing here and by
+`tensorrt.build_engine(fp16=True)` (TensorRT-RTX builds strongly typed networks only: precision
+comes from the model's types)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,17 @@ GPU_INSTALL_HINT = (
 #: (op_type, input index) that must stay float32 whatever the model's precision.
 FLOAT32_INPUTS: frozenset[tuple[str, int]] = frozenset({("Resize", 2), ("Upsample", 1)})
 #: Ops whose `dtype` attribute names the float type they produce.
-_DTYPE_ATTR_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                             "EyeLike", "Bernoulli", "Multinomial"})
+_DTYPE_ATTR_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "EyeLike",
+        "Bernoulli",
+        "Multinomial",
+    }
+)
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -83,7 +93,9 @@ def _convert_node_attrs(node: onnx.NodeProto, keep32: set[str]) -> None:
     if node.op_type == "Constant":
         for a in list(node.attribute):
             if a.name in ("value_float", "value_floats"):
-                vals = np.asarray(a.f if a.name == "value_float" else list(a.floats), dtype=np.float16)
+                vals = np.asarray(
+                    a.f if a.name == "value_float" else list(a.floats), dtype=np.float16
+                )
                 node.attribute.remove(a)
                 node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(vals)))
 
@@ -105,8 +117,11 @@ def _convert_graph(graph: onnx.GraphProto, keep32: set[str], *, io: bool) -> Non
         for j, name in enumerate(node.input):
             if name and (node.op_type, j) in FLOAT32_INPUTS and name not in keep32:
                 cast_out = f"{name}__fp32_{k}_{j}"
-                new_nodes.append(helper.make_node("Cast", [name], [cast_out], to=TensorProto.FLOAT,
-                                                  name=f"{cast_out}__cast"))
+                new_nodes.append(
+                    helper.make_node(
+                        "Cast", [name], [cast_out], to=TensorProto.FLOAT, name=f"{cast_out}__cast"
+                    )
+                )
                 node.input[j] = cast_out
         new_nodes.append(node)
     del graph.node[:]
@@ -128,7 +143,9 @@ def convert_float16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> on
     g = m.graph
     for t in g.initializer:
         if t.data_location == TensorProto.EXTERNAL:
-            raise UsageError(f"initializer {t.name!r} has its data outside the model; load it with its data")
+            raise UsageError(
+                f"initializer {t.name!r} has its data outside the model; load it with its data"
+            )
     uses: dict[str, set[bool]] = {}
     for node in g.node:
         for j, name in enumerate(node.input):
@@ -136,9 +153,14 @@ def convert_float16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> on
     inits = {t.name for t in g.initializer}
     keep32 = {n for n, kinds in uses.items() if kinds == {True} and n in inits}
 
-    float_inputs = [vi.name for vi in g.input if vi.type.tensor_type.elem_type == TensorProto.FLOAT
-                    and vi.name not in inits]
-    float_outputs = [vi.name for vi in g.output if vi.type.tensor_type.elem_type == TensorProto.FLOAT]
+    float_inputs = [
+        vi.name
+        for vi in g.input
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT and vi.name not in inits
+    ]
+    float_outputs = [
+        vi.name for vi in g.output if vi.type.tensor_type.elem_type == TensorProto.FLOAT
+    ]
     _convert_graph(g, keep32, io=not keep_io_types)
     if not keep_io_types:
         return m
@@ -147,7 +169,9 @@ def convert_float16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> on
     for name in float_inputs:
         new = _fresh(f"{name}__fp16", taken)
         _rename_uses(g, name, new)
-        head.append(helper.make_node("Cast", [name], [new], to=TensorProto.FLOAT16, name=f"{new}__cast"))
+        head.append(
+            helper.make_node("Cast", [name], [new], to=TensorProto.FLOAT16, name=f"{new}__cast")
+        )
     tail: list[onnx.NodeProto] = []
     graph_inputs = {vi.name for vi in g.input}
     for name in float_outputs:
@@ -163,7 +187,9 @@ def convert_float16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> on
             for t in g.initializer:
                 if t.name == name:
                     t.name = new
-        tail.append(helper.make_node("Cast", [new], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
+        tail.append(
+            helper.make_node("Cast", [new], [name], to=TensorProto.FLOAT, name=f"{name}__cast")
+        )
     nodes = head + list(g.node) + tail
     del g.node[:]
     g.node.extend(nodes)
@@ -211,7 +237,9 @@ def make_cuda_session(
         )
     so = ort.SessionOptions()
     so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -219,10 +247,12 @@ def make_cuda_session(
         model = model.to_proto()  # ModelIR
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     opts = {"device_id": str(device_id), **{k: str(v) for k, v in (provider_options or {}).items()}}
-    sess = ort.InferenceSession(src, sess_options=so, providers=[(CUDA_EP, opts), "CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        src, sess_options=so, providers=[(CUDA_EP, opts), "CPUExecutionProvider"]
+    )
     if sess.get_providers()[0] != CUDA_EP:
         raise UsageError(
-            "ONNX Runtime could not start the CUDA provider (no GPU, or CUDA/cuDNN libraries not found)",
+            "ONNX Runtime could not start the CUDA provider (no GPU, or no CUDA/cuDNN libraries)",
             hint=GPU_INSTALL_HINT,
         )
     return sess
@@ -254,8 +284,11 @@ def measure_ort_cuda(
     import onnxruntime as ort
 
     if fp16:
-        proto = model if isinstance(model, onnx.ModelProto) else (
-            onnx.load(model) if isinstance(model, str) else model.to_proto())
+        proto = (
+            model
+            if isinstance(model, onnx.ModelProto)
+            else (onnx.load(model) if isinstance(model, str) else model.to_proto())
+        )
         model = convert_float16(proto)
     sess = make_cuda_session(model, device_id=device_id, provider_options=provider_options)
     binding = sess.io_binding()
@@ -300,8 +333,11 @@ def run_ort_cuda(
 ) -> list[npt.NDArray[np.generic]]:
     """Outputs of one run on the CUDA provider (numpy, on the host), for accuracy checks."""
     if fp16:
-        proto = model if isinstance(model, onnx.ModelProto) else (
-            onnx.load(model) if isinstance(model, str) else model.to_proto())
+        proto = (
+            model
+            if isinstance(model, onnx.ModelProto)
+            else (onnx.load(model) if isinstance(model, str) else model.to_proto())
+        )
         model = convert_float16(proto)
     sess = make_cuda_session(model, device_id=device_id)
     return list(sess.run(None, dict(feeds)))

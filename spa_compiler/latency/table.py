@@ -1,11 +1,12 @@
-"""Latency tables: per-group latency of every compression level, measured (or estimated) on a target.
+"""Latency tables: per-group latency of every compression level, measured (or estimated) on a
+target.
 
 A table belongs to one model (by a structural fingerprint: graph, shapes and dtypes, not weight
 values), one device, one runtime and precision, and one set of input shapes. It holds, for each
 prunable group, the latency contribution of the group at several levels (kept units), the latency of
-the non-prunable remainder (`base_ms`), and the dense model's whole latency (`dense_ms`). The additive
-model is  latency(choice) ~= base_ms + sum_g latency_g(kept_g);  `additivity_gap_ms` says how far the
-dense model's measured latency is from that sum.
+the non-prunable remainder (`base_ms`), and the dense model's whole latency (`dense_ms`). The
+additive model is  latency(choice) ~= base_ms + sum_g latency_g(kept_g);  `additivity_gap_ms` says
+how far the dense model's measured latency is from that sum.
 
 JSON layout (schema "spa-latency-table/1"):
 
@@ -28,8 +29,8 @@ JSON layout (schema "spa-latency-table/1"):
     }
 
 Levels are sorted by kept units (strictly increasing) and must include the dense level
-(kept_units == n_units). Lookups between levels interpolate linearly; outside the measured range they
-raise, because extrapolating a measured latency curve is guesswork.
+(kept_units == n_units). Lookups between levels interpolate linearly; outside the measured range
+they raise, because extrapolating a measured latency curve is guesswork.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class LatencyTable:
         except ValueError as e:
             raise UsageError(
                 f"latency table, group {str(group_id)!r}: {e}",
-                hint="profile more levels of this group, or restrict the search to the measured range",
+                hint="profile more levels of this group, or search only the measured range",
             ) from None
 
     def predict_ms(self, kept: Mapping[Hashable, float]) -> float:
@@ -161,7 +162,7 @@ class LatencyTable:
 
     @property
     def additive_dense_ms(self) -> float:
-        """base + sum of dense contributions: what the additive model predicts for the dense model."""
+        """base + sum of dense contributions: the additive prediction for the dense model."""
         return self.base_ms + math.fsum(g.dense_ms for g in self.groups.values())
 
     @property
@@ -178,7 +179,11 @@ class LatencyTable:
 
         out = []
         for gid, by_level in errors.items():
-            out.append(GroupOptions(gid, [Level(k, self.lookup(gid, k), float(e)) for k, e in by_level.items()]))
+            out.append(
+                GroupOptions(
+                    gid, [Level(k, self.lookup(gid, k), float(e)) for k, e in by_level.items()]
+                )
+            )
         return out
 
     # -- checks against the model being compiled ---------------------------------------------------
@@ -214,7 +219,9 @@ class LatencyTable:
             want = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
             have = {k: tuple(v) for k, v in p.input_shapes.items()}
             if want != have:
-                raise UsageError(f"{source} was measured for input shapes {have}, not {want}", hint=hint)
+                raise UsageError(
+                    f"{source} was measured for input shapes {have}, not {want}", hint=hint
+                )
         if precision is not None and p.precision != precision:
             raise UsageError(f"{source} is for precision {p.precision}, not {precision}", hint=hint)
         if groups is not None:
@@ -224,18 +231,23 @@ class LatencyTable:
                 raise UsageError(f"{source} has groups the model lacks: {missing[:8]}", hint=hint)
             bad = sorted(
                 f"{k}: table {g.n_units}, model {model_units[k]}"
-                for k, g in self.groups.items() if g.n_units != model_units[k]
+                for k, g in self.groups.items()
+                if g.n_units != model_units[k]
             )
             if bad:
-                raise UsageError(f"{source} and the model disagree on group sizes ({'; '.join(bad[:4])})",
-                                 hint=hint)
+                raise UsageError(
+                    f"{source} and the model disagree on group sizes ({'; '.join(bad[:4])})",
+                    hint=hint,
+                )
 
-    # -- JSON ----------------------------------------------------------------------------------------
+    # -- JSON ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the schema in the module docstring)."""
         p = dataclasses.asdict(self.provenance)
-        p["input_shapes"] = {k: [int(d) for d in v] for k, v in self.provenance.input_shapes.items()}
+        p["input_shapes"] = {
+            k: [int(d) for d in v] for k, v in self.provenance.input_shapes.items()
+        }
         return {
             "schema": SCHEMA,
             "kind": self.kind,
@@ -262,8 +274,10 @@ class LatencyTable:
             gid: GroupLatency(
                 n_units=g["n_units"],
                 unit_size=g["unit_size"],
-                levels=tuple(LevelLatency(lv["kept_units"], lv["kept_width"], float(lv["latency_ms"]))
-                             for lv in g["levels"]),
+                levels=tuple(
+                    LevelLatency(lv["kept_units"], lv["kept_width"], float(lv["latency_ms"]))
+                    for lv in g["levels"]
+                ),
             )
             for gid, g in data["groups"].items()
         }
@@ -277,7 +291,7 @@ class LatencyTable:
         )
 
     def to_json(self) -> str:
-        """The JSON text: indented, one line per level (tables with thousands of levels stay readable)."""
+        """The JSON text: indented, one line per level (large tables stay readable)."""
         data = self.to_dict()
         groups = data.pop("groups")
         head = json.dumps(data, indent=1)[:-2]  # drop the closing "\n}"
@@ -329,7 +343,9 @@ def _validate_dict(data: Any, *, source: str) -> None:
     """Raise UsageError for the first problem found in a table's dict form."""
 
     def bad(where: str, what: str) -> UsageError:
-        return UsageError(f"{source}: {where} {what}", hint="re-create the table with spa-compile profile-latency")
+        return UsageError(
+            f"{source}: {where} {what}", hint="re-create the table with spa-compile profile-latency"
+        )
 
     if not isinstance(data, dict):
         raise bad("top level", f"must be a JSON object, got {type(data).__name__}")
@@ -340,8 +356,15 @@ def _validate_dict(data: Any, *, source: str) -> None:
     p = data.get("provenance")
     if not isinstance(p, dict):
         raise bad("'provenance'", "must be an object")
-    for key in ("device", "runtime", "runtime_version", "precision", "model_fingerprint", "tool_version",
-                "date"):
+    for key in (
+        "device",
+        "runtime",
+        "runtime_version",
+        "precision",
+        "model_fingerprint",
+        "tool_version",
+        "date",
+    ):
         if not isinstance(p.get(key), str) or not p[key]:
             raise bad(f"provenance.{key}", f"must be a non-empty string, got {p.get(key)!r}")
     for key in ("provider", "model_name", "notes"):
@@ -354,7 +377,10 @@ def _validate_dict(data: Any, *, source: str) -> None:
         raise bad("provenance.input_shapes", "must be an object {input name: [dims]}")
     for name, dims in shapes.items():
         if not isinstance(dims, (list, tuple)) or not all(_is_int(d) and d > 0 for d in dims):
-            raise bad(f"provenance.input_shapes[{name!r}]", f"must be a list of positive integers, got {dims!r}")
+            raise bad(
+                f"provenance.input_shapes[{name!r}]",
+                f"must be a list of positive integers, got {dims!r}",
+            )
     for key in ("dense_ms", "base_ms"):
         if not (_is_num(data.get(key)) and data[key] >= 0):
             raise bad(f"'{key}'", f"must be a non-negative number, got {data.get(key)!r}")
@@ -365,7 +391,8 @@ def _validate_dict(data: Any, *, source: str) -> None:
         where = f"groups[{gid!r}]"
         if not isinstance(g, dict):
             raise bad(where, "must be an object")
-        n, unit = g.get("n_units"), g.get("unit_size")
+        n: Any = g.get("n_units")
+        unit: Any = g.get("unit_size")
         if not (_is_int(n) and n > 0):
             raise bad(f"{where}.n_units", f"must be a positive integer, got {n!r}")
         if not (_is_int(unit) and unit > 0):
@@ -378,7 +405,9 @@ def _validate_dict(data: Any, *, source: str) -> None:
             at = f"{where}.levels[{i}]"
             if not isinstance(lv, dict):
                 raise bad(at, "must be an object {kept_units, kept_width, latency_ms}")
-            k, w, t = lv.get("kept_units"), lv.get("kept_width"), lv.get("latency_ms")
+            k: Any = lv.get("kept_units")
+            w: Any = lv.get("kept_width")
+            t: Any = lv.get("latency_ms")
             if not (_is_int(k) and 0 <= k <= n):
                 raise bad(f"{at}.kept_units", f"must be an integer in 0..{n}, got {k!r}")
             if k <= prev:
@@ -389,14 +418,17 @@ def _validate_dict(data: Any, *, source: str) -> None:
             if not (_is_num(t) and t >= 0):
                 raise bad(f"{at}.latency_ms", f"must be a non-negative number, got {t!r}")
         if prev != n:
-            raise bad(f"{where}.levels", f"must end with the dense level (kept_units {n}), ends at {prev}")
+            raise bad(
+                f"{where}.levels", f"must end with the dense level (kept_units {n}), ends at {prev}"
+            )
 
 
 # -- model fingerprint -----------------------------------------------------------------------------
 
 
 def structure_fingerprint(model: onnx.ModelProto | str | os.PathLike[str] | Any) -> str:
-    """SHA-256 of a model's structure: nodes, attributes, graph I/O and initializer shapes and dtypes.
+    """SHA-256 of a model's structure: nodes, attributes, graph I/O and initializer shapes and
+    dtypes.
 
     Weight values are left out, so a table profiled on a random-weight copy of an architecture
     matches the trained model. Accepts a ModelProto, a ModelIR or a path (external data not loaded).
@@ -420,7 +452,12 @@ def _value_info_key(vi: onnx.ValueInfoProto) -> tuple[Any, ...]:
     return (vi.name, t.elem_type, dims if t.HasField("shape") else None)
 
 
-_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+_INT_TYPES = {
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+}
 
 
 def _small_int_values(t: onnx.TensorProto) -> tuple[int, ...] | None:
@@ -435,7 +472,13 @@ def _small_int_values(t: onnx.TensorProto) -> tuple[int, ...] | None:
 def _hash_graph(h: Any, g: onnx.GraphProto) -> None:
     h.update(repr([_value_info_key(v) for v in g.input]).encode())
     h.update(repr([_value_info_key(v) for v in g.output]).encode())
-    h.update(repr(sorted((t.name, t.data_type, tuple(t.dims), _small_int_values(t)) for t in g.initializer)).encode())
+    h.update(
+        repr(
+            sorted(
+                (t.name, t.data_type, tuple(t.dims), _small_int_values(t)) for t in g.initializer
+            )
+        ).encode()
+    )
     for n in g.node:
         h.update(repr((n.op_type, n.domain, tuple(n.input), tuple(n.output))).encode())
         for a in sorted(n.attribute, key=lambda a: a.name):
@@ -446,6 +489,8 @@ def _hash_graph(h: Any, g: onnx.GraphProto) -> None:
                 for sub in a.graphs:
                     _hash_graph(h, sub)
             elif a.type == onnx.AttributeProto.TENSOR:
-                h.update(repr((a.name, a.t.data_type, tuple(a.t.dims), _small_int_values(a.t))).encode())
+                h.update(
+                    repr((a.name, a.t.data_type, tuple(a.t.dims), _small_int_values(a.t))).encode()
+                )
             else:
                 h.update(repr((a.name, onnx.helper.get_attribute_value(a))).encode())

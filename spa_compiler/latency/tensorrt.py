@@ -4,15 +4,16 @@ Two Python modules provide the same builder API and are both supported:
 
 * `tensorrt` (full TensorRT 10+, `pip install tensorrt`): data-centre and RTX GPUs, Hopper (H100,
   H200) included. Building needs a GPU; the engine is built for the GPU present.
-* `tensorrt_rtx_bindings` (TensorRT-RTX, `pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`):
-  a smaller TensorRT for RTX GPUs (compute capabilities 7.5, 8.0, 8.6, 8.9, 12.0, 12.1 in 1.7; NOT 9.0,
-  so not Hopper). It builds ahead of time on a machine without a GPU: the builder config takes the
-  target compute capability (`config.set_compute_capability(ComputeCapability.SM89, 0)` after
+* `tensorrt_rtx_bindings` (TensorRT-RTX, `pip install tensorrt-rtx-cu13-libs
+  tensorrt-rtx-cu13-bindings`): a smaller TensorRT for RTX GPUs (compute capabilities 7.5, 8.0,
+  8.6, 8.9, 12.0, 12.1 in 1.7; NOT 9.0, so not Hopper). It builds ahead of time on a machine
+  without a GPU: the builder config takes the target compute capability
+  (`config.set_compute_capability(ComputeCapability.SM89, 0)` after
   `config.num_compute_capabilities = 1`); kernels are specialized when the engine first runs.
   Networks are always strongly typed (no BuilderFlag.FP16): for fp16 the ONNX model itself is
   converted (`ort_cuda.convert_float16`). Its parser accepted every IR version (8..14) and
-  default-domain opset (13..30) tried, and ops up to opset 25 (Attention, RMSNormalization,
-  Swish); it rejects the ops new in opsets 26 and 28 (CumProd, SwiGLU) as unknown plugins.
+  default-domain opset (13..30) tried, and ops up to opset 25 (Attention, RMSNormalization, Swish);
+  it rejects the ops new in opsets 26 and 28 (CumProd, SwiGLU) as unknown plugins.
 
 The code below uses only what both modules share: Builder, OnnxParser, IBuilderConfig.set_flag,
 optimization profiles, build_serialized_network, Runtime, IExecutionContext.execute_async_v3.
@@ -50,21 +51,26 @@ def trt_module(prefer: str | None = None) -> ModuleType:
     """The TensorRT Python module: `tensorrt` if importable, else `tensorrt_rtx_bindings`.
 
     Args:
-        prefer: "tensorrt" or "tensorrt_rtx_bindings" to insist on one; None takes the first available.
+        prefer: "tensorrt" or "tensorrt_rtx_bindings" to insist on one; None takes the first
+        available.
 
     Raises:
         SpaError naming the pip packages when neither imports.
     """
     names = (prefer,) if prefer else MODULES
     if prefer is not None and prefer not in MODULES:
-        raise UsageError(f"unknown TensorRT module {prefer!r}", hint=f"use one of {', '.join(MODULES)}")
+        raise UsageError(
+            f"unknown TensorRT module {prefer!r}", hint=f"use one of {', '.join(MODULES)}"
+        )
     errors = []
     for name in names:
         try:
             return importlib.import_module(name)
         except ImportError as e:  # a broken install (missing .so) is an ImportError too
             errors.append(f"{name}: {e}")
-    raise SpaError(f"no TensorRT Python module could be imported ({'; '.join(errors)})", hint=INSTALL_HINT)
+    raise SpaError(
+        f"no TensorRT Python module could be imported ({'; '.join(errors)})", hint=INSTALL_HINT
+    )
 
 
 def flavor(trt: ModuleType) -> Flavor:
@@ -125,11 +131,14 @@ def _cc_enum(trt: ModuleType, cc: str) -> Any:
     digits = text.replace(".", "")
     member = getattr(cc_t, f"SM{digits}", None)
     if member is None:
-        values = sorted(int(m.value) for name, m in cc_t.__members__.items() if name.startswith("SM"))
+        values = sorted(
+            int(m.value) for name, m in cc_t.__members__.items() if name.startswith("SM")
+        )
         supported = [f"{v // 10}.{v % 10}" for v in values]
         raise UsageError(
-            f"{describe(trt)} cannot build for compute capability {cc}; it supports {', '.join(supported)}",
-            hint="for Hopper (9.0) and data-centre GPUs use full TensorRT (pip install tensorrt) on the GPU",
+            f"{describe(trt)} cannot build for compute capability {cc}; "
+            f"it supports {', '.join(supported)}",
+            hint="for Hopper (9.0) and data-centre GPUs use full TensorRT (pip install tensorrt)",
         )
     return member
 
@@ -163,14 +172,20 @@ def _profile_shapes(
     if len(hint) == 3 and all(isinstance(h, (list, tuple)) for h in hint):
         lo, opt, hi = (tuple(int(d) for d in h) for h in hint)  # type: ignore[union-attr]
     else:
-        lo = opt = hi = tuple(int(d) for d in hint)  # type: ignore[union-attr]
+        lo = opt = hi = tuple(int(d) for d in hint)  # type: ignore[arg-type]
     for shape in (lo, opt, hi):
-        if len(shape) != len(dims) or any(d >= 0 and s != d for s, d in zip(shape, dims)):
-            raise UsageError(f"shape hint {list(shape)} for input {name!r} does not fit its dims {list(dims)}")
+        if len(shape) != len(dims) or any(
+            d >= 0 and s != d for s, d in zip(shape, dims, strict=True)
+        ):
+            raise UsageError(
+                f"shape hint {list(shape)} for input {name!r} does not fit its dims {list(dims)}"
+            )
         if any(s <= 0 for s in shape):
             raise UsageError(f"shape hint {list(shape)} for input {name!r} must be positive")
-    if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
-        raise UsageError(f"shape hint for input {name!r} must have min <= opt <= max, got {lo}, {opt}, {hi}")
+    if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+        raise UsageError(
+            f"shape hint for input {name!r} must have min <= opt <= max, got {lo}, {opt}, {hi}"
+        )
     return lo, opt, hi
 
 
@@ -212,7 +227,9 @@ def build_engine(
     """
     trt = module or trt_module()
     lines: list[str] = []
-    logger = _make_logger(trt, lines, trt.ILogger.Severity.INFO if verbose else trt.ILogger.Severity.WARNING)
+    logger = _make_logger(
+        trt, lines, trt.ILogger.Severity.INFO if verbose else trt.ILogger.Severity.WARNING
+    )
     path = Path(onnx_path)
     if not path.is_file():
         raise UsageError(f"no ONNX file at {path}")
@@ -233,7 +250,8 @@ def build_engine(
         if not parser.parse_from_file(str(parse_path)):
             msgs = _parse_errors(parser) or [ln for ln in lines if "ERROR" in ln] or ["no message"]
             raise UnsupportedModelError(
-                f"{describe(trt)} cannot parse {path.name}: " + "; ".join(" ".join(m.split()) for m in msgs),
+                f"{describe(trt)} cannot parse {path.name}: "
+                + "; ".join(" ".join(m.split()) for m in msgs),
                 hint="check the op and opset against the TensorRT ONNX operator support list",
             )
     config = builder.create_builder_config()
@@ -246,8 +264,10 @@ def build_engine(
                 raise UsageError(f"{describe(trt)} refused compute capability {compute_capability}")
             cc_used = compute_capability
         else:
-            lines.append(f"[NOTE] {describe(trt)} builds for the GPU present; "
-                         f"compute_capability={compute_capability} ignored")
+            lines.append(
+                f"[NOTE] {describe(trt)} builds for the GPU present; "
+                f"compute_capability={compute_capability} ignored"
+            )
     if sparse_weights:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     if workspace_mb is not None:
@@ -256,8 +276,10 @@ def build_engine(
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     unknown = sorted(set(hints) - {t.name for t in inputs})
     if unknown:
-        raise UsageError(f"shape hints name {unknown}, which are not network inputs",
-                         hint=f"inputs are {[t.name for t in inputs]}")
+        raise UsageError(
+            f"shape hints name {unknown}, which are not network inputs",
+            hint=f"inputs are {[t.name for t in inputs]}",
+        )
     dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
     if dynamic or hints:
         profile = builder.create_optimization_profile()
@@ -272,8 +294,9 @@ def build_engine(
     seconds = time.perf_counter() - started
     rt = describe(trt)
     if plan is None:
-        return EngineBuildResult(False, seconds, 0, "\n".join(lines) or "[ERROR] build failed", None, rt,
-                                 cc_used)
+        return EngineBuildResult(
+            False, seconds, 0, "\n".join(lines) or "[ERROR] build failed", None, rt, cc_used
+        )
     engine = bytes(plan)
     out: Path | None = None
     if output_path is not None:
@@ -319,7 +342,9 @@ def time_engine(
     try:
         import torch
     except ImportError as e:  # pragma: no cover - GPU machines only
-        raise SpaError("timing a TensorRT engine needs torch with CUDA", hint="pip install torch") from e
+        raise SpaError(
+            "timing a TensorRT engine needs torch with CUDA", hint="pip install torch"
+        ) from e
     if not torch.cuda.is_available():
         raise SpaError("timing a TensorRT engine needs a CUDA GPU; none is visible")
     trt = module or trt_module()  # pragma: no cover - GPU machines only (below)
@@ -329,12 +354,18 @@ def time_engine(
     runtime = trt.Runtime(logger)
     eng = runtime.deserialize_cuda_engine(data)
     if eng is None:
-        raise SpaError(f"{describe(trt)} could not load the engine: " + " ".join(lines[-3:]),
-                       hint="engines only load on the TensorRT version and GPU family they were built for")
+        raise SpaError(
+            f"{describe(trt)} could not load the engine: " + " ".join(lines[-3:]),
+            hint="engines only load on the TensorRT version and GPU family they were built for",
+        )
     ctx = eng.create_execution_context()
     dtypes = {
-        trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-        trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8,
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.BOOL: torch.bool,
+        trt.DataType.INT8: torch.int8,
         trt.DataType.BF16: torch.bfloat16,
     }
     buffers = {}
@@ -344,7 +375,9 @@ def time_engine(
             dims = tuple(eng.get_tensor_shape(name))
             if any(d < 0 for d in dims):
                 if not shapes or name not in shapes:
-                    raise UsageError(f"engine input {name!r} is dynamic {list(dims)}; give its shape in `shapes`")
+                    raise UsageError(
+                        f"engine input {name!r} is dynamic {list(dims)}; give its shape in `shapes`"
+                    )
                 dims = tuple(shapes[name])
             ctx.set_input_shape(name, dims)
             t = torch.zeros(dims, dtype=dtypes[eng.get_tensor_dtype(name)], device="cuda")
@@ -354,7 +387,9 @@ def time_engine(
     for name in names:
         if eng.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
             dims = tuple(ctx.get_tensor_shape(name))
-            buffers[name] = torch.empty(dims, dtype=dtypes[eng.get_tensor_dtype(name)], device="cuda")
+            buffers[name] = torch.empty(
+                dims, dtype=dtypes[eng.get_tensor_dtype(name)], device="cuda"
+            )
     for name, t in buffers.items():
         ctx.set_tensor_address(name, t.data_ptr())
     stream = torch.cuda.Stream()
@@ -375,6 +410,11 @@ def time_engine(
             break
     qs = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return LatencyMeasurement(
-        median_ms=statistics.median(times), p10_ms=qs[0], p90_ms=qs[-1], runs=len(times),
-        provider=torch.cuda.get_device_name(), threads=None, runtime=describe(trt),
+        median_ms=statistics.median(times),
+        p10_ms=qs[0],
+        p90_ms=qs[-1],
+        runs=len(times),
+        provider=torch.cuda.get_device_name(),
+        threads=None,
+        runtime=describe(trt),
     )

@@ -46,7 +46,10 @@ def _mlp(batch: int | str = 4, hidden: int = 32) -> Any:
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8])],
-        {"w1": rng.standard_normal((16, hidden)).astype(f), "w2": rng.standard_normal((hidden, 8)).astype(f)},
+        {
+            "w1": rng.standard_normal((16, hidden)).astype(f),
+            "w2": rng.standard_normal((hidden, 8)).astype(f),
+        },
     )
 
 
@@ -76,7 +79,9 @@ def test_model_estimate_counts_macs_and_bytes_by_hand() -> None:
     assert by["id"].ms == 0.0  # free op
     assert est.unknown_nodes == 0 and est.executed_nodes == 3
     assert est.macs == model_stats(ModelIR.from_proto(_mlp()))["macs"]
-    expected = sum(DEV.estimate_ms(n.macs or 0, n.bytes_moved or 0, ops=1) for n in est.nodes if n.ms > 0)
+    expected = sum(
+        DEV.estimate_ms(n.macs or 0, n.bytes_moved or 0, ops=1) for n in est.nodes if n.ms > 0
+    )
     assert est.total_ms == pytest.approx(expected) and est.kind == "analytic"
 
 
@@ -101,8 +106,10 @@ def test_symbolic_inputs_need_shapes() -> None:
 def test_constant_subgraphs_are_free() -> None:
     f = np.float32
     model = make_model(
-        [helper.make_node("Mul", ["a", "b"], ["ab"], name="folded"),
-         helper.make_node("Add", ["x", "ab"], ["y"], name="add")],
+        [
+            helper.make_node("Mul", ["a", "b"], ["ab"], name="folded"),
+            helper.make_node("Add", ["x", "ab"], ["y"], name="add"),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
         {"a": np.ones((2, 3), f), "b": np.ones((2, 3), f)},
@@ -118,7 +125,9 @@ def test_conv_model_and_calibration() -> None:
     assert est.macs > 0 and est.unknown_nodes == 0
     cal = calibrate(est, measured_ms=3 * est.total_ms)
     assert estimate_model(model, cal).total_ms == pytest.approx(3 * est.total_ms)
-    tiny = calibrate(est, measured_ms=est.total_ms / 1000)  # below the overheads: overhead scaled too
+    tiny = calibrate(
+        est, measured_ms=est.total_ms / 1000
+    )  # below the overheads: overhead scaled too
     assert estimate_model(model, tiny).total_ms == pytest.approx(est.total_ms / 1000)
     assert "calibrated" in cal.name
 
@@ -134,10 +143,24 @@ def test_analytic_table_validates_and_feeds_the_search() -> None:
     model = _mlp(hidden=64)
     dev = AnalyticDevice("d", "fp32", 1e6, 1e12, 0.0)  # compute bound: latency proportional to MACs
     est = estimate_model(model, dev)
-    groups = [GroupCost("hidden", n_units=64, unit_size=1, macs=4 * 16 * 64 + 4 * 64 * 8, bytes_moved=0,
-                        levels=[16, 32, 48])]
-    table = analytic_table(dev, groups, total_ms=est.total_ms, model_fingerprint=structure_fingerprint(model),
-                           input_shapes={"x": [4, 16]}, model_name="mlp")
+    groups = [
+        GroupCost(
+            "hidden",
+            n_units=64,
+            unit_size=1,
+            macs=4 * 16 * 64 + 4 * 64 * 8,
+            bytes_moved=0,
+            levels=[16, 32, 48],
+        )
+    ]
+    table = analytic_table(
+        dev,
+        groups,
+        total_ms=est.total_ms,
+        model_fingerprint=structure_fingerprint(model),
+        input_shapes={"x": [4, 16]},
+        model_name="mlp",
+    )
     assert isinstance(table, LatencyTable) and table.kind == "analytic"
     assert table.provenance.runtime == "analytic"
     assert LatencyTable.from_dict(table.to_dict()) == table

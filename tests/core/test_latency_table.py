@@ -31,9 +31,15 @@ from tests.helpers import make_model
 
 def _prov(**kw: Any) -> Provenance:
     base: dict[str, Any] = dict(
-        device="NVIDIA H200", runtime="onnxruntime", runtime_version="1.31.1", precision="fp16",
-        input_shapes={"x": (8, 16)}, model_fingerprint="f" * 64, tool_version="0.1.0",
-        provider="CUDAExecutionProvider", model_name="m.onnx",
+        device="NVIDIA H200",
+        runtime="onnxruntime",
+        runtime_version="1.31.1",
+        precision="fp16",
+        input_shapes={"x": (8, 16)},
+        model_fingerprint="f" * 64,
+        tool_version="0.1.0",
+        provider="CUDAExecutionProvider",
+        model_name="m.onnx",
     )
     base.update(kw)
     return Provenance(**base)
@@ -41,11 +47,14 @@ def _prov(**kw: Any) -> Provenance:
 
 def _table(**kw: Any) -> LatencyTable:
     groups = {
-        "ffn.0": GroupLatency(8, 4, (LevelLatency(2, 8, 0.2), LevelLatency(4, 16, 0.35),
-                                     LevelLatency(8, 32, 0.6))),
+        "ffn.0": GroupLatency(
+            8, 4, (LevelLatency(2, 8, 0.2), LevelLatency(4, 16, 0.35), LevelLatency(8, 32, 0.6))
+        ),
         "heads.0": GroupLatency(4, 16, (LevelLatency(1, 16, 0.1), LevelLatency(4, 64, 0.3))),
     }
-    args: dict[str, Any] = dict(kind="measured", provenance=_prov(), dense_ms=1.5, base_ms=0.55, groups=groups)
+    args: dict[str, Any] = dict(
+        kind="measured", provenance=_prov(), dense_ms=1.5, base_ms=0.55, groups=groups
+    )
     args.update(kw)
     return LatencyTable(**args)
 
@@ -58,7 +67,9 @@ def group_latencies(draw: st.DrawFn, monotone: bool = False) -> GroupLatency:
     if monotone:
         lats = sorted(lats)
     unit = draw(st.integers(1, 8))
-    return GroupLatency(n, unit, tuple(LevelLatency(k, k * unit, t) for k, t in zip(kept, lats)))
+    return GroupLatency(
+        n, unit, tuple(LevelLatency(k, k * unit, t) for k, t in zip(kept, lats, strict=True))
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -66,7 +77,7 @@ def group_latencies(draw: st.DrawFn, monotone: bool = False) -> GroupLatency:
 def test_interpolation_hits_the_levels_and_stays_between_neighbours(g: GroupLatency) -> None:
     for lv in g.levels:
         assert g.latency(lv.kept_units) == pytest.approx(lv.latency_ms)
-    for a, b in zip(g.levels, g.levels[1:]):
+    for a, b in zip(g.levels, g.levels[1:], strict=False):
         mid = (a.kept_units + b.kept_units) / 2
         v = g.latency(mid)
         assert min(a.latency_ms, b.latency_ms) - 1e-9 <= v <= max(a.latency_ms, b.latency_ms) + 1e-9
@@ -75,19 +86,29 @@ def test_interpolation_hits_the_levels_and_stays_between_neighbours(g: GroupLate
 
 @settings(max_examples=200, deadline=None)
 @given(group_latencies(monotone=True), st.lists(st.floats(0.0, 1.0), min_size=2, max_size=20))
-def test_interpolation_is_monotone_on_monotone_tables(g: GroupLatency, fractions: list[float]) -> None:
+def test_interpolation_is_monotone_on_monotone_tables(
+    g: GroupLatency, fractions: list[float]
+) -> None:
     lo, hi = g.levels[0].kept_units, g.levels[-1].kept_units
     xs = sorted(lo + f * (hi - lo) for f in fractions)
     ys = [g.latency(x) for x in xs]
-    assert all(y1 <= y2 + 1e-12 for y1, y2 in zip(ys, ys[1:]))
+    assert all(y1 <= y2 + 1e-12 for y1, y2 in zip(ys, ys[1:], strict=False))
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=8), group_latencies(), max_size=5),
-       st.floats(0, 50, allow_nan=False), st.sampled_from(["measured", "analytic"]))
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=8), group_latencies(), max_size=5),
+    st.floats(0, 50, allow_nan=False),
+    st.sampled_from(["measured", "analytic"]),
+)
 def test_json_round_trip(groups: dict[str, GroupLatency], base: float, kind: str) -> None:
-    t = LatencyTable(kind=kind, provenance=_prov(threads=2), dense_ms=base + 1.0, base_ms=base,  # type: ignore[arg-type]
-                     groups=groups)
+    t = LatencyTable(
+        kind=kind,  # type: ignore[arg-type]
+        provenance=_prov(threads=2),
+        dense_ms=base + 1.0,
+        base_ms=base,
+        groups=groups,
+    )
     again = LatencyTable.from_dict(json.loads(t.to_json()))
     assert again == t
     assert again.to_dict() == t.to_dict()
@@ -148,7 +169,10 @@ def _mutated(edit: Any) -> dict[str, Any]:
         (lambda d: d["groups"]["ffn.0"].update(levels=[]), "levels must be a non-empty list"),
         (lambda d: d["groups"]["ffn.0"]["levels"].pop(), "must end with the dense level"),
         (lambda d: d["groups"]["ffn.0"]["levels"].reverse(), "must increase strictly"),
-        (lambda d: d["groups"]["ffn.0"]["levels"][0].update(kept_units=9), r"kept_units must be an integer in 0..8"),
+        (
+            lambda d: d["groups"]["ffn.0"]["levels"][0].update(kept_units=9),
+            r"kept_units must be an integer in 0..8",
+        ),
         (lambda d: d["groups"]["ffn.0"]["levels"][0].update(latency_ms=float("nan")), "latency_ms"),
         (lambda d: d["groups"]["ffn.0"]["levels"][0].update(latency_ms="0.2"), "latency_ms"),
     ],
@@ -173,8 +197,12 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_check_compatible() -> None:
     t = _table()
-    t.check_compatible(model_fingerprint="f" * 64, input_shapes={"x": [8, 16]}, precision="fp16",
-                       groups={"ffn.0": 8, "heads.0": 4, "other": 12})
+    t.check_compatible(
+        model_fingerprint="f" * 64,
+        input_shapes={"x": [8, 16]},
+        precision="fp16",
+        groups={"ffn.0": 8, "heads.0": 4, "other": 12},
+    )
     with pytest.raises(UsageError, match="made for another model"):
         t.check_compatible(model_fingerprint="a" * 64)
     with pytest.raises(UsageError, match="input shapes"):
@@ -190,11 +218,17 @@ def test_check_compatible() -> None:
 def _mlp(rng: np.random.Generator, hidden: int = 16, batch: int = 2) -> Any:
     f = np.float32
     return make_model(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("MatMul", ["r", "w2"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
-        {"w1": rng.standard_normal((8, hidden)).astype(f), "w2": rng.standard_normal((hidden, 4)).astype(f)},
+        {
+            "w1": rng.standard_normal((8, hidden)).astype(f),
+            "w2": rng.standard_normal((hidden, 4)).astype(f),
+        },
     )
 
 
@@ -202,8 +236,12 @@ def test_structure_fingerprint_ignores_weights_not_structure(tmp_path: Path) -> 
     a = _mlp(np.random.default_rng(0))
     b = _mlp(np.random.default_rng(1))
     assert structure_fingerprint(a) == structure_fingerprint(b)
-    assert structure_fingerprint(a) != structure_fingerprint(_mlp(np.random.default_rng(0), hidden=12))
-    assert structure_fingerprint(a) != structure_fingerprint(_mlp(np.random.default_rng(0), batch=3))
+    assert structure_fingerprint(a) != structure_fingerprint(
+        _mlp(np.random.default_rng(0), hidden=12)
+    )
+    assert structure_fingerprint(a) != structure_fingerprint(
+        _mlp(np.random.default_rng(0), batch=3)
+    )
     path = tmp_path / "m.onnx"
     path.write_bytes(a.SerializeToString())
     assert structure_fingerprint(path) == structure_fingerprint(a)
@@ -217,7 +255,11 @@ def test_structure_fingerprint_sees_shape_constants() -> None:
         return make_model(
             [helper.make_node("Reshape", ["x", "s"], ["y"])],
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [len(shape) and shape[0], shape[1]])],
+            [
+                helper.make_tensor_value_info(
+                    "y", TensorProto.FLOAT, [len(shape) and shape[0], shape[1]]
+                )
+            ],
             {"s": np.array(shape, np.int64)},
         )
 

@@ -1,9 +1,9 @@
 """SPDY-style level search (spa_compiler.search) against brute force over every choice.
 
-Oracle: on small instances, enumerate every combination of levels. With integer latencies and a grid of
-1 ms the DP must find exactly the brute-force optimum; with real-valued latencies it must return a
-choice that truly meets the budget and is at least as good as the best choice with a margin of one grid
-cell per group (the documented discretization loss).
+Oracle: on small instances, enumerate every combination of levels. With integer latencies and a
+grid of 1 ms the DP must find exactly the brute-force optimum; with real-valued latencies it must
+return a choice that truly meets the budget and is at least as good as the best choice with a
+margin of one grid cell per group (the documented discretization loss).
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from spa_compiler.search import (
 TOL = 1e-9
 
 
-def _brute(groups: Sequence[GroupOptions], base: float) -> list[tuple[float, float, tuple[int, ...]]]:
+def _brute(
+    groups: Sequence[GroupOptions], base: float
+) -> list[tuple[float, float, tuple[int, ...]]]:
     """(latency, error, level indices) of every choice."""
     out = []
     for idx in itertools.product(*(range(len(g.levels)) for g in groups)):
-        lat = base + math.fsum(g.levels[i].latency_ms for g, i in zip(groups, idx))
-        err = math.fsum(g.levels[i].error for g, i in zip(groups, idx))
+        lat = base + math.fsum(g.levels[i].latency_ms for g, i in zip(groups, idx, strict=True))
+        err = math.fsum(g.levels[i].error for g, i in zip(groups, idx, strict=True))
         out.append((lat, err, idx))
     return out
 
@@ -55,8 +57,12 @@ def _groups(draw: st.DrawFn, *, integer: bool) -> list[GroupOptions]:
         n_levels = draw(st.integers(1, 4))
         levels = []
         for i in range(n_levels):
-            lat = draw(st.integers(0, 12)) if integer else draw(st.floats(0.0, 5.0, allow_nan=False))
-            err = draw(st.integers(0, 20)) if integer else draw(st.floats(0.0, 10.0, allow_nan=False))
+            lat = (
+                draw(st.integers(0, 12)) if integer else draw(st.floats(0.0, 5.0, allow_nan=False))
+            )
+            err = (
+                draw(st.integers(0, 20)) if integer else draw(st.floats(0.0, 10.0, allow_nan=False))
+            )
             levels.append(Level(i, float(lat), float(err)))
         groups.append(GroupOptions(f"g{g}", levels))
     return groups
@@ -80,11 +86,15 @@ def float_instances(draw: st.DrawFn) -> tuple[list[GroupOptions], float, float]:
 
 @settings(max_examples=300, deadline=None)
 @given(int_instances())
-def test_dp_matches_brute_force_on_an_exact_grid(inst: tuple[list[GroupOptions], float, float]) -> None:
+def test_dp_matches_brute_force_on_an_exact_grid(
+    inst: tuple[list[GroupOptions], float, float],
+) -> None:
     groups, base, budget = inst
     base_prime = base + sum(min(lv.latency_ms for lv in g.levels) for g in groups)
     slack = int(budget - base_prime)
-    resolution = max(slack, 1)  # one cell per millisecond: integer latencies are represented exactly
+    resolution = max(
+        slack, 1
+    )  # one cell per millisecond: integer latencies are represented exactly
     r = choose_levels(groups, budget, base, resolution=resolution)
     _check_result_consistent(groups, base, r)
     choices = _brute(groups, base)
@@ -138,15 +148,21 @@ def test_error_bound(inst: tuple[list[GroupOptions], float, float], max_error: f
         return
     assert r.reachable_ms == pytest.approx(r.predicted_ms)
     if r.status == "error-bound":
-        assert any(c[0] <= budget + TOL for c in choices), "error-bound means the budget alone is reachable"
+        assert any(c[0] <= budget + TOL for c in choices), (
+            "error-bound means the budget alone is reachable"
+        )
     if within:
         # the reported choice respects the bound and is the fastest such up to the grid
         assert r.error <= max_error + TOL
-        excess = sum(max(lv.latency_ms for lv in g.levels) - min(lv.latency_ms for lv in g.levels)
-                     for g in groups)
+        excess = sum(
+            max(lv.latency_ms for lv in g.levels) - min(lv.latency_ms for lv in g.levels)
+            for g in groups
+        )
         cell = excess / resolution
         assert r.predicted_ms <= min(c[0] for c in within) + len(groups) * cell + TOL
-        assert min(c[0] for c in within) > budget - len(groups) * r.grid_ms - TOL or r.status == "ok"
+        assert (
+            min(c[0] for c in within) > budget - len(groups) * r.grid_ms - TOL or r.status == "ok"
+        )
     else:
         assert r.predicted_ms == pytest.approx(r.min_latency_ms)
         assert "no choice has error within" in r.message
@@ -172,19 +188,25 @@ def test_budget_below_base_is_infeasible() -> None:
 def test_generous_budget_keeps_everything_dense() -> None:
     groups = [GroupOptions(g, [Level("dense", 1.0, 0.0), Level("half", 0.6, 0.4)]) for g in "abc"]
     r = choose_levels(groups, budget_ms=100.0, base_ms=1.0)
-    assert r.feasible and r.levels == {"a": "dense", "b": "dense", "c": "dense"} and r.grid_ms == 0.0
+    assert (
+        r.feasible and r.levels == {"a": "dense", "b": "dense", "c": "dense"} and r.grid_ms == 0.0
+    )
 
 
 def test_budget_exactly_at_a_sum_is_met() -> None:
     # 0.1 + 0.2 style float noise must not push an exactly-fitting choice out
-    groups = [GroupOptions("a", [Level(1, 0.1, 1.0), Level(2, 0.3, 0.0)]),
-              GroupOptions("b", [Level(1, 0.2, 5.0), Level(2, 0.6, 0.0)])]
+    groups = [
+        GroupOptions("a", [Level(1, 0.1, 1.0), Level(2, 0.3, 0.0)]),
+        GroupOptions("b", [Level(1, 0.2, 5.0), Level(2, 0.6, 0.0)]),
+    ]
     r = choose_levels(groups, budget_ms=0.1 + 0.6, base_ms=0.0, resolution=10)
     assert r.feasible and r.levels == {"a": 1, "b": 2} and r.error == 1.0
 
 
 def test_ties_prefer_lower_latency_then_lower_index() -> None:
-    g = GroupOptions("a", [Level("slow", 2.0, 1.0), Level("fast", 1.0, 1.0), Level("fast2", 1.0, 1.0)])
+    g = GroupOptions(
+        "a", [Level("slow", 2.0, 1.0), Level("fast", 1.0, 1.0), Level("fast2", 1.0, 1.0)]
+    )
     r = choose_levels([g], budget_ms=5.0, base_ms=0.0)
     assert r.levels == {"a": "fast"}
     r = choose_levels([g], budget_ms=1.5, base_ms=0.0, resolution=3)
@@ -211,8 +233,13 @@ def test_large_instance_runs_quickly() -> None:
 
     rnd = random.Random(0)
     groups = [
-        GroupOptions(i, [Level(k, 0.05 * k + rnd.random() * 0.01, (16 - k) ** 2 * rnd.random()) for k in
-                         range(1, 17)])
+        GroupOptions(
+            i,
+            [
+                Level(k, 0.05 * k + rnd.random() * 0.01, (16 - k) ** 2 * rnd.random())
+                for k in range(1, 17)
+            ],
+        )
         for i in range(200)
     ]
     dense = sum(g.levels[-1].latency_ms for g in groups)
@@ -224,7 +251,9 @@ def test_large_instance_runs_quickly() -> None:
 
 def test_invalid_inputs() -> None:
     with pytest.raises(ValueError, match="twice"):
-        choose_levels([GroupOptions("a", [Level(1, 1, 0)]), GroupOptions("a", [Level(1, 1, 0)])], 5, 0)
+        choose_levels(
+            [GroupOptions("a", [Level(1, 1, 0)]), GroupOptions("a", [Level(1, 1, 0)])], 5, 0
+        )
     with pytest.raises(ValueError, match="no levels"):
         choose_levels([GroupOptions("a", [])], 5, 0)
     with pytest.raises(ValueError, match="non-finite"):
@@ -251,7 +280,9 @@ def test_correct_budget_shrinks_by_the_measured_gap() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(st.floats(1, 100), st.floats(1, 100), st.floats(1, 100), st.floats(1, 100))
-def test_correct_budget_fixed_point(target: float, predicted: float, measured: float, current: float) -> None:
+def test_correct_budget_fixed_point(
+    target: float, predicted: float, measured: float, current: float
+) -> None:
     new = correct_budget(target, predicted, measured, current)
     assert new > 0
     if measured > target:
