@@ -51,12 +51,13 @@ def trt_module(prefer: str | None = None) -> ModuleType:
     """The TensorRT Python module: `tensorrt` if importable, else `tensorrt_rtx_bindings`.
 
     Args:
-        prefer: "tensorrt" or "tensorrt_rtx_bindings" to insist on one; None takes the first
-        available.
+        prefer: "tensorrt" or "tensorrt_rtx_bindings" to insist on one; None reads the
+            environment variable SPA_TENSORRT_MODULE, and without it takes the first available.
 
     Raises:
         SpaError naming the pip packages when neither imports.
     """
+    prefer = prefer or os.environ.get("SPA_TENSORRT_MODULE") or None
     names = (prefer,) if prefer else MODULES
     if prefer is not None and prefer not in MODULES:
         raise UsageError(

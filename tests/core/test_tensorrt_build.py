@@ -35,7 +35,8 @@ from tests.helpers import TOL, conv_chain_model
 
 
 def _trt_or_skip() -> ModuleType:
-    for name in trt_mod.MODULES:
+    """TensorRT-RTX if installed (builds without a GPU), else full TensorRT with a GPU."""
+    for name in ("tensorrt_rtx_bindings", "tensorrt"):
         try:
             mod = importlib.import_module(name)
         except ImportError:
@@ -201,6 +202,10 @@ def test_rtx_refuses_hopper(trt: ModuleType, tmp_path: Path) -> None:
 def test_trt_module_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UsageError, match="unknown TensorRT module"):
         trt_mod.trt_module("tensorrt_llm")
+    monkeypatch.setenv("SPA_TENSORRT_MODULE", "tensorrt_llm")
+    with pytest.raises(UsageError, match="unknown TensorRT module 'tensorrt_llm'"):
+        trt_mod.trt_module()
+    monkeypatch.delenv("SPA_TENSORRT_MODULE")
 
     def no_import(name: str, *a: Any, **k: Any) -> Any:
         raise ImportError(f"No module named {name!r}")
