@@ -280,8 +280,7 @@ def static_shapes(
     fixed = _fix_inputs(proto, input_shapes)
     light = onnx.ModelProto()
     light.CopyFrom(proto)
-    _strip(light)
-    del light.graph.value_info[:]
+    _strip(light)  # value_info kept: it is the only shape source for ops inference cannot type
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as e:  # inference is best effort; ORT fills the rest
@@ -532,14 +531,31 @@ class _Analyzer:
                 if node.op not in ("Constant",):
                     self.freeze_node(node, f"shape-unknown:{node.op}")
                     continue
+            n_slots = len(self.slots)
             try:
                 rule(self, node)
             except Exception as e:  # a rule must never take the analysis down: freeze instead
                 logger.debug("rule %s failed on %s: %s", node.op, node.name, e, exc_info=True)
                 self.freeze_node(node, f"rule-error:{node.op}")
+            self._freeze_created_axes(node, self.slots[n_slots:])
         del sp
         self._check_slots()
         self._check_size_sinks()
+
+    def _freeze_created_axes(self, node: gs.Node, slots: Sequence[_Slot]) -> None:
+        """Output axes the rule tied to nothing (e.g. TopK's k) have a size set by a value:
+        frozen, unless a shape input the rewrite controls sizes them (Expand's broadcast axes)."""
+        sized: set[int] = set()
+        for s in slots:
+            for r in s.req:
+                for t in self.req_terms(r):
+                    sized.update(self.space.leaves(t))
+        for j in range(len(node.outputs)):
+            y = self.out(node, j)
+            for a in y or []:
+                if isinstance(a, int) and not self.space.touched(a) and self.space.atom_size(a) > 1:
+                    if self.space.find(a) not in sized:
+                        self.space.freeze(a, f"created-by:{node.op}:{_node_label(node, self.index[id(node)])}")
 
     # -- shape-carrying inputs -------------------------------------------------------
     def _live(self, terms: Iterable[Term | None]) -> set[int]:

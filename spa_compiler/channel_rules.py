@@ -518,7 +518,7 @@ def axis_frozen(default_axis: int, *, coerce_before: int | None = None) -> Rule:
             if y is None or len(y) != r:
                 continue
             for k in range(r):
-                if k not in mixed:
+                if ctx.space.size(x[k]) == ctx.space.size(y[k]):
                     ctx.same(x[k], y[k], _name(node))
 
     return rule

@@ -60,6 +60,7 @@ class DimSpace:
         self._parent: list[int] = []
         self._defn: dict[int, Term] = {}
         self._info: dict[int, AtomInfo] = {}
+        self._touched: set[int] = set()
 
     # ------------------------------------------------------------------ atoms
     def new(self, size: int, *, frozen: str | None = None) -> int:
@@ -179,6 +180,7 @@ class DimSpace:
             return
         if self._size[ra] != self._size[rb]:
             raise AssertionError("union of atoms of different sizes")
+        self._touched.update((ra, rb))
         self._parent[rb] = ra
         ib = self._info.pop(rb, None)
         if ib is not None:
@@ -191,6 +193,7 @@ class DimSpace:
         if r in self.leaves(t):
             return False
         self._defn[r] = t
+        self._touched.add(r)
         info = self._info.get(r)
         if info is not None:
             for leaf in self.leaves(t):
@@ -361,6 +364,10 @@ class DimSpace:
         for v in vals:
             n *= v
         return n
+
+    def touched(self, a: int) -> bool:
+        """Whether atom `a` was ever unified with or defined as something."""
+        return a in self._touched
 
     def roots(self) -> Iterator[int]:
         """Every class root that is a leaf (not refined)."""
