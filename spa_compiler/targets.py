@@ -38,6 +38,8 @@ TARGETS: dict[str, Target] = {
         23,
         ("CUDAExecutionProvider", "CPUExecutionProvider"),
     ),
+    # TensorRT 10's parser takes opsets up to 20-22 depending on the release; TensorRT-RTX 1.7 parses
+    # IR 8..14 and opsets 13..25 (measured here). We emit IR 10 for both.
     "tensorrt": Target("tensorrt", "TensorRT engine built from the ONNX file", 10, 21),
 }
 
