@@ -1044,6 +1044,7 @@ def prune_groups(
     # 1. constants, per use; in place when every use agrees, else private copies
     by_const: dict[int, list[tuple[gs.Node, int, tuple]]] = defaultdict(list)
     const_obj: dict[int, gs.Constant] = {}
+    attr_consts: set[int] = set()  # values of Constant nodes: may be shared with clones, never edited
     for (ni, ii), axes in an.const_axes.items():
         node = an.nodes[ni]
         c = constant_value(node.inputs[ii])
@@ -1054,12 +1055,15 @@ def prune_groups(
         )
         by_const[id(c)].append((node, ii, keeps))
         const_obj[id(c)] = c
+        if not isinstance(node.inputs[ii], gs.Constant):
+            attr_consts.add(id(c))
     for cid, uses in by_const.items():
         c = const_obj[cid]
         if not any(k for _, _, k in uses):
             continue
         sigs = [tuple((k, idx.tobytes()) for k, idx in keeps) for _, _, keeps in uses]
-        in_place = len(set(sigs)) == 1 and c.name not in an.subgraph_refs and _all_readers_known(c, uses)
+        in_place = (len(set(sigs)) == 1 and cid not in attr_consts and c.name not in an.subgraph_refs
+                    and _all_readers_known(c, uses))
         if in_place:
             c.values = _take(np.asarray(c.values), uses[0][2])
             continue
