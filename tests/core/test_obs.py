@@ -380,3 +380,58 @@ def test_obspath_is_a_frozen_record() -> None:
     assert path.errors.shape == (2,)
     with pytest.raises(AttributeError):
         path.levels = (1,)  # type: ignore[misc]
+
+
+def _naive_greedy(w: Arr, h: Arr, groups: list[npt.NDArray[np.intp]], steps: int) -> list[int]:
+    """Reference loop: full-size group_errors + remove_group at every step."""
+    hinv = inverse_hessian(prepare_hessian(h))
+    cur = w.copy()
+    left = list(range(len(groups)))
+    order = []
+    for _ in range(steps):
+        errs = group_errors(cur, hinv, [groups[i] for i in left])
+        j = left.pop(int(np.argmin(errs)))
+        order.append(j)
+        cur, hinv = remove_group(cur, hinv, groups[j])
+    return order
+
+
+@pytest.mark.parametrize("sizes", [[1], [3], [1, 2, 4]])
+def test_lazy_greedy_equals_naive_loop_across_folds_and_compactions(sizes: list[int]) -> None:
+    """Long paths cross several lazy folds (every 64 columns) and compactions (every 25%)."""
+    rng = np.random.default_rng(sum(sizes))
+    groups: list[npt.NDArray[np.intp]] = []
+    start = 0
+    while start < 230:
+        size = sizes[len(groups) % len(sizes)]
+        groups.append(np.arange(start, start + size))
+        start += size
+    n_in = start + 3  # three columns in no group
+    w, x, h = _problem(rng, 20, n_in, 2 * n_in)
+    steps = int(0.9 * len(groups))
+    levels = list(range(0, steps + 1, max(1, steps // 7))) + [steps]
+    path = greedy_prune(w, h, groups, levels=levels)
+    assert path.order.tolist() == _naive_greedy(w, h, groups, steps)
+    for i, level in enumerate(path.levels):
+        expect = _lstsq_kept(w, x, path.kept_columns(level))
+        np.testing.assert_allclose(
+            path.weight(level), expect, rtol=1e-6, atol=1e-8 * np.abs(w).max()
+        )
+        assert path.errors[i] == pytest.approx(_loss(w, path.weight(level), x), rel=1e-6)
+
+
+@pytest.mark.parametrize("with_scipy", [True, False])
+def test_inverse_hessian_with_and_without_scipy(
+    with_scipy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    if not with_scipy:
+        monkeypatch.setitem(sys.modules, "scipy.linalg", None)  # import fails -> numpy path
+    rng = np.random.default_rng(9)
+    _, _, h = _problem(rng, 1, 30, 60)
+    hinv = inverse_hessian(h)
+    np.testing.assert_allclose(hinv, np.linalg.inv(h), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(hinv, hinv.T)
+    with pytest.raises(PreconditionError):
+        inverse_hessian(np.array([[1.0, 2.0], [2.0, 1.0]]))
