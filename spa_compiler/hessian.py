@@ -239,11 +239,12 @@ def im2col(
     # patches: (N, C, *kernel, *out_spatial)
     patches = np.empty((n, c, *k, *out_sp), dtype=arr.dtype)
     for offs in itertools.product(*(range(ki) for ki in k)):
-        sl = tuple(
+        sl = [
             slice(offs[i] * d[i], offs[i] * d[i] + s[i] * (out_sp[i] - 1) + 1, s[i])
             for i in range(rank)
-        )
-        patches[(slice(None), slice(None), *offs)] = arr[(slice(None), slice(None), *sl)]
+        ]
+        dst: tuple[int | slice, ...] = (slice(None), slice(None), *offs)
+        patches[dst] = arr[(slice(None), slice(None), *sl)]
     # -> (N, *out_spatial, C, *kernel)
     order = (0, *range(2 + rank, 2 + 2 * rank), 1, *range(2, 2 + rank))
     return patches.transpose(order).reshape(n * math.prod(out_sp), c * math.prod(k))
