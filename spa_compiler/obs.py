@@ -513,7 +513,8 @@ class ObsPath:
 
     Memory: ``snapshots`` holds one ``(out, in)`` array per level (in ``snapshot_dtype``), e.g.
     16 levels of a 1536x576 float32 weight = 57 MB. With ``snapshots=False`` only the order is kept
-    and `weight` re-solves each level exactly with `solve_kept` (same result up to rounding).
+    and `weight` re-solves each level exactly with `solve_kept` (same result up to rounding). The
+    path also holds float64 copies of W and of the prepared H (``8 * in^2`` bytes) for re-solves.
 
     Attributes:
         levels: Requested levels (number of groups removed), sorted, starting where asked.
