@@ -61,7 +61,18 @@ NORM_OPS = frozenset(
     {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "RMSNormalization", "GroupNormalization"}
 )
 
-_RNG_TRIALS = 3
+_TRIALS = 2
+
+
+def _primes(n: int, start: int = 1009) -> list[int]:
+    """`n` distinct primes from `start` up: probe sizes no two size expressions share by chance."""
+    out: list[int] = []
+    k = start
+    while len(out) < n:
+        if all(k % d for d in range(2, int(k**0.5) + 1)):
+            out.append(k)
+        k += 1
+    return out
 
 
 # ---------------------------------------------------------------------- public records
@@ -613,10 +624,12 @@ class _Analyzer:
         rng = np.random.default_rng(0)
         for _ in range(8):
             live_roots = [r for r in self.space.roots() if self.space.frozen(r) is None]
+            live_roots = [r for r in live_roots if self.space.atom_size(r) > 1]
+            primes = _primes(len(live_roots))
             trials = []
-            for _k in range(_RNG_TRIALS):
-                assign = {r: int(rng.integers(1, self.space.atom_size(r) + 1)) for r in live_roots
-                          if self.space.atom_size(r) > 1}
+            for _k in range(_TRIALS):
+                order = rng.permutation(len(live_roots))
+                assign = {r: primes[int(j)] for r, j in zip(live_roots, order)}
                 trials.append((assign, ShapeEvaluator(self.sizes_under(assign))))
             changed = False
             for slot in self.slots:
@@ -1144,13 +1157,15 @@ def _rewrite_slot(model: ModelIR, an: _Analyzer, slot: _Slot, sizes: Mapping[int
     old = an.ev0.value(t)
     edits: dict[int, int] = {}
     for e, req in enumerate(slot.req):
-        if req is None or old is None or not (slot.edit[e] == "const" or e in slot.replace):
+        if req is None:
             continue
-        v = int(np.asarray(old).reshape(-1)[e])
         want = an.req_value(req, sizes)
         if e in slot.replace:
             edits[e] = want
             continue
+        if old is None or slot.edit[e] != "const":
+            continue
+        v = int(np.asarray(old).reshape(-1)[e])
         ref = slot.ref[e] if e < len(slot.ref) else None
         n_new = sp.size_under(ref, sizes) if ref is not None else None
         n_old = sp.size(ref) if ref is not None else None

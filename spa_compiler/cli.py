@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group()
     g.add_argument("-p", "--passes", help='pipeline spec, e.g. "cleanup,prune-magnitude{ratio=0.3}"')
     g.add_argument("--preset", help="named pipeline (see list-passes)")
+    c.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                   help="precision the target runs in (ort-cuda/tensorrt timing)")
+    c.add_argument("--latency-table", help="a latency table from `spa-compile profile` (JSON)")
+    c.add_argument("--max-error", type=float, default=None,
+                   help="bound on the search's summed error (normalized); beyond it a budget is unreachable")
     c.add_argument("--calib", help="calibration data: a folder of .npz/.npy or test_data_set_*, or module:function")
     c.add_argument("--report", help="write the JSON report here (written even on failure)")
     c.add_argument("--validate", default="each", choices=("each", "end", "off"), help="when to validate")
@@ -150,6 +155,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
             from spa_compiler.calibration import load_calibration
 
             calibration = _load_calibration(args.model, args.calib, load_calibration)
+        table = None
+        if args.latency_table:
+            from spa_compiler.latency.table import LatencyTable
+
+            table = LatencyTable.load(args.latency_table)
         compile_model(
             args.model,
             args.output or _default_output(args.model),
@@ -163,6 +173,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
             validate=args.validate,
             measure_runs=args.runs,
             threads=args.threads,
+            precision=args.precision,
+            latency_table=table,
+            max_error=args.max_error,
             seed=args.seed,
             progress=progress,
             measure_latency=not args.no_measure,

@@ -109,33 +109,54 @@ def check_paths(model_path: Path, output_path: Path) -> None:
 def measure(
     model: ModelIR,
     feeds: Mapping[str, np.ndarray],
-    target: str,
+    provider: Any,
     *,
-    runs: int,
-    threads: int | None,
     shapes: Mapping[str, Sequence[int]],
 ) -> dict[str, Any]:
-    """Stats and measured latency of a model on the target (ORT CPU here; see the latency issue)."""
-    from spa_compiler.latency.measure import measure_ort
-    from spa_compiler.targets import TARGETS
-
+    """Stats and latency of a model on the target, through a latency provider."""
     stats = model_stats(model, shapes)
-    providers = TARGETS[target].providers or ("CPUExecutionProvider",)
-    from spa_compiler.runtime import import_ort
-
-    available = set(import_ort().get_available_providers())
-    providers = tuple(p for p in providers if p in available) or ("CPUExecutionProvider",)
-    m = measure_ort(model, feeds, providers=providers, threads=threads, runs=runs, min_seconds=0.5)
+    t = provider.time(model, feeds)
+    prov = provider.provenance()
     stats.update(
-        latency_ms=m.median_ms,
-        latency_p10_ms=m.p10_ms,
-        latency_p90_ms=m.p90_ms,
-        latency_runs=m.runs,
-        latency_provider=m.provider,
-        latency_threads=threads,
-        runtime=m.runtime,
+        latency_ms=t.ms,
+        latency_kind=t.kind,
+        latency_p10_ms=t.p10_ms,
+        latency_p90_ms=t.p90_ms,
+        latency_runs=t.runs,
+        latency_provider=prov.get("provider") or prov.get("device"),
+        latency_device=prov.get("device"),
+        runtime=f"{prov.get('runtime')} {prov.get('runtime_version')}".strip(),
+        precision=prov.get("precision"),
     )
     return stats
+
+
+def deploy_check(path: Path, target: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """Check the written model deploys on the target's toolchain as far as this machine allows.
+
+    tensorrt: parse and build an engine (ahead of time for SM 8.9 with TensorRT-RTX on a machine
+    without a GPU), dense and with the sparse-weights flag. ort-*: the session already loaded when
+    the output was timed.
+    """
+    if target != "tensorrt":
+        return {"checked": "onnxruntime session created and run on the output"}
+    from spa_compiler.errors import SpaError
+    from spa_compiler.latency.tensorrt import build_engine, describe, trt_module
+
+    try:
+        trt = trt_module()
+    except SpaError as e:
+        return {"checked": False, "why": e.one_line()}
+    out: dict[str, Any] = {"runtime": describe(trt)}
+    for label, sparse in (("dense", False), ("sparse_weights", True)):
+        res = build_engine(path, shapes={k: tuple(v) for k, v in shapes.items()}, sparse_weights=sparse,
+                           module=trt)
+        out[label] = {"ok": res.ok, "seconds": round(res.seconds, 3), "engine_bytes": res.engine_bytes,
+                      "compute_capability": res.compute_capability}
+        if not res.ok:
+            out[label]["log"] = res.log[-2000:]
+    out["checked"] = True
+    return out
 
 
 def compile_model(
@@ -152,6 +173,9 @@ def compile_model(
     validate: Validate = "each",
     measure_runs: int = 30,
     threads: int | None = 1,
+    precision: str = "fp32",
+    latency_table: Any = None,
+    max_error: float | None = None,
     seed: int = 0,
     progress: ProgressFn = _no_progress,
     measure_latency: bool = True,
@@ -193,24 +217,49 @@ def compile_model(
             hint=f"pass --input-shape {name}:{example} (with N replaced by the size to compile for)",
         )
     feeds = random_feeds(model, shapes, seed=seed)
+    provider = None
+    if measure_latency:
+        from spa_compiler.latency.provider import make_provider
+
+        provider = make_provider(
+            tgt.name, precision=precision, threads=threads, runs=measure_runs, input_shapes=shapes
+        )
 
     ctx = CompileContext(
         calibration=calibration,
+        latency=provider,
+        latency_table=latency_table,
+        feeds=feeds,
         target=tgt.name,
         input_shapes={k: tuple(v) for k, v in shapes.items()},
         seed=seed,
         report=report,
         progress=progress,
+        max_error=max_error,
     )
-    if measure_latency:
+    if provider is not None:
         progress("measure dense", 0, 1)
-        report.before = measure(model, feeds, tgt.name, runs=measure_runs, threads=threads, shapes=shapes)
+        report.before = measure(model, feeds, provider, shapes=shapes)
         progress("measure dense", 1, 1)
+        if provider.kind == "analytic":
+            report.notes.append(
+                f"latencies are ANALYTIC estimates ({provider.provenance()['device']}): "
+                f"no {tgt.name} device here"
+            )
     else:
         report.before = model_stats(model, shapes)
     if budget is not None:
-        budget_ms = budget.resolve(report.before.get("latency_ms"))
+        dense = report.before.get("latency_ms")
+        if budget.ms is None and dense is None and latency_table is not None:
+            dense = latency_table.dense_ms
+        budget_ms = budget.resolve(dense)
+        if budget_ms is None:
+            raise UsageError(
+                f"a relative budget ({budget.describe()}) needs the dense latency",
+                hint="allow measurement (drop --no-measure), give --latency-table, or give milliseconds",
+            )
         report.budget = {"requested": budget.describe(), "ms": budget_ms}
+        ctx.budget_ms = budget_ms
         ctx.options["budget_ms"] = budget_ms
 
     if passes:
@@ -224,19 +273,19 @@ def compile_model(
         raise RuntimeError(f"the input file {src} changed during compilation")
 
     out = ModelIR.load(dst)
-    if measure_latency:
+    if provider is not None:
         progress("measure compiled", 0, 1)
-        report.after = measure(out, feeds, tgt.name, runs=measure_runs, threads=threads, shapes=shapes)
+        report.after = measure(out, feeds, provider, shapes=shapes)
         progress("measure compiled", 1, 1)
     else:
         report.after = model_stats(out, shapes)
+    report.output["deploy"] = deploy_check(dst, tgt.name, shapes)
     if report.budget.get("ms") is not None and report.after.get("latency_ms") is not None:
         met = report.after["latency_ms"] <= report.budget["ms"]
         report.budget["met"] = met
         if not met:
             report.notes.append(
-                f"budget {report.budget['ms']:.3f} ms not met: measured {report.after['latency_ms']:.3f} ms "
-                "(this pipeline has no latency-driven pass)"
+                f"budget {report.budget['ms']:.3f} ms not met: {report.after.get('latency_kind', 'measured')} {report.after['latency_ms']:.3f} ms"
             )
     report.status = "ok"
     return report

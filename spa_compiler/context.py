@@ -31,10 +31,18 @@ class CompileContext:
         report: The report the PassManager fills.
         progress: Progress callback.
         options: Free-form compile options passes may read (e.g. the latency budget).
+        feeds: Fixed inputs used for every latency measurement of this compile.
+        latency_table: A loaded `LatencyTable` (from --latency-table), if any.
+        budget_ms: The latency budget in milliseconds, if one was given.
+        max_error: Bound on the search's summed error above which a budget counts as unreachable.
     """
 
     calibration: Any = None
     latency: Any = None
+    feeds: dict[str, Any] | None = None
+    latency_table: Any = None
+    budget_ms: float | None = None
+    max_error: float | None = None
     target: str = "ort-cpu"
     input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     seed: int = 0
@@ -47,7 +55,7 @@ class CompileContext:
         if req is Requirement.CALIBRATION:
             return self.calibration is not None
         if req is Requirement.LATENCY_MODEL:
-            return self.latency is not None
+            return self.latency is not None or self.latency_table is not None
         if req is Requirement.GPU:
             return self.target in ("ort-cuda", "tensorrt")
         return True

@@ -84,6 +84,16 @@ class Report:
             lines.append(line)
             for reason, n in sorted(p.skipped.items()):
                 lines.append(f"    skipped {n} x {reason}")
+        deploy = self.output.get("deploy") if self.output else None
+        if isinstance(deploy, dict) and deploy.get("checked") is True and "dense" in deploy:
+            for label in ("dense", "sparse_weights"):
+                d = deploy.get(label) or {}
+                lines.append(
+                    f"deploy  {deploy.get('runtime')}: engine ({label}) "
+                    + (f"built in {d.get('seconds')} s, {d.get('engine_bytes'):,} bytes" if d.get("ok") else "FAILED")
+                )
+        elif isinstance(deploy, dict) and deploy.get("checked") is False:
+            lines.append(f"deploy  not checked: {deploy.get('why')}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -97,7 +107,10 @@ def _stats_line(label: str, s: Mapping[str, Any]) -> str:
     if s.get("macs") is not None:
         parts.append(f"MACs {s['macs']:,}")
     if s.get("latency_ms") is not None:
-        lat = f"latency {s['latency_ms']:.3f} ms (median of {s.get('latency_runs', '?')}"
+        if s.get("latency_kind") == "analytic":
+            lat = f"latency {s['latency_ms']:.3f} ms (ANALYTIC estimate"
+        else:
+            lat = f"latency {s['latency_ms']:.3f} ms (median of {s.get('latency_runs', '?')}"
         if s.get("latency_provider"):
             lat += f", {s['latency_provider']}"
         parts.append(lat + ")")

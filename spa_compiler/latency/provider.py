@@ -1,0 +1,177 @@
+"""Latency providers: one interface over ONNX Runtime CPU/CUDA, TensorRT and the analytic model.
+
+A provider times a whole model on the target with fixed inputs (warm-up, then the median of many
+runs). When the target's device is not available (TensorRT without a supported GPU, ORT CUDA
+without onnxruntime-gpu) and the caller allows it, the analytic model stands in, and every number it
+gives is labelled `kind="analytic"` so reports never pass an estimate off as a measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from spa_compiler.errors import MissingRequirementError
+from spa_compiler.ir import ModelIR
+
+logger = logging.getLogger(__name__)
+
+Feeds = Mapping[str, npt.NDArray[np.generic]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One whole-model latency: measured (median of `runs`) or analytic."""
+
+    ms: float
+    kind: str  # "measured" | "analytic"
+    runs: int
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+
+
+class LatencyProvider(Protocol):
+    """Times whole models on one target."""
+
+    kind: str
+
+    def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
+        """Latency of one inference of `model` on `feeds`."""
+
+    def provenance(self) -> dict[str, Any]:
+        """Device, runtime and version, provider, threads, precision (for tables and reports)."""
+
+
+def _proto(model: ModelIR | onnx.ModelProto) -> onnx.ModelProto:
+    return model.to_proto() if isinstance(model, ModelIR) else model
+
+
+@dataclasses.dataclass
+class OrtCpuProvider:
+    """ONNX Runtime CPU execution provider, fixed thread count."""
+
+    threads: int | None = 1
+    runs: int = 30
+    min_seconds: float = 0.3
+    kind: str = "measured"
+
+    def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
+        from spa_compiler.latency.measure import measure_ort
+
+        m = measure_ort(_proto(model), feeds, threads=self.threads, runs=self.runs, min_seconds=self.min_seconds)
+        return Timing(m.median_ms, "measured", m.runs, m.p10_ms, m.p90_ms)
+
+    def provenance(self) -> dict[str, Any]:
+        from spa_compiler.runtime import import_ort
+
+        return {
+            "device": f"{platform.processor() or platform.machine()} CPU",
+            "runtime": "onnxruntime",
+            "runtime_version": import_ort().__version__,
+            "provider": "CPUExecutionProvider",
+            "threads": self.threads,
+            "precision": "fp32",
+        }
+
+
+@dataclasses.dataclass
+class OrtCudaProvider:
+    """ONNX Runtime CUDA execution provider with io-binding (fp32, or an fp16 copy for timing)."""
+
+    fp16: bool = False
+    runs: int = 50
+    min_seconds: float = 0.3
+    kind: str = "measured"
+
+    def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
+        from spa_compiler.latency.ort_cuda import measure_ort_cuda
+
+        m = measure_ort_cuda(_proto(model), feeds, fp16=self.fp16, runs=self.runs, min_seconds=self.min_seconds)
+        return Timing(m.median_ms, "measured", m.runs, m.p10_ms, m.p90_ms)
+
+    def provenance(self) -> dict[str, Any]:
+        from spa_compiler.runtime import import_ort
+
+        device = "CUDA GPU"
+        try:  # torch is optional; it only names the device
+            import torch
+
+            if torch.cuda.is_available():
+                device = torch.cuda.get_device_name(0)
+        except ImportError:
+            pass
+        return {
+            "device": device,
+            "runtime": "onnxruntime",
+            "runtime_version": import_ort().__version__,
+            "provider": "CUDAExecutionProvider",
+            "threads": None,
+            "precision": "fp16" if self.fp16 else "fp32",
+        }
+
+
+@dataclasses.dataclass
+class AnalyticProvider:
+    """The roofline model of `spa_compiler.latency.analytic` (labelled analytic everywhere)."""
+
+    device: str = "cpu-generic"
+    input_shapes: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
+    kind: str = "analytic"
+
+    def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
+        from spa_compiler.latency.analytic import estimate_model
+
+        shapes = dict(self.input_shapes) or {k: tuple(v.shape) for k, v in feeds.items()}
+        est = estimate_model(_proto(model), self.device, input_shapes=shapes)
+        return Timing(float(est.total_ms), "analytic", 0)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "device": f"analytic:{self.device}",
+            "runtime": "analytic",
+            "runtime_version": "",
+            "provider": None,
+            "threads": None,
+            "precision": "fp16" if "fp16" in self.device else "fp32",
+        }
+
+
+def make_provider(
+    target: str,
+    *,
+    precision: str = "fp32",
+    threads: int | None = 1,
+    runs: int = 30,
+    allow_analytic: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> LatencyProvider:
+    """The provider that times `target` here, or the analytic stand-in (if allowed).
+
+    Raises:
+        MissingRequirementError: the target's device is not available and analytic is not allowed.
+    """
+    if target == "ort-cpu":
+        return OrtCpuProvider(threads=threads, runs=runs)
+    if target == "ort-cuda":
+        from spa_compiler.latency.ort_cuda import cuda_available
+
+        if cuda_available():
+            return OrtCudaProvider(fp16=precision == "fp16", runs=runs)
+        why = "target ort-cuda needs onnxruntime-gpu and a CUDA GPU, which this machine lacks"
+        device = "h200-fp16" if precision == "fp16" else "h200-fp32"
+    elif target == "tensorrt":
+        why = "timing TensorRT engines needs full TensorRT and a supported GPU"
+        device = "h200-fp16" if precision == "fp16" else "h200-fp32"
+    else:  # pragma: no cover - targets are validated before
+        raise ValueError(target)
+    if not allow_analytic:
+        raise MissingRequirementError(why, hint="run on the target machine, or pass --latency-table TABLE.json")
+    logger.warning("%s: using the analytic latency model (%s) instead of measurements", why, device)
+    return AnalyticProvider(device=device, input_shapes=dict(input_shapes or {}))
