@@ -5,4 +5,5 @@ from __future__ import annotations
 PASSES: dict[str, str] = {
     "cleanup": "spa_compiler.passes.cleanup:CleanupPass",
     "prune-magnitude": "spa_compiler.passes.prune_magnitude:PruneMagnitudePass",
+    "prune-ziplm": "spa_compiler.passes.prune_ziplm:PruneZipLMPass",
 }

@@ -45,7 +45,7 @@ class PassManager:
         for p in self.passes:
             for req in sorted(p.requirements(), key=lambda r: r.value):
                 if req is Requirement.STATIC_SHAPES:
-                    if model.symbolic_inputs():
+                    if set(model.symbolic_inputs()) - set(ctx.input_shapes):
                         unmet.append((p.name, req))
                 elif not ctx.provides(req):
                     unmet.append((p.name, req))

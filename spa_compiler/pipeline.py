@@ -14,10 +14,15 @@ from spa_compiler.passes.registry import PASSES
 PRESETS: dict[str, str] = {
     "none": "",
     "cleanup": "cleanup",
-    "magnitude": "cleanup,prune-magnitude{ratio=0.25},cleanup",
+    # latency-driven: OBS with --calib, data-free OBSPA without; uniform 25% without a budget
+    "spa": "cleanup,prune-ziplm,cleanup",
+    "ziplm": "cleanup,prune-ziplm{criterion=obs},cleanup",
+    "obspa": "cleanup,prune-ziplm{criterion=obspa},cleanup",
+    "magnitude": "cleanup,prune-ziplm{criterion=magnitude},cleanup",
+    "simple-chains": "cleanup,prune-magnitude{ratio=0.25},cleanup",
 }
 
-DEFAULT_PRESET = "magnitude"
+DEFAULT_PRESET = "spa"
 
 
 def pass_class(name: str) -> type[Pass]:

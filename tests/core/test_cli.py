@@ -59,7 +59,7 @@ def test_compile_ok_writes_output_and_report(tmp_path: Path, chain_path: Path, c
     assert data["status"] == "ok"
     assert data["after"]["params"] < data["before"]["params"]
     assert data["before"]["latency_ms"] > 0 and data["after"]["latency_ms"] > 0
-    assert [p["name"] for p in data["passes"]] == ["cleanup", "prune-magnitude", "cleanup"]
+    assert [p["name"] for p in data["passes"]] == ["cleanup", "prune-ziplm", "cleanup"]
     assert "latency" in stdout
     onnx.checker.check_model(str(out), full_check=True)
     _no_leftovers(tmp_path, {"model.onnx", "out.onnx", "report.json"})

@@ -1,0 +1,301 @@
+"""Latency-driven structured pruning: per-group levels chosen to meet a measured latency budget.
+
+Before:  every coupled-channel group dense (heads, FFN neurons, conv channels).
+After:   each prunable group keeps k_g of its units, chosen by dynamic programming to minimize the
+         summed criterion error subject to the latency budget (ZipLM / SPDY), and verified by timing
+         the whole rewritten model: while the measurement misses the budget the internal budget is
+         corrected by the measured/predicted gap and the search repeated. With OBS criteria the
+         consumers' remaining weights are re-fitted (exact least squares on the kept columns).
+
+Without a budget, every group loses the same share `ratio` of its units (uniform pruning with the
+chosen criterion). A budget that cannot be met without more than `max-error` mean relative error
+(default: the context's, else 0.35) is reported unreachable, with the best latency that can be
+reached within the bound, and the model is pruned to that best point instead of being gutted.
+
+Requirements: a latency model (a measured provider or a latency table) when a budget is given;
+calibration data for criterion obs/wanda.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from spa_compiler.channel_groups import ALL_UNITS, ChannelGroup, analyze, prune_groups
+from spa_compiler.context import CompileContext
+from spa_compiler.criteria import CRITERIA, GroupPath, group_paths
+from spa_compiler.errors import PreconditionError
+from spa_compiler.ir import ModelIR
+from spa_compiler.pass_base import Pass, PassResult
+from spa_compiler.requirements import Requirement
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ERROR = 0.35
+
+
+def apply_plan(
+    model: ModelIR,
+    groups: Mapping[str, ChannelGroup],
+    paths: Mapping[str, GroupPath],
+    kept: Mapping[str, int],
+    *,
+    units: tuple[str, ...],
+) -> dict[str, Any]:
+    """Prune `model` in place to `kept` units per group, writing compensated weights first."""
+    tensors = model.tensors()
+    compensated = 0
+    skipped_shared = 0
+    done: set[str] = set()
+    plan: dict[str, list[int]] = {}
+    for gid, k in kept.items():
+        path = paths[gid]
+        if k >= path.n_units:
+            continue
+        plan[gid] = path.removed(k)
+        for i, w in path.compensated(k).items():
+            view = path.views[i]
+            const = tensors.get(view.const.name)
+            if const is None or view.const.name in done:
+                continue
+            if len(const.outputs) != 1:  # shared weight: never re-fit it for one reader only
+                skipped_shared += 1
+                continue
+            const.values = w
+            done.add(view.const.name)
+            compensated += 1
+    analysis = analyze(model, units=units)
+    stats = prune_groups(model, plan, analysis=analysis) if plan else {"groups_pruned": 0}
+    stats = {k: v for k, v in stats.items() if k != "removed"}  # per-unit lists go to details
+    stats["weights_refitted"] = compensated
+    stats["refit_skipped_shared"] = skipped_shared
+    return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneZipLMPass(Pass):
+    """Prune coupled-channel groups to a latency budget (or a uniform ratio) with a chosen criterion.
+
+    Options:
+        criterion: auto (obs with --calib, else obspa), obs, obspa, wanda or magnitude.
+        units: Unit kinds to prune: channel, head, neuron, head_dim.
+        ratio: Share of units removed per group when no latency budget is given.
+        max_ratio: At most this share of any group's units is removed.
+        round_to: Kept widths are multiples of this (hardware-friendly; 8 or 16 on GPUs).
+        levels: Levels per group in the latency search (dense included).
+        max_iters: Measure-and-correct rounds of the search.
+        tolerance: Accept a measured latency within this fraction under the budget.
+        max_error: Mean relative error bound (negative: the context's or the default).
+        synthetic_feeds: Random input feeds the data-free criterion (obspa) uses.
+    """
+
+    name: ClassVar[str] = "prune-ziplm"
+
+    criterion: str = "auto"
+    units: tuple[str, ...] = ("channel", "head", "neuron")
+    ratio: float = 0.25
+    max_ratio: float = 0.75
+    round_to: int = 1
+    levels: int = 8
+    max_iters: int = 4
+    tolerance: float = 0.05
+    max_error: float = -1.0
+    synthetic_feeds: int = 8
+
+    def requirements(self) -> frozenset[Requirement]:
+        req = {Requirement.STATIC_SHAPES}
+        if self.criterion in ("obs", "wanda"):
+            req.add(Requirement.CALIBRATION)
+        return frozenset(req)
+
+    def check_preconditions(self, model: ModelIR, ctx: CompileContext) -> None:
+        del model
+        if self.criterion not in ("auto", *CRITERIA):
+            raise PreconditionError(f"prune-ziplm: criterion must be auto or one of {CRITERIA}, not {self.criterion!r}")
+        bad = [u for u in self.units if u not in ALL_UNITS or u == "hidden"]
+        if bad:
+            raise PreconditionError(f"prune-ziplm: unknown units {bad}; use channel, head, neuron, head_dim")
+        if not 0.0 <= self.ratio < 1.0 or not 0.0 < self.max_ratio < 1.0:
+            raise PreconditionError("prune-ziplm: ratio must be in [0, 1) and max-ratio in (0, 1)")
+        if self.levels < 2 or self.max_iters < 1 or self.round_to < 1:
+            raise PreconditionError("prune-ziplm: levels >= 2, max-iters >= 1, round-to >= 1")
+        if ctx.budget_ms is not None and ctx.latency is None and ctx.latency_table is None:
+            raise PreconditionError(
+                "prune-ziplm: a latency budget needs a latency model",
+                hint="allow measurement (drop --no-measure) or pass --latency-table",
+            )
+
+    # ------------------------------------------------------------------ helpers
+    def _criterion(self, ctx: CompileContext) -> str:
+        if self.criterion != "auto":
+            return self.criterion
+        return "obs" if ctx.calibration is not None else "obspa"
+
+    def _synthetic(self, ctx: CompileContext, model: ModelIR) -> list[dict[str, np.ndarray]]:
+        from spa_compiler.runtime import random_feeds
+
+        return [random_feeds(model, ctx.input_shapes, seed=ctx.seed + 1 + i) for i in range(self.synthetic_feeds)]
+
+    def _bound(self, ctx: CompileContext) -> float:
+        if self.max_error >= 0:
+            return self.max_error
+        return ctx.max_error if ctx.max_error is not None else DEFAULT_MAX_ERROR
+
+    # ------------------------------------------------------------------ run
+    def run(self, model: ModelIR, ctx: CompileContext) -> PassResult:
+        analysis = analyze(model, units=self.units)
+        groups = {g.id: g for g in analysis.prunable}
+        skipped: dict[str, int] = {}
+        for g in analysis.groups:
+            if g.frozen:
+                key = f"frozen:{(g.reason or 'unknown').split(':')[0]}"
+                skipped[key] = skipped.get(key, 0) + 1
+        if not groups:
+            return PassResult(model, modified=False, stats={"groups": 0}, skipped=skipped)
+        criterion = self._criterion(ctx)
+        paths = group_paths(
+            model,
+            list(groups.values()),
+            criterion,
+            max_ratio=self.max_ratio,
+            calibration=ctx.calibration,
+            synthetic_feeds=self._synthetic(ctx, model) if criterion == "obspa" else None,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
+        for p in paths.values():
+            if p.note:
+                skipped[f"criterion-fallback:{p.note.split(':')[-1].strip()}"] = (
+                    skipped.get(f"criterion-fallback:{p.note.split(':')[-1].strip()}", 0) + 1
+                )
+        from spa_compiler.latency.profile import kept_levels
+
+        levels = {
+            gid: [k for k in kept_levels(g.n_units, g.unit_size, round_to=self.round_to,
+                                         max_ratio=self.max_ratio, count=self.levels)
+                  if g.n_units - k < len(paths[gid].errors)]
+            for gid, g in groups.items()
+        }
+        if ctx.budget_ms is None:
+            kept = {gid: self._uniform(g, levels[gid]) for gid, g in groups.items()}
+            stats = apply_plan(model, groups, paths, kept, units=self.units)
+            details = [self._detail(groups[g], paths[g], k) for g, k in kept.items()]
+            stats.update(criterion=criterion, mode="uniform", ratio=self.ratio,
+                         mean_error=float(np.mean([paths[g].error_at(k) for g, k in kept.items()])))
+            return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats,
+                              skipped=skipped, details=details)
+        return self._search(model, ctx, groups, paths, levels, criterion, skipped)
+
+    def _uniform(self, g: ChannelGroup, levels: list[int]) -> int:
+        target = g.n_units - int(round(g.n_units * self.ratio))
+        ok = [k for k in levels if k >= target]
+        return min(ok) if ok else g.n_units
+
+    @staticmethod
+    def _detail(g: ChannelGroup, p: GroupPath, k: int, latency: float | None = None) -> dict[str, Any]:
+        d = {"group": g.id, "unit": g.unit, "units": g.n_units, "kept": k, "unit_size": g.unit_size,
+             "error": round(p.error_at(k), 6), "criterion": p.criterion}
+        if latency is not None:
+            d["latency_ms"] = round(latency, 6)
+        if p.note:
+            d["note"] = p.note
+        return d
+
+    def _search(
+        self,
+        model: ModelIR,
+        ctx: CompileContext,
+        groups: dict[str, ChannelGroup],
+        paths: dict[str, GroupPath],
+        levels: dict[str, list[int]],
+        criterion: str,
+        skipped: dict[str, int],
+    ) -> PassResult:
+        from spa_compiler.latency.profile import build_table
+        from spa_compiler.search import GroupOptions, Level, choose_levels, correct_budget
+
+        assert ctx.budget_ms is not None
+        budget = float(ctx.budget_ms)
+        table = ctx.latency_table
+        if table is not None:
+            from spa_compiler.latency.table import structure_fingerprint
+
+            table.check_compatible(
+                model_fingerprint=structure_fingerprint(model.to_proto()),
+                input_shapes=ctx.input_shapes or None,
+                groups={gid: g.n_units for gid, g in groups.items()},
+            )
+            # groups the table does not cover stay dense; levels outside its range are not searched
+            for gid in list(groups):
+                if gid not in table.groups:
+                    skipped["not-in-latency-table"] = skipped.get("not-in-latency-table", 0) + 1
+                    del groups[gid]
+                    continue
+                lv = table.groups[gid].levels
+                levels[gid] = [k for k in levels[gid] if lv[0].kept_units <= k <= lv[-1].kept_units]
+        else:
+            table = build_table(model, list(groups.values()), levels, ctx.latency, ctx.feeds or {},
+                                units=self.units, input_shapes=ctx.input_shapes, progress=ctx.progress)
+        bound = self._bound(ctx)
+        n_groups = len(groups)
+        options = [
+            GroupOptions(gid, [Level(k, table.lookup(gid, k), paths[gid].error_at(k)) for k in levels[gid]])
+            for gid in groups
+        ]
+        internal = budget
+        rounds: list[dict[str, Any]] = []
+        best: tuple[float, float, dict[str, int]] | None = None  # (measured, error, kept)
+        result = None
+        for it in range(self.max_iters):
+            result = choose_levels(options, internal, table.base_ms, max_error=bound * n_groups)
+            kept = {str(g): int(k) for g, k in result.levels.items()}
+            clone = model.clone()
+            apply_plan(clone, groups, paths, kept, units=self.units)
+            measured = ctx.latency.time(clone, ctx.feeds or {}).ms if ctx.latency is not None else result.predicted_ms
+            rounds.append({"round": it + 1, "internal_budget_ms": internal, "predicted_ms": result.predicted_ms,
+                           "measured_ms": measured, "mean_error": result.error / n_groups,
+                           "status": result.status})
+            logger.info("search round %d: internal %.4f ms, predicted %.4f, measured %.4f, error %.4f",
+                        it + 1, internal, result.predicted_ms, measured, result.error / n_groups)
+            meets = measured <= budget
+            if meets and (best is None or best[0] > budget or result.error < best[1]):
+                best = (measured, result.error, kept)
+            elif best is None or (best[0] > budget and measured < best[0]):
+                best = (measured, result.error, kept)
+            if not result.feasible:
+                break
+            if meets and measured >= budget * (1.0 - self.tolerance):
+                break
+            internal = correct_budget(budget, result.predicted_ms, measured, internal)
+        assert best is not None and result is not None
+        measured, error, kept = best
+        stats = apply_plan(model, groups, paths, kept, units=self.units)
+        reached = measured <= budget
+        stats.update(
+            criterion=criterion,
+            mode="latency-search",
+            budget_ms=budget,
+            predicted_ms=rounds[-1]["predicted_ms"],
+            measured_ms=measured,
+            dense_ms=table.dense_ms,
+            table_kind=table.kind,
+            mean_error=error / n_groups,
+            max_mean_error=bound,
+            budget_met=reached,
+            search_rounds=len(rounds),
+        )
+        if not reached:
+            stats["unreachable"] = result.message if not result.feasible else (
+                f"measured {measured:.4g} ms after {len(rounds)} rounds")
+            ctx.report.notes.append(
+                f"prune-ziplm: budget {budget:.4g} ms unreachable within mean error {bound:.3g}: "
+                f"best reachable {measured:.4g} ms ({result.message})"
+            )
+        details = [self._detail(groups[g], paths[g], k, table.lookup(g, k)) for g, k in kept.items()]
+        details.append({"search_rounds": rounds, "latency_table": table.provenance.__dict__ | {"kind": table.kind}})
+        return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats, skipped=skipped,
+                          details=details)

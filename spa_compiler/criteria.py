@@ -1,0 +1,404 @@
+"""Group-level pruning criteria: which units of a coupled-channel group go first, what each level
+costs, and (for OBS) the compensated consumer weights.
+
+Every criterion turns a `ChannelGroup` into a `GroupPath`: a removal order over the group's units,
+the relative error after removing the first r units (r = 0..max), and optionally a way to get the
+compensated weights of the group's consumers at any level.
+
+    criterion   data              score / error                                   compensation
+    magnitude   none              Σ over members ‖slice of unit‖_p^p, relative     no
+    wanda       calibration       Σ_consumers Σ |W_ij|·‖x_j‖ (Wanda), relative     no
+    obs         calibration       ZipLM structured OBS over the consumers          exact least squares
+    obspa       none (synthetic)  OBS with second moments from the model's          exact least squares
+                                  response to random inputs (SPA's data-free OBS)
+
+OBS works on each consumer as a linear map W2: (out, cols) of its input columns: MatMul/Gemm weights
+(transposed as needed) and Conv weights over im2col columns (a channel = kh·kw columns). The error
+of a level is Σ_consumers OBS loss / Σ_consumers ½·tr(W2 H W2ᵀ) — the share of the consumers' output
+energy lost after optimal re-fitting — so errors of different groups are comparable. Groups with
+several consumers (residual streams, concatenations) are pruned jointly: each greedy step removes
+the unit with the least summed OBS cost over every consumer and updates each consumer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx_graphsurgeon as gs
+
+from spa_compiler.channel_groups import ChannelGroup, Member
+from spa_compiler.errors import UsageError
+from spa_compiler.ir import ModelIR, constant_value
+
+logger = logging.getLogger(__name__)
+
+CRITERIA = ("magnitude", "wanda", "obs", "obspa")
+
+#: Rows of im2col kept per calibration batch and Conv consumer (random subset of positions).
+MAX_CONV_ROWS = 8192
+
+
+# ---------------------------------------------------------------------- linear views
+@dataclasses.dataclass
+class LinearView:
+    """A consumer member seen as Y = W2 · x over its input columns.
+
+    Attributes:
+        member: The group's consumer member.
+        node: The consuming node.
+        const: The weight constant.
+        w2d: (out, cols) float64 view of the weight.
+        unit_cols: Per group unit, its columns in `w2d`.
+        input_name: Activation tensor whose features are the columns.
+        conv: im2col parameters for Conv consumers (kernel, strides, pads, dilations), else None.
+    """
+
+    member: Member
+    node: gs.Node
+    const: gs.Constant
+    w2d: npt.NDArray[np.float64]
+    unit_cols: list[npt.NDArray[np.int64]]
+    input_name: str
+    conv: dict[str, Any] | None
+    _to_weight: Callable[[npt.NDArray[np.float64]], npt.NDArray[Any]]
+
+    def to_weight(self, w2d: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        """A (out, cols) matrix back in the constant's layout and dtype."""
+        return self._to_weight(w2d).astype(np.asarray(self.const.values).dtype)
+
+    def features(self, x: npt.NDArray[Any], rng: np.random.Generator) -> npt.NDArray[np.float64]:
+        """Rows of input features (n, cols) from one captured activation."""
+        if self.conv is None:
+            return np.asarray(x, dtype=np.float64).reshape(-1, self.w2d.shape[1])
+        from spa_compiler.hessian import im2col
+
+        cols = im2col(
+            np.asarray(x, dtype=np.float64), self.conv["kernel"], strides=self.conv["strides"],
+            pads=self.conv["pads"], dilations=self.conv["dilations"],
+        )
+        if cols.shape[0] > MAX_CONV_ROWS:
+            cols = cols[rng.choice(cols.shape[0], MAX_CONV_ROWS, replace=False)]
+        return cols
+
+
+def linear_view(model: ModelIR, member: Member, n_units: int) -> tuple[LinearView | None, str | None]:
+    """The OBS view of a consumer member, or (None, reason) when OBS does not apply to it."""
+    if member.role != "input":
+        return None, f"consumer-role:{member.role}"
+    node = next((n for n in model.graph.nodes if n.name == member.node), None)
+    if node is None:
+        return None, "consumer-node-missing"
+    const = constant_value(node.inputs[member.input_index])
+    if const is None:
+        return None, "consumer-weight-not-constant"
+    w = np.asarray(const.values)
+    coords = member.coords
+    unit_cols: list[npt.NDArray[np.int64]]
+    conv = None
+    if node.op == "Conv" and member.input_index == 1 and member.axis == 1 and w.ndim >= 3:
+        if int(node.attrs.get("group", 1)) != 1:
+            return None, "consumer-grouped-conv"
+        k = int(np.prod(w.shape[2:]))
+        w2d = w.reshape(w.shape[0], -1).astype(np.float64)
+        unit_cols = [
+            (np.nonzero(coords == u)[0][:, None] * k + np.arange(k)[None, :]).ravel() for u in range(n_units)
+        ]
+        spatial = w.ndim - 2
+        pads = node.attrs.get("pads", [0] * (2 * spatial))
+        if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return None, "consumer-conv-auto-pad"
+        conv = {
+            "kernel": tuple(w.shape[2:]),
+            "strides": tuple(node.attrs.get("strides", [1] * spatial)),
+            "pads": tuple(pads),
+            "dilations": tuple(node.attrs.get("dilations", [1] * spatial)),
+        }
+        shape = w.shape
+
+        def to_weight(m: npt.NDArray[np.float64], shape: tuple[int, ...] = shape) -> npt.NDArray[Any]:
+            return m.reshape(shape)
+
+        input_name = node.inputs[0].name
+    elif node.op in ("MatMul", "Gemm") and member.input_index == 1 and w.ndim == 2:
+        trans_b = node.op == "Gemm" and bool(node.attrs.get("transB", 0))
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            return None, "consumer-gemm-transA"
+        contracted = 1 if trans_b else 0
+        if member.axis != contracted:
+            return None, "consumer-axis-not-contracted"
+        w2d = (w if trans_b else w.T).astype(np.float64)
+        unit_cols = [np.nonzero(coords == u)[0] for u in range(n_units)]
+
+        def to_weight(m: npt.NDArray[np.float64], trans_b: bool = trans_b) -> npt.NDArray[Any]:
+            return m if trans_b else m.T
+
+        input_name = node.inputs[0].name
+    else:
+        return None, f"consumer-layout:{node.op}[{member.input_index}]"
+    if any(c.size == 0 for c in unit_cols):
+        return None, "consumer-unit-without-columns"
+    return (
+        LinearView(member, node, const, w2d, unit_cols, input_name, conv, to_weight),
+        None,
+    )
+
+
+# ---------------------------------------------------------------------- paths
+@dataclasses.dataclass
+class GroupPath:
+    """What a criterion says about one group.
+
+    Attributes:
+        group_id: The group.
+        n_units: Units in the group.
+        order: Units in removal order (first = least important); length = max removable.
+        errors: errors[r] = relative error after removing order[:r] (errors[0] == 0).
+        criterion: Which criterion made it (after fallbacks).
+        note: Why a fallback happened, if one did.
+        views: The consumers OBS compensates (empty for magnitude/wanda).
+        hessians: Per view, the prepared Hessian (for exact re-fits).
+    """
+
+    group_id: str
+    n_units: int
+    order: list[int]
+    errors: npt.NDArray[np.float64]
+    criterion: str
+    note: str | None = None
+    views: list[LinearView] = dataclasses.field(default_factory=list)
+    hessians: list[npt.NDArray[np.float64]] = dataclasses.field(default_factory=list)
+
+    def error_at(self, kept: int) -> float:
+        """Relative error with `kept` units kept."""
+        r = self.n_units - kept
+        if not 0 <= r < len(self.errors):
+            raise ValueError(f"group {self.group_id}: {kept} kept units is outside the path")
+        return float(self.errors[r])
+
+    def removed(self, kept: int) -> list[int]:
+        """The units removed when keeping `kept`."""
+        return self.order[: self.n_units - kept]
+
+    def compensated(self, kept: int) -> dict[int, npt.NDArray[Any]]:
+        """Per view index, the consumer weight re-fitted on the kept columns (full shape, removed
+        columns zero); empty when the criterion does not compensate."""
+        from spa_compiler.obs import solve_kept
+
+        out: dict[int, npt.NDArray[Any]] = {}
+        removed = set(self.removed(kept))
+        if not removed:
+            return out
+        for i, (view, h) in enumerate(zip(self.views, self.hessians)):
+            keep_cols = np.setdiff1d(
+                np.arange(view.w2d.shape[1]),
+                np.concatenate([view.unit_cols[u] for u in sorted(removed)]),
+            )
+            out[i] = view.to_weight(solve_kept(view.w2d, h, keep_cols))  # full width, zeros removed
+        return out
+
+
+def max_removable(n_units: int, max_ratio: float) -> int:
+    """How many units of a group may go at most (always keeps at least one)."""
+    return max(0, min(n_units - 1, int(np.floor(n_units * max_ratio))))
+
+
+def _magnitude_path(
+    model: ModelIR, group: ChannelGroup, n_remove: int, p: float
+) -> tuple[list[int], npt.NDArray[np.float64]]:
+    scores = np.zeros(group.n_units)
+    for m in group.members:
+        if m.role == "activation":
+            continue
+        node = next((n for n in model.graph.nodes if n.name == m.node), None)
+        if node is None:
+            continue
+        c = constant_value(node.inputs[m.input_index])
+        if c is None:
+            continue
+        w = np.abs(np.moveaxis(np.asarray(c.values, dtype=np.float64), m.axis, 0))
+        w = w.reshape(w.shape[0], -1) ** p
+        per_pos = w.sum(axis=1)
+        valid = m.coords >= 0
+        np.add.at(scores, m.coords[valid], per_pos[valid])
+    return _path_from_scores(scores, n_remove)
+
+
+def _path_from_scores(scores: npt.NDArray[np.float64], n_remove: int) -> tuple[list[int], npt.NDArray[np.float64]]:
+    order = np.argsort(scores, kind="stable")
+    total = float(scores.sum()) or 1.0
+    errs = np.concatenate([[0.0], np.cumsum(scores[order])[:n_remove] / total])
+    return [int(u) for u in order[:n_remove]], errs
+
+
+# ---------------------------------------------------------------------- statistics
+@dataclasses.dataclass
+class ConsumerStats:
+    """Streaming second moments of every consumer input the criteria need."""
+
+    accumulators: dict[str, Any]
+    samples: int = 0
+
+
+def collect_hessians(
+    model: ModelIR,
+    views: Sequence[LinearView],
+    feeds: Iterable[Mapping[str, npt.NDArray[Any]]],
+    *,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, Any]:
+    """One HessianAccumulator per view, fed by one pass of ONNX Runtime over `feeds`.
+
+    Memory: one accumulator (cols²) per view plus one feed's captured activations.
+    """
+    from spa_compiler.calibration import ActivationCollector
+    from spa_compiler.hessian import HessianAccumulator
+
+    if not views:
+        return {}
+    names = sorted({v.input_name for v in views})
+    collector = ActivationCollector(model, names)
+    accs = {i: HessianAccumulator(v.w2d.shape[1]) for i, v in enumerate(views)}
+    rng = np.random.default_rng(seed)
+    n = 0
+    for n, acts in enumerate(collector.collect(feeds), start=1):
+        for i, v in enumerate(views):
+            accs[i].add_batch(v.features(acts[v.input_name], rng))
+        if progress:
+            progress(n)
+    if n == 0:
+        raise UsageError("the calibration source yielded no feeds", hint="check --calib")
+    return accs
+
+
+def _relative_obs_path(
+    views: Sequence[LinearView],
+    hessians: Sequence[npt.NDArray[np.float64]],
+    n_units: int,
+    n_remove: int,
+) -> tuple[list[int], npt.NDArray[np.float64]]:
+    """Joint greedy structured OBS over every consumer; errors relative to the output energy."""
+    from spa_compiler import obs
+
+    energy = sum(0.5 * float(np.einsum("ij,jk,ik->", v.w2d, h, v.w2d)) for v, h in zip(views, hessians))
+    energy = energy if energy > 0 else 1.0
+    if len(views) == 1:
+        v, h = views[0], hessians[0]
+        path = obs.greedy_prune(v.w2d, h, v.unit_cols, levels=list(range(n_remove + 1)), snapshots=False)
+        return [int(u) for u in path.order[:n_remove]], np.asarray(path.errors, dtype=np.float64) / energy
+    ws = [v.w2d.copy() for v in views]
+    hinvs = [obs.inverse_hessian(h) for h in hessians]
+    remaining = list(range(n_units))
+    order: list[int] = []
+    errs = [0.0]
+    for _ in range(n_remove):
+        total = np.zeros(len(remaining))
+        for w, hi, v in zip(ws, hinvs, views):
+            total += obs.group_errors(w, hi, [v.unit_cols[u] for u in remaining])
+        j = int(np.argmin(total))
+        u = remaining.pop(j)
+        order.append(u)
+        errs.append(errs[-1] + float(total[j]))
+        for k, v in enumerate(views):
+            ws[k], hinvs[k] = obs.remove_group(ws[k], hinvs[k], v.unit_cols[u])
+    return order, np.asarray(errs) / energy
+
+
+# ---------------------------------------------------------------------- the entry point
+def group_paths(
+    model: ModelIR,
+    groups: Sequence[ChannelGroup],
+    criterion: str,
+    *,
+    max_ratio: float = 0.9,
+    calibration: Iterable[Mapping[str, npt.NDArray[Any]]] | None = None,
+    synthetic_feeds: Iterable[Mapping[str, npt.NDArray[Any]]] | None = None,
+    norm: float = 2.0,
+    damp: float = 0.01,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, GroupPath]:
+    """A GroupPath for every group under `criterion` (see the module docstring).
+
+    Args:
+        model: The model the groups were analysed on (not modified).
+        groups: Prunable groups.
+        criterion: One of CRITERIA.
+        max_ratio: At most this share of each group's units is ever removed.
+        calibration: Feeds of real data (wanda, obs).
+        synthetic_feeds: Feeds of random data (obspa).
+        norm: p of the magnitude norm.
+        damp: Relative Hessian damping.
+        seed: For the im2col row subsampling.
+        progress: (task, done, total) callback.
+
+    Raises:
+        UsageError: unknown criterion, or a criterion that needs data without it.
+    """
+    if criterion not in CRITERIA:
+        raise UsageError(f"unknown criterion {criterion!r}", hint=f"use one of {', '.join(CRITERIA)}")
+    paths: dict[str, GroupPath] = {}
+    if criterion == "magnitude":
+        for g in groups:
+            order, errs = _magnitude_path(model, g, max_removable(g.n_units, max_ratio), norm)
+            paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "magnitude")
+        return paths
+
+    feeds = calibration if criterion in ("wanda", "obs") else synthetic_feeds
+    if feeds is None:
+        raise UsageError(f"criterion {criterion!r} needs calibration data", hint="pass --calib")
+    views_by_group: dict[str, list[LinearView]] = {}
+    notes: dict[str, str] = {}
+    for g in groups:
+        vs = []
+        for m in g.consumers:
+            v, why = linear_view(model, m, g.n_units)
+            if v is None:
+                notes[g.id] = why or "no-linear-consumer"
+            else:
+                vs.append(v)
+        views_by_group[g.id] = vs
+    flat = [v for vs in views_by_group.values() for v in vs]
+    n_feeds = 0
+
+    def tick(n: int) -> None:
+        nonlocal n_feeds
+        n_feeds = n
+        if progress:
+            progress("calibration statistics", n, 0)
+
+    accs = collect_hessians(model, flat, feeds, seed=seed, progress=tick)
+    k = 0
+    for gi, g in enumerate(groups):
+        vs = views_by_group[g.id]
+        n_remove = max_removable(g.n_units, max_ratio)
+        hs = []
+        for _ in vs:
+            hs.append(accs[k].hessian(damp=damp))
+            k += 1
+        if not vs:
+            order, errs = _magnitude_path(model, g, n_remove, norm)
+            paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "magnitude",
+                                    note=f"fallback: {notes.get(g.id, 'no linear consumer')}")
+            continue
+        if criterion == "wanda":
+            from spa_compiler.obs import wanda_scores
+
+            scores = sum(wanda_scores(v.w2d, h, v.unit_cols) for v, h in zip(vs, hs))
+            order, errs = _path_from_scores(np.asarray(scores, dtype=np.float64), n_remove)
+            paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "wanda", note=notes.get(g.id))
+        else:
+            from spa_compiler.obs import prepare_hessian
+
+            hs = [prepare_hessian(h) for h in hs]
+            order, errs = _relative_obs_path(vs, hs, g.n_units, n_remove)
+            paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
+                                    views=vs, hessians=hs)
+        if progress:
+            progress(f"{criterion} paths", gi + 1, len(groups))
+    return paths
