@@ -7,7 +7,10 @@ a signature are pruned to a level together and the measured saving is shared bet
 table costs (signatures × levels) timings, not (groups × levels). A group's contribution is
 measured relative to its smallest level: c_g(k) = (T_s(k) - T_s(k_min)) / |s|, made non-decreasing in
 k (timing noise never makes a wider layer cheaper), and base_ms = T_dense - Σ_g c_g(n), so the
-additive model reproduces the dense latency exactly.
+additive model reproduces the dense latency exactly. Where groups overlap (one layer's input
+channels in one group, its output channels in another, as in every CNN chain) the summed savings
+can exceed the model's latency; they are then scaled down to fit (base 0), and the search's
+measure-and-correct rounds absorb the remaining error of the additive model.
 """
 
 from __future__ import annotations
@@ -111,7 +114,19 @@ def build_table(
                 unit_size=g.unit_size,
                 levels=tuple(LevelLatency(k, k * g.unit_size, c) for k, c in zip(ks, contrib)),
             )
-    base = dense.ms - sum(gl.dense_ms for gl in table_groups.values())
+    total = sum(gl.dense_ms for gl in table_groups.values())
+    if total > dense.ms:
+        # Groups that share a layer (a conv whose input channels are one group and output channels
+        # another) each claim the saving of that layer, so the summed savings can exceed the whole
+        # model. Scale them down to fit; the measure-and-correct rounds absorb what is left.
+        scale = dense.ms / total
+        table_groups = {
+            gid: GroupLatency(gl.n_units, gl.unit_size, tuple(
+                LevelLatency(lv.kept_units, lv.kept_width, lv.latency_ms * scale) for lv in gl.levels))
+            for gid, gl in table_groups.items()
+        }
+        total = dense.ms
+    base = max(0.0, dense.ms - total)
     prov = provider.provenance()
     provenance = Provenance(
         device=str(prov.get("device")),

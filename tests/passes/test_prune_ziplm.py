@@ -1,0 +1,187 @@
+"""prune-ziplm: criteria quality (relative), exact OBS re-fit, the latency search and its limits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from spa_compiler.channel_groups import analyze
+from spa_compiler.context import CompileContext
+from spa_compiler.criteria import group_paths
+from spa_compiler.errors import PreconditionError
+from spa_compiler.ir import ModelIR
+from spa_compiler.latency.provider import Timing
+from spa_compiler.obs import solve_kept
+from spa_compiler.pass_manager import PassManager
+from spa_compiler.passes.prune_ziplm import PruneZipLMPass
+from spa_compiler.stats import model_stats
+from spa_compiler.validation import check_model
+from tests.helpers import make_model, run_ort
+
+
+def mlp_model(rng: np.random.Generator, d: int = 16, hidden: int = 64, batch: int = 64) -> onnx.ModelProto:
+    """x(batch, d) -> MatMul(W1) + b1 -> Relu -> MatMul(W2) + b2 -> y, inputs correlated."""
+    f = np.float32
+    init = {
+        "w1": (rng.standard_normal((d, hidden)) / np.sqrt(d)).astype(f),
+        "b1": (rng.standard_normal(hidden) * 0.1).astype(f),
+        "w2": (rng.standard_normal((hidden, d)) / np.sqrt(hidden)).astype(f),
+        "b2": (rng.standard_normal(d) * 0.1).astype(f),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="up"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="up_bias"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="act"),
+        helper.make_node("MatMul", ["h2", "w2"], ["y0"], name="down"),
+        helper.make_node("Add", ["y0", "b2"], ["y"], name="down_bias"),
+    ]
+    vi = helper.make_tensor_value_info
+    return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, d])], [vi("y", TensorProto.FLOAT, [batch, d])], init)
+
+
+_MIX = np.random.default_rng(99).standard_normal((16, 16)).astype(np.float32)
+
+
+def _calib(rng: np.random.Generator, n: int = 8, batch: int = 64) -> list[dict[str, np.ndarray]]:
+    """Correlated inputs (a fixed mixing matrix), as real activations are."""
+    return [{"x": (rng.standard_normal((batch, 16)).astype(np.float32) @ _MIX)} for _ in range(n)]
+
+
+def _error(model: ModelIR | onnx.ModelProto, dense: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> float:
+    num = den = 0.0
+    for f in feeds:
+        (a,), (b,) = run_ort(model, f), run_ort(dense, f)
+        num += float(((a - b) ** 2).sum())
+        den += float((b**2).sum())
+    return num / den
+
+
+def test_obs_beats_magnitude_at_same_ratio(rng: np.random.Generator) -> None:
+    dense = mlp_model(rng)
+    calib, held_out = _calib(rng), _calib(np.random.default_rng(7))
+    errors = {}
+    for criterion in ("magnitude", "wanda", "obs"):
+        model = ModelIR.from_proto(dense)
+        ctx = CompileContext(calibration=calib)
+        PassManager([PruneZipLMPass(criterion=criterion, ratio=0.5)]).run(model, ctx)
+        assert model.tensors()["w2"].values.shape == (32, 16)
+        check_model(model)
+        errors[criterion] = _error(model, dense, held_out)
+    assert errors["obs"] < errors["wanda"] and errors["obs"] < errors["magnitude"], errors
+    assert errors["obs"] < 0.6 * errors["magnitude"], errors
+
+
+def test_obs_refit_is_exact_least_squares(rng: np.random.Generator) -> None:
+    dense = mlp_model(rng)
+    model = ModelIR.from_proto(dense)
+    calib = _calib(rng)
+    (group,) = [g for g in analyze(model).prunable]
+    paths = group_paths(model, [group], "obs", calibration=calib, damp=0.0)
+    path = paths[group.id]
+    kept = 40
+    (w_new,) = path.compensated(kept).values()
+    removed = path.removed(kept)
+    assert np.all(w_new[removed, :] == 0)  # MatMul weight (hidden, d): removed rows are the inputs
+    # the re-fit equals the least-squares solution on the activations, built independently
+    from spa_compiler.calibration import ActivationCollector
+
+    acts = np.concatenate([a["h2"] for a in ActivationCollector(model, ["h2"]).collect(calib)]).astype(np.float64)
+    keep = np.setdiff1d(np.arange(64), removed)
+    w2 = model.tensors()["w2"].values.astype(np.float64)
+    sol, *_ = np.linalg.lstsq(acts[:, keep], acts @ w2, rcond=None)
+    np.testing.assert_allclose(w_new[keep], sol, rtol=1e-4, atol=1e-5)
+    # errors along the path never decrease
+    assert np.all(np.diff(path.errors) >= -1e-12)
+    assert path.errors[0] == 0.0
+
+
+def test_obspa_needs_no_data_and_beats_magnitude(rng: np.random.Generator) -> None:
+    dense = mlp_model(rng)
+    held_out = [{"x": rng.standard_normal((64, 16)).astype(np.float32)} for _ in range(4)]
+    errs = {}
+    for criterion in ("magnitude", "obspa"):
+        model = ModelIR.from_proto(dense)
+        PassManager([PruneZipLMPass(criterion=criterion, ratio=0.5)]).run(model, CompileContext())
+        errs[criterion] = _error(model, dense, held_out)
+    assert errs["obspa"] < errs["magnitude"], errs
+
+
+@dataclasses.dataclass
+class MacsProvider:
+    """A deterministic latency model for tests: 1 ms per million MACs plus 0.01 ms."""
+
+    kind: str = "measured"
+    calls: int = 0
+
+    def time(self, model, feeds) -> Timing:
+        self.calls += 1
+        ir = model if isinstance(model, ModelIR) else ModelIR.from_proto(model)
+        return Timing(model_stats(ir)["macs"] / 1e6 + 0.01, "measured", 1)
+
+    def provenance(self) -> dict:
+        return {"device": "test", "runtime": "macs", "runtime_version": "1", "provider": None,
+                "threads": None, "precision": "fp32"}
+
+
+def _two_layer(rng: np.random.Generator) -> onnx.ModelProto:
+    """Two stacked MLP blocks of different widths: the search must prefer the cheaper errors."""
+    f = np.float32
+    d, batch = 32, 256
+    init = {
+        "a1": rng.standard_normal((d, 128)).astype(f) / 6, "a2": rng.standard_normal((128, d)).astype(f) / 11,
+        "c1": rng.standard_normal((d, 64)).astype(f) / 6, "c2": rng.standard_normal((64, d)).astype(f) / 8,
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "a1"], ["h"], name="l1_up"),
+        helper.make_node("Relu", ["h"], ["hr"], name="l1_act"),
+        helper.make_node("MatMul", ["hr", "a2"], ["m"], name="l1_down"),
+        helper.make_node("MatMul", ["m", "c1"], ["g"], name="l2_up"),
+        helper.make_node("Relu", ["g"], ["gr"], name="l2_act"),
+        helper.make_node("MatMul", ["gr", "c2"], ["y"], name="l2_down"),
+    ]
+    vi = helper.make_tensor_value_info
+    return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, d])], [vi("y", TensorProto.FLOAT, [batch, d])], init)
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.6, 0.45])
+def test_search_meets_budget(rng: np.random.Generator, fraction: float) -> None:
+    dense = _two_layer(rng)
+    model = ModelIR.from_proto(dense)
+    provider = MacsProvider()
+    dense_ms = provider.time(model, {}).ms
+    ctx = CompileContext(latency=provider, feeds={}, budget_ms=fraction * dense_ms, max_error=10.0)
+    result = PassManager([PruneZipLMPass(criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
+    (rec,) = ctx.report.passes
+    assert rec.stats["budget_met"] is True
+    final = provider.time(model, {}).ms
+    assert final <= fraction * dense_ms + 1e-9
+    assert final >= 0.85 * fraction * dense_ms  # not gutted far below the budget
+    assert result.modified
+    check_model(model)
+
+
+def test_unreachable_budget_is_reported_not_gutted(rng: np.random.Generator) -> None:
+    model = ModelIR.from_proto(_two_layer(rng))
+    provider = MacsProvider()
+    dense_ms = provider.time(model, {}).ms
+    ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.05 * dense_ms, max_error=0.05)
+    PassManager([PruneZipLMPass(criterion="magnitude", max_ratio=0.9)]).run(model, ctx)
+    (rec,) = ctx.report.passes
+    assert rec.stats["budget_met"] is False
+    assert rec.stats["mean_error"] <= 0.05 + 1e-9
+    assert "unreachable" in rec.stats
+    assert any("unreachable" in n for n in ctx.report.notes)
+
+
+def test_preconditions() -> None:
+    ctx = CompileContext()
+    model = ModelIR.from_proto(mlp_model(np.random.default_rng(0)))
+    for bad in (dict(criterion="nope"), dict(units=("hidden",)), dict(ratio=1.0), dict(levels=1)):
+        with pytest.raises(PreconditionError):
+            PruneZipLMPass(**bad).check_preconditions(model, ctx)
+    with pytest.raises(PreconditionError, match="latency model"):
+        PruneZipLMPass().check_preconditions(model, CompileContext(budget_ms=1.0))
