@@ -101,7 +101,7 @@ class PruneZipLMPass(Pass):
     max_ratio: float = 0.75
     round_to: int = 1
     levels: int = 8
-    max_iters: int = 4
+    max_iters: int = 6
     tolerance: float = 0.05
     max_error: float = -1.0
     synthetic_feeds: int = 8
@@ -250,27 +250,44 @@ class PruneZipLMPass(Pass):
         rounds: list[dict[str, Any]] = []
         best: tuple[float, float, dict[str, int]] | None = None  # (measured, error, kept)
         result = None
+        under: float | None = None  # largest internal budget whose model measured within budget
+        over: float | None = None  # smallest internal budget whose model measured over budget
+        seen: dict[tuple[tuple[str, int], ...], float] = {}
         for it in range(self.max_iters):
             result = choose_levels(options, internal, table.base_ms, max_error=bound * n_groups)
             kept = {str(g): int(k) for g, k in result.levels.items()}
-            clone = model.clone()
-            apply_plan(clone, groups, paths, kept, units=self.units)
-            measured = ctx.latency.time(clone, ctx.feeds or {}).ms if ctx.latency is not None else result.predicted_ms
+            key = tuple(sorted(kept.items()))
+            if key in seen:
+                measured = seen[key]
+            else:
+                clone = model.clone()
+                apply_plan(clone, groups, paths, kept, units=self.units)
+                measured = ctx.latency.time(clone, ctx.feeds or {}).ms if ctx.latency is not None else result.predicted_ms
+                seen[key] = measured
             rounds.append({"round": it + 1, "internal_budget_ms": internal, "predicted_ms": result.predicted_ms,
                            "measured_ms": measured, "mean_error": result.error / n_groups,
                            "status": result.status})
             logger.info("search round %d: internal %.4f ms, predicted %.4f, measured %.4f, error %.4f",
                         it + 1, internal, result.predicted_ms, measured, result.error / n_groups)
             meets = measured <= budget
-            if meets and (best is None or best[0] > budget or result.error < best[1]):
-                best = (measured, result.error, kept)
-            elif best is None or (best[0] > budget and measured < best[0]):
-                best = (measured, result.error, kept)
+            if meets:
+                if best is None or best[0] > budget or result.error < best[1]:
+                    best = (measured, result.error, kept)
+                under = internal if under is None else max(under, internal)
+            else:
+                if best is None or (best[0] > budget and measured < best[0]):
+                    best = (measured, result.error, kept)
+                over = internal if over is None else min(over, internal)
             if not result.feasible:
                 break
             if meets and measured >= budget * (1.0 - self.tolerance):
                 break
-            internal = correct_budget(budget, result.predicted_ms, measured, internal)
+            if under is not None and over is not None:
+                internal = 0.5 * (under + over)  # bracketed: bisect on the internal budget
+            else:
+                internal = correct_budget(budget, result.predicted_ms, measured, internal)
+                if over is not None:
+                    internal = min(internal, over * 0.999)
         assert best is not None and result is not None
         measured, error, kept = best
         stats = apply_plan(model, groups, paths, kept, units=self.units)

@@ -1,7 +1,8 @@
 """`spa-compile demo`: the main job on a bundled default model, no arguments needed.
 
-Builds the zoo's ResNet-style model from its seed (torch export; no download), then compiles it
-with the default preset and writes model.onnx, model.compiled.onnx and report.json to a folder.
+Builds the zoo's ResNet-style model from its seed (torch export; no download), then compiles it to
+0.7x of its measured ONNX Runtime CPU latency with data-free OBSPA and the latency search, and writes
+model.onnx, model.compiled.onnx and report.json to a folder.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from spa_compiler.compile import compile_model
+from spa_compiler.compile import compile_model, parse_budget
 from spa_compiler.context import ProgressFn, _no_progress
 from spa_compiler.errors import MissingRequirementError
 from spa_compiler.report import Report
 
 DEMO_MODEL = "tiny_resnet"
 DEMO_EXPORTER = "torchscript"
-DEMO_PIPELINE = "cleanup,prune-magnitude{ratio=0.5},cleanup"
+DEMO_PIPELINE = "cleanup,prune-ziplm{criterion=obspa},cleanup"
+DEMO_BUDGET = "0.7x"
 
 
 def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = _no_progress) -> Report:
@@ -42,6 +44,7 @@ def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = _no_progre
         out_dir / "model.compiled.onnx",
         pipeline=DEMO_PIPELINE,
         target="ort-cpu",
+        budget=parse_budget(DEMO_BUDGET),
         input_shapes=models_zoo.default_shapes(DEMO_MODEL),
         report=report,
         measure_runs=runs,
