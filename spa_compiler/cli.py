@@ -19,7 +19,7 @@ from spa_compiler.errors import SpaError, UsageError
 
 logger = logging.getLogger("spa_compiler")
 
-VERBS = ("compile", "inspect", "list-passes", "demo")
+VERBS = ("compile", "inspect", "list-passes", "demo", "profile")
 
 EXIT_OK, EXIT_PASS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 
@@ -81,8 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="ops, params, MACs, inputs, and what is prunable")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--groups", action="store_true", help="list the coupled-channel groups (prunable or frozen, why)")
     _add_shapes(i)
     _add_common(i)
+
+    pr = sub.add_parser("profile", help="measure a latency table of every prunable group's levels")
+    pr.add_argument("model")
+    pr.add_argument("-o", "--output", required=True, help="the table (JSON)")
+    pr.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
+    pr.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    pr.add_argument("--units", default="channel,head,neuron", help="unit kinds to profile")
+    pr.add_argument("--round-to", type=int, default=1, help="hardware-friendly width multiple")
+    pr.add_argument("--levels", type=int, default=8, help="levels per group (dense included)")
+    pr.add_argument("--max-ratio", type=float, default=0.75, help="largest share of a group removed")
+    pr.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median)")
+    pr.add_argument("--threads", type=int, default=1)
+    _add_shapes(pr)
+    _add_common(pr)
 
     lp = sub.add_parser("list-passes", help="passes, their options and requirements; presets")
     lp.add_argument("--json", action="store_true")
@@ -211,6 +226,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from spa_compiler.compile import parse_input_shapes
     from spa_compiler.inspect import inspect_model
 
+    if args.groups:
+        from spa_compiler.channel_groups import analyze
+        from spa_compiler.group_report import format_groups, groups_to_json
+        from spa_compiler.ir import ModelIR
+
+        analysis = analyze(ModelIR.load(args.model), input_shapes=parse_input_shapes(args.input_shape))
+        print(json.dumps(groups_to_json(analysis), indent=2) if args.json else format_groups(analysis))
+        return EXIT_OK
     info = inspect_model(args.model, parse_input_shapes(args.input_shape))
     if args.json:
         print(json.dumps(info, indent=2))
@@ -263,7 +286,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from spa_compiler.channel_groups import analyze
+    from spa_compiler.compile import check_paths, parse_input_shapes
+    from spa_compiler.ir import ModelIR
+    from spa_compiler.latency.profile import build_table, kept_levels
+    from spa_compiler.latency.provider import make_provider
+    from spa_compiler.runtime import random_feeds
+    from spa_compiler.targets import get_target
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".json":
+        raise UsageError(f"the table {out} should end in .json")
+    check_paths(Path(args.model), out.with_suffix(".onnx"))
+    tgt = get_target(args.target)
+    shapes = parse_input_shapes(args.input_shape)
+    model = ModelIR.load(args.model)
+    missing = sorted(set(model.symbolic_inputs()) - set(shapes))
+    if missing:
+        raise UsageError(f"inputs {missing} have symbolic dimensions", hint="pass --input-shape NAME:DxD")
+    units = tuple(u.strip() for u in args.units.split(",") if u.strip())
+    analysis = analyze(model, units=units, input_shapes=shapes)
+    groups = analysis.prunable
+    levels = {g.id: kept_levels(g.n_units, g.unit_size, round_to=args.round_to, max_ratio=args.max_ratio,
+                                count=args.levels) for g in groups}
+    provider = make_provider(tgt.name, precision=args.precision, threads=args.threads, runs=args.runs,
+                             input_shapes=shapes)
+    progress = _Progress(enabled=True)
+    try:
+        table = build_table(model, groups, levels, provider, random_feeds(model, shapes), units=units,
+                            input_shapes=shapes, progress=progress)
+    finally:
+        progress.close()
+    table.save(out)
+    print(f"{len(groups)} groups, dense {table.dense_ms:.4f} ms, base {table.base_ms:.4f} ms "
+          f"({table.kind}, {table.provenance.device}, {table.provenance.runtime} "
+          f"{table.provenance.runtime_version}); wrote {out}")
+    return EXIT_OK
+
+
 COMMANDS = {
+    "profile": cmd_profile,
     "compile": cmd_compile,
     "inspect": cmd_inspect,
     "list-passes": cmd_list_passes,
