@@ -470,6 +470,7 @@ def _small_int_values(t: onnx.TensorProto) -> tuple[int, ...] | None:
 
 
 def _hash_graph(h: Any, g: onnx.GraphProto) -> None:
+    """Hash a graph's structure independently of node order (a toposort does not change it)."""
     h.update(repr([_value_info_key(v) for v in g.input]).encode())
     h.update(repr([_value_info_key(v) for v in g.output]).encode())
     h.update(
@@ -479,18 +480,23 @@ def _hash_graph(h: Any, g: onnx.GraphProto) -> None:
             )
         ).encode()
     )
+    node_digests = []
     for n in g.node:
-        h.update(repr((n.op_type, n.domain, tuple(n.input), tuple(n.output))).encode())
+        hn = hashlib.sha256()
+        hn.update(repr((n.op_type, n.domain, tuple(n.input), tuple(n.output))).encode())
         for a in sorted(n.attribute, key=lambda a: a.name):
             if a.type == onnx.AttributeProto.GRAPH:
-                h.update(a.name.encode())
-                _hash_graph(h, a.g)
+                hn.update(a.name.encode())
+                _hash_graph(hn, a.g)
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for sub in a.graphs:
-                    _hash_graph(h, sub)
+                    _hash_graph(hn, sub)
             elif a.type == onnx.AttributeProto.TENSOR:
-                h.update(
+                hn.update(
                     repr((a.name, a.t.data_type, tuple(a.t.dims), _small_int_values(a.t))).encode()
                 )
             else:
-                h.update(repr((a.name, onnx.helper.get_attribute_value(a))).encode())
+                hn.update(repr((a.name, onnx.helper.get_attribute_value(a))).encode())
+        node_digests.append(hn.hexdigest())
+    for d in sorted(node_digests):
+        h.update(d.encode())
