@@ -633,7 +633,7 @@ class _Analyzer:
                 trials.append((assign, ShapeEvaluator(self.sizes_under(assign))))
             changed = False
             for slot in self.slots:
-                if slot.kind in ("attr", "split"):
+                if slot.kind in ("attr", "split", "default_scale"):
                     continue
                 t = self._slot_tensor(slot)
                 if t is None:
@@ -1139,6 +1139,11 @@ def _rewrite_slot(model: ModelIR, an: _Analyzer, slot: _Slot, sizes: Mapping[int
         if req is not None:
             node.attrs[str(slot.where)] = an.req_value(req, sizes)
         return
+    if slot.kind == "default_scale":  # pin 1/sqrt(original head size) before head sizes change
+        req = slot.req[0]
+        if req is not None and str(slot.where) not in node.attrs:
+            node.attrs[str(slot.where)] = float(1.0 / np.sqrt(an.req_value(req, {})))
+        return
     if slot.kind == "split":
         new = [an.req_value(r, sizes) for r in slot.req if r is not None]
         node.attrs.pop("num_outputs", None)
@@ -1223,11 +1228,12 @@ def masked_dense(
                 else:
                     node.inputs[m.input_index] = gs.Constant(namer((c.name or "w") + "_masked"), vals)
             else:
-                rank = len(an.shapes.get(t.name, ()))
+                orig = an.nodes[m.node_index].inputs[m.input_index].name  # t may be masked already
+                rank = len(an.shapes.get(orig, ()))
                 n_axis = m.coords.size
                 shape = [1] * rank
                 shape[m.axis] = n_axis
-                mask = np.ones(n_axis, dtype=an.dtypes.get(t.name, np.dtype(np.float32)))
+                mask = np.ones(n_axis, dtype=an.dtypes.get(orig, np.dtype(np.float32)))
                 mask[idx] = 0
                 out = gs.Variable(namer(t.name + "_masked"), dtype=t.dtype)
                 mul = gs.Node("Mul", namer((node.name or "n") + "_mask"),

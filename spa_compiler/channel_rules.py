@@ -17,6 +17,7 @@ analysis never guesses).
 | n-ary elementwise with broadcast (Add, Mul, Where, PRelu, ...) | right-aligned axes of equal size are the same |
 | Conv / ConvTranspose (any group) | in channels = (group × in/group), out = (group × out/group); in/group contracted |
 | MatMul / Gemm / Einsum | contracted axes joined and recorded; batch axes joined |
+| Attention (opset 23+) | heads × head size products, GQA groups, head-count attributes rewritten |
 | BatchNorm / InstanceNorm | per-channel parameters = channel axis |
 | LayerNorm / RMSNorm (op) | normalized axes reduced (hidden width) |
 | GroupNorm | channels = (groups × per-group); per-group part frozen |
@@ -353,6 +354,83 @@ def einsum(ctx: RuleContext, node: gs.Node) -> None:
                 ctx.contract(node, i, k)
                 if not any(consts):
                     break
+
+
+def attention(ctx: RuleContext, node: gs.Node) -> None:
+    """ONNX Attention (opset 23+): heads and head sizes as products; GQA kv heads with their
+    query group; `q_num_heads` / `kv_num_heads` rewritten, the default 1/sqrt(head_size) scale
+    pinned when head sizes shrink; the key-sequence axis (softmax) frozen."""
+    q, k, v, y = ctx.inp(node, 0), ctx.inp(node, 1), ctx.inp(node, 2), ctx.out(node, 0)
+    if q is None or k is None or v is None or y is None or len(q) not in (3, 4):
+        ctx.freeze_node(node, "attention-shapes")
+        return
+    sp = ctx.space
+    nm = _name(node)
+    if len(q) == 3:
+        hq_n, hkv_n = int(_attr(node, "q_num_heads", 0)), int(_attr(node, "kv_num_heads", 0))
+        if not hq_n or not hkv_n or hq_n % hkv_n or sp.size(q[2]) % hq_n or sp.size(v[2]) % hkv_n:
+            ctx.freeze_node(node, "attention-heads")
+            return
+        kv, rep = sp.new(hkv_n), sp.new(hq_n // hkv_n)
+        d, dv = sp.new(sp.size(q[2]) // hq_n), sp.new(sp.size(v[2]) // hkv_n)
+        heads = sp.prod((kv, rep))
+        ctx.same(q[2], sp.prod((kv, rep, d)), nm)
+        ctx.same(k[2], sp.prod((kv, d)), nm)
+        ctx.same(v[2], sp.prod((kv, dv)), nm)
+        ctx.same(y[2], sp.prod((kv, rep, dv)), nm)
+        ctx.same(q[1], y[1], nm)
+        ctx.same(k[1], v[1], nm)
+        kseq = k[1]
+        ctx.contract(node, 0, 2)
+        ctx.slot(node, "attr", "q_num_heads", [size_req(heads)])
+        ctx.slot(node, "attr", "kv_num_heads", [size_req(kv)])
+    else:
+        hq_n, hkv_n = sp.size(q[1]), sp.size(k[1])
+        if hq_n % hkv_n:
+            ctx.freeze_node(node, "attention-heads")
+            return
+        kv, rep = sp.new(hkv_n), sp.new(hq_n // hkv_n)
+        heads, d, dv = sp.prod((kv, rep)), q[3], v[3]
+        ctx.same(q[1], heads, nm)
+        ctx.same(k[1], kv, nm)
+        ctx.same(v[1], kv, nm)
+        ctx.same(k[3], d, nm)
+        ctx.same(y[1], heads, nm)
+        ctx.same(y[3], dv, nm)
+        ctx.same(q[2], y[2], nm)
+        ctx.same(k[2], v[2], nm)
+        kseq = k[2]
+        ctx.contract(node, 0, 3)
+    for t in (q[0], k[0], v[0]):
+        ctx.same(t, y[0], nm)
+    ctx.tag(kv, "head")
+    ctx.tag(rep, "head")
+    ctx.tag(d, "head_dim")
+    ctx.tag(dv, "head_dim")
+    ctx.freeze(kseq, f"softmax-axis:{nm}")
+    if "scale" not in node.attrs:
+        ctx.slot(node, "default_scale", "scale", [size_req(d)])
+    for i in (3, 4, 5, 6):  # mask, past key/value, nonpad lengths: anything of the wrong kind freezes
+        x = ctx.inp(node, i)
+        if x is None:
+            continue
+        if i in (4, 5) and len(x) == 4:
+            ctx.same(x[1], kv, nm)
+            ctx.same(x[3], d if i == 4 else dv, nm)
+            ctx.freeze(x[2], f"past-sequence:{nm}")
+        elif i == 3:
+            xs = [sp.size(t) for t in x]
+            if len(x) >= 3 and xs[-3] == hq_n and hq_n > 1:
+                ctx.same(x[-3], heads, nm)
+    for j in (1, 2):
+        z = ctx.out(node, j)
+        if z is not None and len(z) == 4:
+            ctx.same(z[1], kv, nm)
+            ctx.same(z[3], d if j == 1 else dv, nm)
+            ctx.freeze(z[2], f"present-sequence:{nm}")
+    z = ctx.out(node, 3)
+    if z is not None and len(z) == 4:
+        ctx.same(z[1], heads, nm)
 
 
 # ---------------------------------------------------------------------- normalization
@@ -938,6 +1016,7 @@ RULES: dict[str, Rule] = {
     "MatMul": matmul,
     "Gemm": gemm,
     "Einsum": einsum,
+    "Attention": attention,
     "BatchNormalization": batchnorm,
     "InstanceNormalization": instancenorm,
     "LayerNormalization": layernorm,

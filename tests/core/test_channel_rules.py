@@ -580,3 +580,38 @@ def test_op_left_out_of_the_rules_is_frozen_and_oracle_holds(rng: np.random.Gene
 def test_every_registered_rule_is_callable() -> None:
     assert all(callable(r) for r in channel_rules.RULES.values())
     assert "Conv" in channel_rules.RULES and "com.microsoft:FastGelu" in channel_rules.RULES
+
+
+@pytest.mark.parametrize("layout", ["3d", "4d"])
+def test_onnx_attention_op_heads_gqa_and_head_counts(rng: np.random.Generator, layout: str) -> None:
+    h, hq, hkv, d = 16, 4, 2, 4
+    init = {"wq": w(rng, h, hq * d), "wk": w(rng, h, hkv * d), "wv": w(rng, h, hkv * d), "wo": w(rng, hq * d, h)}
+    nodes = [node("MatMul", ["x", "wq"], ["q"]), node("MatMul", ["x", "wk"], ["k"]), node("MatMul", ["x", "wv"], ["v"])]
+    if layout == "3d":
+        nodes += [node("Attention", ["q", "k", "v"], ["a"], q_num_heads=hq, kv_num_heads=hkv, is_causal=1)]
+    else:
+        init.update({"sq": i64(0, 0, hq, d), "skv": i64(0, 0, hkv, d), "sm": i64(0, 0, hq * d)})
+        nodes += [
+            node("Reshape", ["q", "sq"], ["q4"]), node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+            node("Reshape", ["k", "skv"], ["k4"]), node("Transpose", ["k4"], ["kt"], perm=[0, 2, 1, 3]),
+            node("Reshape", ["v", "skv"], ["v4"]), node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+            node("Attention", ["qt", "kt", "vt"], ["a4"], is_causal=1),
+            node("Transpose", ["a4"], ["at"], perm=[0, 2, 1, 3]), node("Reshape", ["at", "sm"], ["a"]),
+        ]
+    nodes += [node("MatMul", ["a", "wo"], ["y"])]
+    proto = make_model(nodes, [vi("x", [1, 5, h])], [vi("y", [1, 5, h])], init, opset=23, ir_version=10)
+    an = oracle_all(proto, {"x": rng.standard_normal((1, 5, h)).astype(F)}, rng, min_prunable=3)
+    heads = sorted(g.n_units for g in an.prunable if g.unit == "head")
+    dims = sorted(g.n_units for g in an.prunable if g.unit == "head_dim")
+    assert heads == [2, 2] and dims == [4, 4]
+    kv = next(g for g in an.prunable if g.unit == "head" and any(m.tensor == "wk" for m in g.producers))
+    model = ModelIR.from_proto(proto)
+    from spa_compiler.channel_groups import prune_groups
+
+    a2 = analyze(model, units=ALL_UNITS)
+    qk_dim = next(g for g in a2.prunable if g.unit == "head_dim" and any(m.tensor == "wk" for m in g.producers))
+    prune_groups(model, {kv.id: [0], qk_dim.id: [1]}, analysis=a2)
+    att = next(n for n in model.graph.nodes if n.op == "Attention")
+    if layout == "3d":
+        assert att.attrs["q_num_heads"] == 2 and att.attrs["kv_num_heads"] == 1
+    assert att.attrs["scale"] == pytest.approx(0.5)  # 1/sqrt(4), pinned before the head size shrank
