@@ -480,6 +480,30 @@ def layernorm(ctx: RuleContext, node: gs.Node) -> None:
                 ctx.same(z[k], x[k], _name(node))
 
 
+def skip_layernorm(ctx: RuleContext, node: gs.Node) -> None:
+    """com.microsoft Skip(Simplified)LayerNormalization: (input + skip + bias) normalized over the
+    last axis; gamma/beta/bias per channel; the sum output (index 3) is the residual stream."""
+    broadcast(ctx, node, inputs=[0, 1])
+    x, y = ctx.inp(node, 0), ctx.out(node, 0)
+    if x is None or y is None:
+        return
+    ctx.reduce(x[-1], f"{node.op}:{_name(node)}")
+    for i in range(2, len(node.inputs)):
+        p = ctx.inp(node, i)
+        if p is not None and len(p) == 1:
+            ctx.same(p[0], x[-1], _name(node))
+    for j in range(1, len(node.outputs)):
+        z = ctx.out(node, j)
+        if z is None:
+            continue
+        if len(z) == len(x) and ctx.space.size(z[-1]) == ctx.space.size(x[-1]):
+            for a, b in zip(z, y):
+                ctx.same(a, b, _name(node))
+        else:
+            for a, b in zip(z[:-1], x[:-1]):
+                ctx.same(a, b, _name(node))
+
+
 def groupnorm(ctx: RuleContext, node: gs.Node) -> None:
     """GroupNormalization: C = (groups, C/groups); the per-group part is mixed (frozen)."""
     x, y = ctx.inp(node, 0), ctx.out(node, 0)
@@ -1080,6 +1104,10 @@ RULES: dict[str, Rule] = {
     "Unique": data_dependent,
     "OneHot": data_dependent,
     "com.microsoft:FastGelu": elementwise,
+    "com.microsoft:SkipLayerNormalization": skip_layernorm,
+    "com.microsoft:SkipSimplifiedLayerNormalization": skip_layernorm,
+    "com.microsoft:SimplifiedLayerNormalization": layernorm,
+    "com.microsoft:LayerNormalization": layernorm,
     "com.microsoft:BiasGelu": elementwise,
     "com.microsoft:Gelu": unary,
     "com.microsoft:QuickGelu": unary,

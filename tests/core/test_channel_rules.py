@@ -615,3 +615,25 @@ def test_onnx_attention_op_heads_gqa_and_head_counts(rng: np.random.Generator, l
     if layout == "3d":
         assert att.attrs["q_num_heads"] == 2 and att.attrs["kv_num_heads"] == 1
     assert att.attrs["scale"] == pytest.approx(0.5)  # 1/sqrt(4), pinned before the head size shrank
+
+
+def test_contrib_skip_layernorm(rng: np.random.Generator) -> None:
+    h = 8
+    init = {"w0": w(rng, h, h), "g": (1 + w(rng, h)).astype(F), "b": w(rng, h), "w1": w(rng, h, 12),
+            "w2": w(rng, 12, h), "w3": w(rng, h, 2)}
+    nodes = [
+        node("MatMul", ["x", "w0"], ["e"]),
+        helper.make_node("SkipLayerNormalization", ["e", "x", "g", "b"], ["n", "", "", "s"], name="sln",
+                         domain="com.microsoft", epsilon=1e-5),
+        node("MatMul", ["n", "w1"], ["u"]), node("Relu", ["u"], ["a"]), node("MatMul", ["a", "w2"], ["d"]),
+        node("Add", ["s", "d"], ["r"]), node("MatMul", ["r", "w3"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [vi("x", [2, 3, h])], [vi("y", [2, 3, 2])],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in init.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=9)
+    an = oracle_all(proto, {"x": rng.standard_normal((2, 3, h)).astype(F)}, rng)
+    assert not an.unknown_ops
+    assert [g.n_units for g in an.prunable] == [12]
+    (hidden,) = [g for g in an.groups if g.unit == "hidden"]
+    assert hidden.frozen  # the input x is a graph input: frozen whatever the options
