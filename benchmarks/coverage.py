@@ -48,16 +48,35 @@ def _row(label: str, exporter: str, model: ModelIR, shapes: dict | None) -> tupl
     full = analyze(model, units=ALL_UNITS, include_hidden=True, input_shapes=shapes)
     secs = time.perf_counter() - t
     total = default.total_macs or 1
-    reasons = "; ".join(
-        f"{why} {100 * macs / total:.1f}%" for why, macs in sorted(default.frozen_macs.items(), key=lambda kv: -kv[1])
-    ) or "-"
-    line = (
-        f"| {label} | {exporter} | {_fmt_macs(default.total_macs)} | {100 * default.coverage:.1f}% | "
-        f"{100 * full.coverage:.1f}% | {len(default.prunable)} / {len(default.groups)} | {reasons} |"
+    reasons = (
+        "; ".join(
+            f"{why} {100 * macs / total:.1f}%"
+            for why, macs in sorted(default.frozen_macs.items(), key=lambda kv: -kv[1])
+        )
+        or "-"
     )
-    data = {"model": label, "exporter": exporter, "macs": default.total_macs, "default": default.coverage,
-            "full": full.coverage, "groups": len(default.groups), "prunable": len(default.prunable),
-            "frozen_macs": default.frozen_macs, "unknown_ops": default.unknown_ops, "seconds": secs}
+    cells = [
+        label,
+        exporter,
+        _fmt_macs(default.total_macs),
+        f"{100 * default.coverage:.1f}%",
+        f"{100 * full.coverage:.1f}%",
+        f"{len(default.prunable)} / {len(default.groups)}",
+        reasons,
+    ]
+    line = "| " + " | ".join(cells) + " |"
+    data = {
+        "model": label,
+        "exporter": exporter,
+        "macs": default.total_macs,
+        "default": default.coverage,
+        "full": full.coverage,
+        "groups": len(default.groups),
+        "prunable": len(default.prunable),
+        "frozen_macs": default.frozen_macs,
+        "unknown_ops": default.unknown_ops,
+        "seconds": secs,
+    }
     return line, data
 
 
@@ -77,11 +96,15 @@ def collect(real_models: bool = True) -> tuple[list[str], list[dict]]:
 
         for name in real.REAL_MODELS:
             if not real.available(name):
-                lines.append(f"| {name} | - | - | - | - | - | not installed (scripts/install_real.sh) |")
+                lines.append(
+                    f"| {name} | - | - | - | - | - | not installed (scripts/install_real.sh) |"
+                )
                 continue
             for exporter in real.EXPORTERS:
                 model = ModelIR.load(real.export_real(name, exporter), check=False)
-                shapes = real.input_shapes(name, 1, 8 if name != "efficientnet-lite0" else 32, exporter=exporter)
+                shapes = real.input_shapes(
+                    name, 1, 8 if name != "efficientnet-lite0" else 32, exporter=exporter
+                )
                 line, rec = _row(name, exporter, model, shapes)
                 lines.append(line)
                 records.append(rec)
@@ -91,33 +114,38 @@ def collect(real_models: bool = True) -> tuple[list[str], list[dict]]:
 
 def render(lines: list[str], records: list[dict]) -> str:
     """The markdown document."""
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("onnx", "onnxruntime", "torch")
-                         if _has(p))
+    versions = ", ".join(
+        f"{p} {importlib.metadata.version(p)}" for p in ("onnx", "onnxruntime", "torch") if _has(p)
+    )
     worst = min((r["default"] for r in records), default=0.0)
-    return "\n".join([
-        "# Coverage of the coupled-channel analysis",
-        "",
-        f"Produced by `{COMMAND}` on {datetime.date.today().isoformat()} "
-        f"(Python {platform.python_version()}; {versions}).",
-        "",
-        "Share of the MACs (Conv, ConvTranspose, Gemm, MatMul at the analysis shapes: zoo models at",
-        "their default shapes, text models at batch 1 x 8 tokens, EfficientNet-Lite0 at 1 x 3 x 224 x 224)",
-        "that a prunable coupled-channel group shrinks. *default*: units channel, head, neuron;",
-        "*+head_dim, +hidden*: head dimensions and the hidden (residual) width allowed too (hidden-width",
-        "pruning is approximate: the norms see fewer channels). The last column says why the rest is",
-        "frozen, with the default units, as a share of all MACs.",
-        "",
-        "| model | exporter | MACs | default | +head_dim, +hidden | groups prunable / all | frozen MACs, by reason |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *lines,
-        "",
-        f"Lowest default coverage: {100 * worst:.1f}%. Where it is below 100%, the MACs left are the",
-        "tied language-model head (its input is the normalized hidden width, its output the vocabulary,",
-        "a graph output), a patch-embedding conv reading the image channels, or a pooler/classifier",
-        "writing a graph output. Every group the analysis cannot prove safe is frozen with its reason;",
-        "`spa-compile inspect --groups MODEL` lists them.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Coverage of the coupled-channel analysis",
+            "",
+            f"Produced by `{COMMAND}` on {datetime.date.today().isoformat()} "
+            f"(Python {platform.python_version()}; {versions}).",
+            "",
+            "Share of the MACs (Conv, ConvTranspose, Gemm, MatMul at the analysis shapes: zoo",
+            "models at their default shapes, text models at batch 1 x 8 tokens, EfficientNet-Lite0",
+            "at 1 x 3 x 224 x 224) that a prunable coupled-channel group shrinks. *default*: units",
+            "channel, head, neuron; *+head_dim, +hidden*: head dimensions and the hidden",
+            "(residual) width allowed too (approximate: the norms see fewer channels).",
+            "The last column says why the rest is frozen, with the default units, as a share of",
+            "all MACs.",
+            "",
+            "| model | exporter | MACs | default | +head_dim, +hidden | groups prunable / all "
+            "| frozen MACs, by reason |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *lines,
+            "",
+            f"Lowest default coverage: {100 * worst:.1f}%. Where it is below 100%, the MACs left",
+            "are the tied language-model head (its input is the normalized hidden width, output",
+            "the vocabulary: a graph output), a patch-embedding conv reading image channels, or",
+            "a pooler/classifier writing a graph output. Every group analysis cannot prove safe",
+            "is frozen with its reason; `spa-compile inspect --groups MODEL` lists them.",
+            "",
+        ]
+    )
 
 
 def _has(pkg: str) -> bool:

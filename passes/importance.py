@@ -37,7 +37,9 @@ class Importance(Protocol):
         """One score per unit of `group` (length `group.n_units`)."""
 
 
-def member_values(analysis: GroupAnalysis, model: ModelIR, node_index: int, input_index: int) -> np.ndarray | None:
+def member_values(
+    analysis: GroupAnalysis, model: ModelIR, node_index: int, input_index: int
+) -> np.ndarray | None:
     """The constant a member reads (None for run-time operands)."""
     nodes = analysis._state.nodes if analysis._state is not None else list(model.graph.nodes)
     c = constant_value(nodes[node_index].inputs[input_index])
@@ -69,7 +71,9 @@ class GroupMagnitude:
             w = member_values(analysis, model, m.node_index, m.input_index)
             if w is None or not np.issubdtype(w.dtype, np.floating):
                 continue
-            moved = np.moveaxis(np.abs(w.astype(np.float64)), m.axis, 0).reshape(w.shape[m.axis], -1)
+            moved = np.moveaxis(np.abs(w.astype(np.float64)), m.axis, 0).reshape(
+                w.shape[m.axis], -1
+            )
             per_pos = moved.sum(axis=1) if self.norm == "l1" else (moved**2).sum(axis=1)
             valid = m.coords >= 0
             per_unit = np.bincount(m.coords[valid], weights=per_pos[valid], minlength=group.n_units)

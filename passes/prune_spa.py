@@ -45,7 +45,7 @@ class PruneSpaPass(Pass):
         ratio: Share of units removed in each prunable group, in [0, 1).
         units: Unit kinds pruned: channel, neuron, head, head_dim (and hidden with include-hidden).
         round_to: Kept widths (units x unit size) are rounded up to a multiple of this.
-        include_hidden: Also prune the hidden (residual) width; approximate (norms see fewer channels).
+        include_hidden: Also prune the hidden (residual) width; approximate (norms change).
         norm: Norm of the magnitude criterion, l1 or l2.
         criterion: Unit importance: magnitude or magnitude-normalized.
         min_units: Groups with fewer units are left alone.
@@ -67,12 +67,16 @@ class PruneSpaPass(Pass):
             raise PreconditionError(f"prune-spa: ratio must be in [0, 1), got {self.ratio}")
         bad = [u for u in self.units if u not in ALL_UNITS]
         if bad:
-            raise PreconditionError(f"prune-spa: unknown units {bad}", hint=f"use some of {', '.join(ALL_UNITS)}")
+            raise PreconditionError(
+                f"prune-spa: unknown units {bad}", hint=f"use some of {', '.join(ALL_UNITS)}"
+            )
         if self.norm not in ("l1", "l2"):
             raise PreconditionError(f"prune-spa: norm must be l1 or l2, got {self.norm!r}")
         if self.criterion not in IMPORTANCE:
-            raise PreconditionError(f"prune-spa: unknown criterion {self.criterion!r}",
-                                    hint=f"use one of {', '.join(IMPORTANCE)}")
+            raise PreconditionError(
+                f"prune-spa: unknown criterion {self.criterion!r}",
+                hint=f"use one of {', '.join(IMPORTANCE)}",
+            )
         if self.round_to < 1:
             raise PreconditionError(f"prune-spa: round_to must be >= 1, got {self.round_to}")
 
@@ -82,8 +86,12 @@ class PruneSpaPass(Pass):
 
     def run(self, model: ModelIR, ctx: CompileContext) -> PassResult:
         units = tuple(self.units) + (("hidden",) if self.include_hidden else ())
-        analysis = analyze(model, units=units, include_hidden=self.include_hidden,
-                           input_shapes=ctx.input_shapes or None)
+        analysis = analyze(
+            model,
+            units=units,
+            include_hidden=self.include_hidden,
+            input_shapes=ctx.input_shapes or None,
+        )
         crit = self.importance()
         skipped: Counter[str] = Counter()
         plan: dict[str, list[int]] = {}
@@ -109,14 +117,31 @@ class PruneSpaPass(Pass):
                 skipped["rounded-to-nothing"] += 1
                 continue
             plan[g.id] = remove
-            details.append({"group": g.id, "unit": g.unit, "units": g.n_units, "removed": len(remove),
-                            "kept": g.n_units - len(remove), "unit_size": g.unit_size})
+            details.append(
+                {
+                    "group": g.id,
+                    "unit": g.unit,
+                    "units": g.n_units,
+                    "removed": len(remove),
+                    "kept": g.n_units - len(remove),
+                    "unit_size": g.unit_size,
+                }
+            )
         if not plan:
-            return PassResult(model, modified=False, stats={"groups_pruned": 0, "coverage": analysis.coverage},
-                              skipped=dict(skipped))
+            return PassResult(
+                model,
+                modified=False,
+                stats={"groups_pruned": 0, "coverage": analysis.coverage},
+                skipped=dict(skipped),
+            )
         stats = prune_groups(model, plan, analysis=analysis, round_to=1)
-        logger.info("prune-spa: %d groups, %d units removed, params %d -> %d", stats["groups_pruned"],
-                    stats["units_removed"], stats["params_before"], stats["params_after"])
+        logger.info(
+            "prune-spa: %d groups, %d units removed, params %d -> %d",
+            stats["groups_pruned"],
+            stats["units_removed"],
+            stats["params_before"],
+            stats["params_after"],
+        )
         return PassResult(
             model,
             modified=True,

@@ -22,7 +22,7 @@ graph validated (checker + strict shape inference). `masked_dense` builds the te
 reference: consumer weights (and bilinear inputs) of the removed units zeroed.
 
     group unit   what one unit is                               members (producers | consumers)
-    channel      one output channel of a Conv (and BN, residual)  conv rows, BN, bias | next conv cols
+    channel      one output channel of a Conv (BN, residual)     conv rows, BN, bias | next cols
     neuron       one FFN intermediate neuron                      up/gate rows | down cols
     head         one attention head (GQA: a kv head + its q group)  q/k/v rows | o-proj cols
     head_dim     one position inside every head                   q/k (or v) rows | q·kᵀ / o-proj
@@ -58,7 +58,13 @@ SYMBOLIC_SIZES = (2, 5, 7, 11, 13, 17, 19, 23, 29, 31)
 
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 NORM_OPS = frozenset(
-    {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "RMSNormalization", "GroupNormalization"}
+    {
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "RMSNormalization",
+        "GroupNormalization",
+    }
 )
 
 _TRIALS = 2
@@ -119,8 +125,12 @@ class Member:
         """JSON form (the indices of unit 0 as an example, not all of them)."""
         first = self.unit_indices(0)
         return {
-            "node": self.node, "op": self.op, "tensor": self.tensor, "axis": self.axis,
-            "role": self.role, "indices_per_unit": int(first.size),
+            "node": self.node,
+            "op": self.op,
+            "tensor": self.tensor,
+            "axis": self.axis,
+            "role": self.role,
+            "indices_per_unit": int(first.size),
             "unit0_indices": [int(i) for i in first[:16]],
         }
 
@@ -220,8 +230,12 @@ class _Slot:
 
 
 # ---------------------------------------------------------------------- static shapes
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                onnx.TensorProto.BFLOAT16}
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
 
 
 def _strip(proto: onnx.ModelProto) -> None:
@@ -234,7 +248,9 @@ def _strip(proto: onnx.ModelProto) -> None:
             t.external_data.add(key="location", value="__stripped__")
 
 
-def _fix_inputs(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+def _fix_inputs(
+    proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
+) -> dict[str, tuple[int, ...]]:
     chosen: dict[str, int] = {}
     fixed: dict[str, tuple[int, ...]] = {}
     inits = {t.name for t in proto.graph.initializer}
@@ -261,7 +277,9 @@ def _fix_inputs(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]
     return fixed
 
 
-def _collect_shapes(proto: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, np.dtype]]:
+def _collect_shapes(
+    proto: onnx.ModelProto,
+) -> tuple[dict[str, tuple[int, ...]], dict[str, np.dtype]]:
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, np.dtype] = {}
     g = proto.graph
@@ -327,7 +345,7 @@ def _ort_shapes(
         feeds = random_feeds(ModelIR.from_proto(proto), fixed)
         sess = make_session(full, optimize=False)
         outs = sess.run(None, feeds)
-        for meta, val in zip(sess.get_outputs(), outs):
+        for meta, val in zip(sess.get_outputs(), outs, strict=False):
             arr = np.asarray(val)
             shapes.setdefault(meta.name, tuple(int(d) for d in arr.shape))
             dtypes.setdefault(meta.name, arr.dtype)
@@ -515,7 +533,7 @@ class _Analyzer:
             axes = self._axes_of_var(t.name)
             if axes:
                 self.freeze(list(axes), "graph-input")
-                for d, a in zip(t.shape or [], axes):
+                for d, a in zip(t.shape or [], axes, strict=False):
                     if not (isinstance(d, int) and d > 0):
                         self.space.tag(a, "dynamic")
         for t in self.graph.outputs:
@@ -536,9 +554,10 @@ class _Analyzer:
                 self.unknown[key] += 1
                 self.freeze_node(node, f"unknown-op:{key}")
                 continue
-            if any(_present(node, i) and self.shape_in(node, i) is None for i in range(len(node.inputs))) or any(
-                o.name and self.shapes.get(o.name) is None for o in node.outputs
-            ):
+            if any(
+                _present(node, i) and self.shape_in(node, i) is None
+                for i in range(len(node.inputs))
+            ) or any(o.name and self.shapes.get(o.name) is None for o in node.outputs):
                 if node.op not in ("Constant",):
                     self.freeze_node(node, f"shape-unknown:{node.op}")
                     continue
@@ -566,7 +585,9 @@ class _Analyzer:
             for a in y or []:
                 if isinstance(a, int) and not self.space.touched(a) and self.space.atom_size(a) > 1:
                     if self.space.find(a) not in sized:
-                        self.space.freeze(a, f"created-by:{node.op}:{_node_label(node, self.index[id(node)])}")
+                        self.space.freeze(
+                            a, f"created-by:{node.op}:{_node_label(node, self.index[id(node)])}"
+                        )
 
     # -- shape-carrying inputs -------------------------------------------------------
     def _live(self, terms: Iterable[Term | None]) -> set[int]:
@@ -586,7 +607,9 @@ class _Analyzer:
     def req_value(self, req: Req, assign: Mapping[int, int]) -> int:
         return int(req[0] + sum(c * self.space.size_under(t, assign) for c, t in req[1]))
 
-    def _effective(self, slot: _Slot, vals: npt.NDArray[Any], e: int, assign: Mapping[int, int]) -> int | None:
+    def _effective(
+        self, slot: _Slot, vals: npt.NDArray[Any], e: int, assign: Mapping[int, int]
+    ) -> int | None:
         v = int(np.asarray(vals).reshape(-1)[e])
         ref = slot.ref[e] if e < len(slot.ref) else None
         node = self.nodes[slot.node]
@@ -619,7 +642,11 @@ class _Analyzer:
             t = self._slot_tensor(slot)
             slot.edit = []
             for e in range(len(slot.req)):
-                src = element_source(t, e, self.shapes, self.ev0.value) if t is not None and slot.kind != "split" else None
+                src = (
+                    element_source(t, e, self.shapes, self.ev0.value)
+                    if t is not None and slot.kind != "split"
+                    else None
+                )
                 slot.edit.append(None if src is None else src[0])
         rng = np.random.default_rng(0)
         for _ in range(8):
@@ -629,7 +656,7 @@ class _Analyzer:
             trials = []
             for _k in range(_TRIALS):
                 order = rng.permutation(len(live_roots))
-                assign = {r: primes[int(j)] for r, j in zip(live_roots, order)}
+                assign = {r: primes[int(j)] for r, j in zip(live_roots, order, strict=False)}
                 trials.append((assign, ShapeEvaluator(self.sizes_under(assign))))
             changed = False
             for slot in self.slots:
@@ -639,9 +666,14 @@ class _Analyzer:
                 if t is None:
                     continue
                 runtime = [
-                    e for e in range(len(slot.req))
-                    if slot.req[e] is not None and slot.edit[e] != "const" and e not in slot.replace
-                    and self._live([*self.req_terms(slot.req[e]), slot.ref[e] if e < len(slot.ref) else None])
+                    e
+                    for e in range(len(slot.req))
+                    if slot.req[e] is not None
+                    and slot.edit[e] != "const"
+                    and e not in slot.replace
+                    and self._live(
+                        [*self.req_terms(slot.req[e]), slot.ref[e] if e < len(slot.ref) else None]
+                    )
                 ]
                 if not runtime:
                     continue
@@ -652,10 +684,15 @@ class _Analyzer:
                         if e in bad:
                             continue
                         eff = None if vals is None else self._effective(slot, vals, e, assign)
-                        if vals is None or (eff is not None and eff != self.req_value(slot.req[e], assign)):  # type: ignore[arg-type]
+                        if vals is None or (
+                            eff is not None and eff != self.req_value(slot.req[e], assign)
+                        ):  # type: ignore[arg-type]
                             bad.append(e)
                 for e in list(bad):
-                    terms_e = [*self.req_terms(slot.req[e]), slot.ref[e] if e < len(slot.ref) else None]
+                    terms_e = [
+                        *self.req_terms(slot.req[e]),
+                        slot.ref[e] if e < len(slot.ref) else None,
+                    ]
                     if slot.edit[e] == "piece" and not self._dynamic(terms_e):
                         slot.replace.add(e)  # a run-time size piece the rewrite makes a constant
                         bad.remove(e)
@@ -663,7 +700,10 @@ class _Analyzer:
                     node = self.nodes[slot.node]
                     terms: list[Term | None] = []
                     for e in bad:
-                        terms += [*self.req_terms(slot.req[e]), slot.ref[e] if e < len(slot.ref) else None]
+                        terms += [
+                            *self.req_terms(slot.req[e]),
+                            slot.ref[e] if e < len(slot.ref) else None,
+                        ]
                     roots = self._live(terms) | self._upstream_live(t)
                     for r in roots:
                         self.space.freeze(r, f"shape-chain:{_node_label(node, slot.node)}")
@@ -721,7 +761,11 @@ class _Analyzer:
                     n = self.space.atom_size(r)
                     probe = ShapeEvaluator(self.sizes_under({r: max(1, n - 1)}))
                     v = probe.value(x)
-                    if v is None or np.shape(v) != base.shape or not np.array_equal(np.asarray(v), base):
+                    if (
+                        v is None
+                        or np.shape(v) != base.shape
+                        or not np.array_equal(np.asarray(v), base)
+                    ):
                         self.space.freeze(r, f"size-used-in-computation:{_node_label(node, i)}")
 
 
@@ -749,7 +793,9 @@ def _node_macs(an: _Analyzer, node: gs.Node) -> int:
 
 
 # ---------------------------------------------------------------------- building groups
-def _role(an: _Analyzer, node: gs.Node, i: int, axis: int, key: tuple[int, int], const: bool) -> str:
+def _role(
+    an: _Analyzer, node: gs.Node, i: int, axis: int, key: tuple[int, int], const: bool
+) -> str:
     if an.contractions.get(key) == axis:
         return "input" if const else "activation"
     if node.op in LINEAR_OPS:
@@ -766,7 +812,9 @@ def _short_reason(reason: str) -> str:
     return head
 
 
-def _build(an: _Analyzer, units: Sequence[str], include_hidden: bool, fixed: dict[str, tuple[int, ...]]) -> GroupAnalysis:
+def _build(
+    an: _Analyzer, units: Sequence[str], include_hidden: bool, fixed: dict[str, tuple[int, ...]]
+) -> GroupAnalysis:
     sp = an.space
     refs: dict[int, list[tuple[int, int, int, bool]]] = defaultdict(list)
     terms_of: dict[tuple[int, int], list[Term]] = {}
@@ -823,11 +871,18 @@ def _build(an: _Analyzer, units: Sequence[str], include_hidden: bool, fixed: dic
             except ValueError:
                 bad_product = True
                 continue
-            members.append(Member(
-                node=_node_label(node, node_i), op=node.op, tensor=node.inputs[inp_i].name, axis=axis,
-                role=_role(an, node, inp_i, axis, (node_i, inp_i), is_const),
-                node_index=node_i, input_index=inp_i, coords=coords,
-            ))
+            members.append(
+                Member(
+                    node=_node_label(node, node_i),
+                    op=node.op,
+                    tensor=node.inputs[inp_i].name,
+                    axis=axis,
+                    role=_role(an, node, inp_i, axis, (node_i, inp_i), is_const),
+                    node_index=node_i,
+                    input_index=inp_i,
+                    coords=coords,
+                )
+            )
         if not any(m.role in ("weight", "input") or m.op in NORM_OPS for m in members):
             continue  # no weight reads or writes these positions: not a channel group
         info = sp.info(root)
@@ -856,7 +911,9 @@ def _build(an: _Analyzer, units: Sequence[str], include_hidden: bool, fixed: dic
             by_option = True
         if reason is None and not consumers:
             reason = "no consumer: nothing reads these channels"
-        anchor = next((m for m in producers if m.role == "weight"), None) or (producers or consumers)[0]
+        anchor = (
+            next((m for m in producers if m.role == "weight"), None) or (producers or consumers)[0]
+        )
         unit_size = int(anchor.unit_indices(0).size)
         # params: each constant counted once, by the share of its axis in the group
         params = 0
@@ -877,8 +934,17 @@ def _build(an: _Analyzer, units: Sequence[str], include_hidden: bool, fixed: dic
                     frac = max(frac, float((sp.coords(t, root) >= 0).mean()))
             macs += int(m * frac)
         g = ChannelGroup(
-            id="", unit=unit, n_units=n, unit_size=unit_size, frozen=reason is not None, reason=reason,
-            producers=producers, consumers=consumers, params=params, macs=macs, root=root,
+            id="",
+            unit=unit,
+            n_units=n,
+            unit_size=unit_size,
+            frozen=reason is not None,
+            reason=reason,
+            producers=producers,
+            consumers=consumers,
+            params=params,
+            macs=macs,
+            root=root,
             frozen_by_option=by_option,
         )
         g.label = _label(g)
@@ -912,9 +978,15 @@ def _build(an: _Analyzer, units: Sequence[str], include_hidden: bool, fixed: dic
         key = ", ".join(sorted(set(reasons))) or "no prunable channel"
         frozen_by[key] += m
     return GroupAnalysis(
-        groups=groups, total_macs=total, prunable_macs=covered, frozen_macs=dict(frozen_by),
-        unknown_ops=dict(an.unknown), input_shapes=fixed, units=tuple(units),
-        include_hidden=include_hidden, _state=an,
+        groups=groups,
+        total_macs=total,
+        prunable_macs=covered,
+        frozen_macs=dict(frozen_by),
+        unknown_ops=dict(an.unknown),
+        input_shapes=fixed,
+        units=tuple(units),
+        include_hidden=include_hidden,
+        _state=an,
     )
 
 
@@ -958,7 +1030,10 @@ def analyze(
     result = _build(an, tuple(units), include_hidden, fixed)
     logger.info(
         "channel groups: %d (%d prunable), %.0f%% of MACs prunable, unknown ops %s",
-        len(result.groups), len(result.prunable), 100 * result.coverage, dict(an.unknown),
+        len(result.groups),
+        len(result.prunable),
+        100 * result.coverage,
+        dict(an.unknown),
     )
     return result
 
@@ -980,9 +1055,13 @@ def _state_for(model: ModelIR, analysis: GroupAnalysis | None) -> tuple[GroupAna
     if analysis is None:
         analysis = analyze(model, units=ALL_UNITS, include_hidden=True)
     an = analysis._state
-    if an is None or an.model is not model or getattr(an, "model_version", None) != model.version or len(
-        model.graph.nodes
-    ) != an.n_nodes or getattr(an, "consumed", False):
+    if (
+        an is None
+        or an.model is not model
+        or getattr(an, "model_version", None) != model.version
+        or len(model.graph.nodes) != an.n_nodes
+        or getattr(an, "consumed", False)
+    ):
         raise UsageError(
             "the group analysis does not belong to this model (or the model changed since)",
             hint="call analyze(model) again on the model you prune",
@@ -999,8 +1078,10 @@ def _resolve_plan(
     for gid, units in plan.items():
         g = ids.get(gid)
         if g is None:
-            raise UsageError(f"plan names group {gid!r}, which the analysis does not have",
-                             hint="take ids from analyze(model).groups")
+            raise UsageError(
+                f"plan names group {gid!r}, which the analysis does not have",
+                hint="take ids from analyze(model).groups",
+            )
         if g.frozen and not g.frozen_by_option:
             raise UsageError(f"group {gid!r} is frozen ({g.reason}) and cannot be pruned")
         rem = list(dict.fromkeys(int(u) for u in units))
@@ -1043,8 +1124,13 @@ def prune_groups(
     removed, final = _resolve_plan(analysis, plan, round_to)
     params_before = model.count_params()
     if not removed:
-        return {"groups_pruned": 0, "units_removed": 0, "params_before": params_before,
-                "params_after": params_before, "removed": {}}
+        return {
+            "groups_pruned": 0,
+            "units_removed": 0,
+            "params_before": params_before,
+            "params_after": params_before,
+            "removed": {},
+        }
     sp = an.space
     pruned_roots = set(removed)
 
@@ -1057,7 +1143,9 @@ def prune_groups(
     # 1. constants, per use; in place when every use agrees, else private copies
     by_const: dict[int, list[tuple[gs.Node, int, tuple]]] = defaultdict(list)
     const_obj: dict[int, gs.Constant] = {}
-    attr_consts: set[int] = set()  # values of Constant nodes: may be shared with clones, never edited
+    attr_consts: set[int] = (
+        set()
+    )  # values of Constant nodes: may be shared with clones, never edited
     for (ni, ii), axes in an.const_axes.items():
         node = an.nodes[ni]
         c = constant_value(node.inputs[ii])
@@ -1075,24 +1163,32 @@ def prune_groups(
         if not any(k for _, _, k in uses):
             continue
         sigs = [tuple((k, idx.tobytes()) for k, idx in keeps) for _, _, keeps in uses]
-        in_place = (len(set(sigs)) == 1 and cid not in attr_consts and c.name not in an.subgraph_refs
-                    and _all_readers_known(c, uses))
+        in_place = (
+            len(set(sigs)) == 1
+            and cid not in attr_consts
+            and c.name not in an.subgraph_refs
+            and _all_readers_known(c, uses)
+        )
         if in_place:
             c.values = _take(np.asarray(c.values), uses[0][2])
             continue
         made: dict[tuple, gs.Constant] = {}
-        for (node, ii, keeps), sig in zip(uses, sigs):
+        for (node, ii, keeps), sig in zip(uses, sigs, strict=False):
             if not keeps:
                 continue
             if sig not in made:
-                made[sig] = gs.Constant(namer((c.name or "const") + "_pruned"),
-                                        _take(np.asarray(c.values), keeps))
+                made[sig] = gs.Constant(
+                    namer((c.name or "const") + "_pruned"), _take(np.asarray(c.values), keeps)
+                )
             node.inputs[ii] = made[sig]
 
     # 2. shape-carrying inputs and attributes
     for slot in an.slots:
-        if not any(touched(t) for e in range(len(slot.req))
-                   for t in [*an.req_terms(slot.req[e]), slot.ref[e] if e < len(slot.ref) else None]):
+        if not any(
+            touched(t)
+            for e in range(len(slot.req))
+            for t in [*an.req_terms(slot.req[e]), slot.ref[e] if e < len(slot.ref) else None]
+        ):
             continue
         _rewrite_slot(model, an, slot, new_sizes, namer)
 
@@ -1109,8 +1205,11 @@ def prune_groups(
     units_removed = sum(len(u) for u in removed.values())
     logger.info("prune_groups: %d groups, %d units removed", len(removed), units_removed)
     return {
-        "groups_pruned": len(removed), "units_removed": units_removed, "params_before": params_before,
-        "params_after": model.count_params(), "removed": final,
+        "groups_pruned": len(removed),
+        "units_removed": units_removed,
+        "params_before": params_before,
+        "params_after": model.count_params(),
+        "removed": final,
     }
 
 
@@ -1131,7 +1230,9 @@ def _take(values: npt.NDArray[Any], keeps: tuple) -> npt.NDArray[Any]:
     return np.ascontiguousarray(values)
 
 
-def _rewrite_slot(model: ModelIR, an: _Analyzer, slot: _Slot, sizes: Mapping[int, int], namer: Namer) -> None:
+def _rewrite_slot(
+    model: ModelIR, an: _Analyzer, slot: _Slot, sizes: Mapping[int, int], namer: Namer
+) -> None:
     node = an.nodes[slot.node]
     sp = an.space
     if slot.kind == "attr":
@@ -1148,7 +1249,9 @@ def _rewrite_slot(model: ModelIR, an: _Analyzer, slot: _Slot, sizes: Mapping[int
         new = [an.req_value(r, sizes) for r in slot.req if r is not None]
         node.attrs.pop("num_outputs", None)
         if model.opset >= 13:
-            const = gs.Constant(namer((node.name or "split") + "_sizes"), np.asarray(new, dtype=np.int64))
+            const = gs.Constant(
+                namer((node.name or "split") + "_sizes"), np.asarray(new, dtype=np.int64)
+            )
             if len(node.inputs) > 1:
                 node.inputs[1] = const
             else:
@@ -1188,7 +1291,9 @@ def _rewrite_slot(model: ModelIR, an: _Analyzer, slot: _Slot, sizes: Mapping[int
         if want != v:
             edits[e] = want
     if edits:
-        node.inputs[int(slot.where)] = rebuild(model, t, edits, an.shapes, an.dtypes, namer, an.ev0.value)
+        node.inputs[int(slot.where)] = rebuild(
+            model, t, edits, an.shapes, an.dtypes, namer, an.ev0.value
+        )
 
 
 def masked_dense(
@@ -1226,7 +1331,9 @@ def masked_dense(
                 if readers <= 1 and isinstance(t, gs.Constant):
                     c.values = vals
                 else:
-                    node.inputs[m.input_index] = gs.Constant(namer((c.name or "w") + "_masked"), vals)
+                    node.inputs[m.input_index] = gs.Constant(
+                        namer((c.name or "w") + "_masked"), vals
+                    )
             else:
                 orig = an.nodes[m.node_index].inputs[m.input_index].name  # t may be masked already
                 rank = len(an.shapes.get(orig, ()))
@@ -1236,9 +1343,12 @@ def masked_dense(
                 mask = np.ones(n_axis, dtype=an.dtypes.get(orig, np.dtype(np.float32)))
                 mask[idx] = 0
                 out = gs.Variable(namer(t.name + "_masked"), dtype=t.dtype)
-                mul = gs.Node("Mul", namer((node.name or "n") + "_mask"),
-                              inputs=[t, gs.Constant(namer(t.name + "_mask"), mask.reshape(shape))],
-                              outputs=[out])
+                mul = gs.Node(
+                    "Mul",
+                    namer((node.name or "n") + "_mask"),
+                    inputs=[t, gs.Constant(namer(t.name + "_mask"), mask.reshape(shape))],
+                    outputs=[out],
+                )
                 copy.graph.nodes.append(mul)
                 node.inputs[m.input_index] = out
     copy.cleanup()
@@ -1254,7 +1364,7 @@ def random_plan(
 ) -> dict[str, list[int]]:
     """A random removal of `share` of the units (at least one) of every prunable group."""
     plan: dict[str, list[int]] = {}
-    for g in (analysis.prunable if groups is None else groups):
+    for g in analysis.prunable if groups is None else groups:
         k = min(g.n_units - 1, max(1, int(round(share * g.n_units))))
         if k > 0:
             plan[g.id] = sorted(int(u) for u in rng.choice(g.n_units, size=k, replace=False))

@@ -13,9 +13,9 @@ analysis never guesses).
 
 | op kind | rule |
 | --- | --- |
-| unary elementwise (Relu, Gelu, Clip, Erf, Cast, ...) | output = input |
-| n-ary elementwise with broadcast (Add, Mul, Where, PRelu, ...) | right-aligned axes of equal size are the same |
-| Conv / ConvTranspose (any group) | in channels = (group × in/group), out = (group × out/group); in/group contracted |
+| unary elementwise (Relu, Gelu, Erf, Cast, ...) | output = input |
+| n-ary elementwise, broadcast (Add, Mul, Where, PRelu, ...) | right-aligned equal axes are joined |
+| Conv / ConvTranspose (any group) | in = (group × in/group), out = (group × out/group) |
 | MatMul / Gemm / Einsum | contracted axes joined and recorded; batch axes joined |
 | Attention (opset 23+) | heads × head size products, GQA groups, head-count attributes rewritten |
 | BatchNorm / InstanceNorm | per-channel parameters = channel axis |
@@ -23,8 +23,8 @@ analysis never guesses).
 | GroupNorm | channels = (groups × per-group); per-group part frozen |
 | Softmax, Arg*, TopK, CumSum, non-mean reductions | axis frozen |
 | ReduceMean / ReduceL2 / ReduceSumSquare | axis reduced (exported RMSNorm / LayerNorm chains) |
-| Concat / Split / Slice / Gather(const scalar) | sums of parts, bounds and sizes recorded for rewrite |
-| Reshape / Flatten / Transpose / (Un)Squeeze / Expand / Tile / DepthToSpace | row-major factor matching |
+| Concat / Split / Slice / Gather(const scalar) | sums of parts; bounds and sizes rewritten |
+| Reshape, Flatten, Transpose, (Un)Squeeze, Expand, Tile, DepthToSpace | row-major factors |
 | Pool / Resize / Pad | channel and batch axes pass through |
 | Gather (run-time indices), GatherND, Scatter*, NonZero, ... | data-dependent: frozen |
 """
@@ -131,7 +131,7 @@ def unary(ctx: RuleContext, node: gs.Node) -> None:
         if len(x) != len(y):
             ctx.freeze_node(node, f"rank-change:{node.op}")
             return
-        for a, b in zip(x, y):
+        for a, b in zip(x, y, strict=False):
             ctx.same(a, b, _name(node))
 
 
@@ -160,7 +160,7 @@ def broadcast(ctx: RuleContext, node: gs.Node, inputs: Sequence[int] | None = No
     for j in range(1, len(node.outputs)):
         z = ctx.out(node, j)
         if z is not None and len(z) == len(y):
-            for a, b in zip(z, y):
+            for a, b in zip(z, y, strict=False):
                 ctx.same(a, b, _name(node))
 
 
@@ -220,13 +220,15 @@ def conv(ctx: RuleContext, node: gs.Node) -> None:
     _spatial_pass(ctx, node, x, y, w)
 
 
-def _spatial_pass(ctx: RuleContext, node: gs.Node, x: list[Term], y: list[Term], w: list[Term]) -> None:
+def _spatial_pass(
+    ctx: RuleContext, node: gs.Node, x: list[Term], y: list[Term], w: list[Term]
+) -> None:
     """Spatial axes are the same only for a 1x1, stride-1, unpadded conv (else unrelated)."""
     ks = [ctx.space.size(t) for t in w[2:]]
     strides = _attr(node, "strides", [1] * len(ks))
     pads = _attr(node, "pads", [0] * 2 * len(ks))
     if all(k == 1 for k in ks) and all(s == 1 for s in strides) and not any(pads):
-        for a, b in zip(x[2:], y[2:]):
+        for a, b in zip(x[2:], y[2:], strict=False):
             if ctx.space.size(a) == ctx.space.size(b):
                 ctx.same(a, b, _name(node))
 
@@ -334,14 +336,14 @@ def einsum(ctx: RuleContext, node: gs.Node) -> None:
     if y is None or len(y) != len(rhs):
         ctx.freeze_node(node, "einsum-shapes")
         return
-    for ch, t in zip(rhs, y):
+    for ch, t in zip(rhs, y, strict=False):
         seen[ch] = t
     for i, spec in enumerate(specs):
         x = ctx.inp(node, i)
         if x is None or len(x) != len(spec):
             ctx.freeze_node(node, "einsum-shapes")
             return
-        for ch, t in zip(spec, x):
+        for ch, t in zip(spec, x, strict=False):
             if ch in seen:
                 if ctx.space.size(seen[ch]) == ctx.space.size(t):
                     ctx.same(seen[ch], t, _name(node))
@@ -410,7 +412,12 @@ def attention(ctx: RuleContext, node: gs.Node) -> None:
     ctx.freeze(kseq, f"softmax-axis:{nm}")
     if "scale" not in node.attrs:
         ctx.slot(node, "default_scale", "scale", [size_req(d)])
-    for i in (3, 4, 5, 6):  # mask, past key/value, nonpad lengths: anything of the wrong kind freezes
+    for i in (
+        3,
+        4,
+        5,
+        6,
+    ):  # mask, past key/value, nonpad lengths: anything of the wrong kind freezes
         x = ctx.inp(node, i)
         if x is None:
             continue
@@ -460,7 +467,7 @@ def layernorm(ctx: RuleContext, node: gs.Node) -> None:
         return
     r = len(x)
     axis = _norm_axis(int(_attr(node, "axis", -1)), r)
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=False):
         ctx.same(a, b, _name(node))
     for k in range(axis, r):
         ctx.reduce(x[k], f"{node.op}:{_name(node)}")
@@ -497,10 +504,10 @@ def skip_layernorm(ctx: RuleContext, node: gs.Node) -> None:
         if z is None:
             continue
         if len(z) == len(x) and ctx.space.size(z[-1]) == ctx.space.size(x[-1]):
-            for a, b in zip(z, y):
+            for a, b in zip(z, y, strict=False):
                 ctx.same(a, b, _name(node))
         else:
-            for a, b in zip(z[:-1], x[:-1]):
+            for a, b in zip(z[:-1], x[:-1], strict=False):
                 ctx.same(a, b, _name(node))
 
 
@@ -513,7 +520,7 @@ def groupnorm(ctx: RuleContext, node: gs.Node) -> None:
     sp = ctx.space
     ng = int(_attr(node, "num_groups"))
     c = sp.size(x[1])
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=False):
         ctx.same(a, b, _name(node))
     if c % ng:
         ctx.freeze(x[1], "groupnorm-shape")
@@ -697,13 +704,25 @@ def slice_(ctx: RuleContext, node: gs.Node) -> None:
     starts, ends = ctx.value(node, 1), ctx.value(node, 2)
     axes_v = ctx.value(node, 3) if len(node.inputs) > 3 and node.inputs[3].name else None
     steps_v = ctx.value(node, 4) if len(node.inputs) > 4 and node.inputs[4].name else None
-    if starts is None or ends is None or (len(node.inputs) > 3 and node.inputs[3].name and axes_v is None):
+    if (
+        starts is None
+        or ends is None
+        or (len(node.inputs) > 3 and node.inputs[3].name and axes_v is None)
+    ):
         ctx.freeze_node(node, f"slice-bounds-unknown:{_name(node)}")
         return
     starts_l = [int(v) for v in np.asarray(starts).reshape(-1)]
     ends_l = [int(v) for v in np.asarray(ends).reshape(-1)]
-    axes = [_norm_axis(int(a), r) for a in np.asarray(axes_v).reshape(-1)] if axes_v is not None else list(range(len(starts_l)))
-    steps = [int(s) for s in np.asarray(steps_v).reshape(-1)] if steps_v is not None else [1] * len(starts_l)
+    axes = (
+        [_norm_axis(int(a), r) for a in np.asarray(axes_v).reshape(-1)]
+        if axes_v is not None
+        else list(range(len(starts_l)))
+    )
+    steps = (
+        [int(s) for s in np.asarray(steps_v).reshape(-1)]
+        if steps_v is not None
+        else [1] * len(starts_l)
+    )
     sp = ctx.space
     start_req: list[Any] = []
     end_req: list[Any] = []
@@ -711,7 +730,7 @@ def slice_(ctx: RuleContext, node: gs.Node) -> None:
     for k in range(r):
         if k not in axes:
             ctx.same(x[k], y[k], _name(node))
-    for s, e, a, st in zip(starts_l, ends_l, axes, steps):
+    for s, e, a, st in zip(starts_l, ends_l, axes, steps, strict=False):
         n = sx[a]
         refs.append(x[a])
         if st != 1:
@@ -829,7 +848,13 @@ def reshape(ctx: RuleContext, node: gs.Node) -> None:
         return
     if not _reshape_terms(ctx, node, x, y):
         return
-    ctx.slot(node, "reshape", 1, [size_req(t) for t in y], [x[k] if k < len(x) else None for k in range(len(y))])
+    ctx.slot(
+        node,
+        "reshape",
+        1,
+        [size_req(t) for t in y],
+        [x[k] if k < len(x) else None for k in range(len(y))],
+    )
 
 
 def flatten(ctx: RuleContext, node: gs.Node) -> None:
@@ -864,7 +889,7 @@ def squeeze_like(ctx: RuleContext, node: gs.Node) -> None:
     if len(xs) != len(ys):
         ctx.freeze_node(node, "squeeze-mismatch")
         return
-    for a, b in zip(xs, ys):
+    for a, b in zip(xs, ys, strict=False):
         ctx.same(a, b, _name(node))
 
 
@@ -937,7 +962,7 @@ def resize(ctx: RuleContext, node: gs.Node) -> None:
     if x is None or y is None:
         return
     sp = ctx.space
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=False):
         if sp.size(a) == sp.size(b):
             ctx.same(a, b, _name(node))
         else:
@@ -961,7 +986,11 @@ def pad(ctx: RuleContext, node: gs.Node) -> None:
         ctx.freeze_node(node, f"pads-unknown:{_name(node)}")
         return
     pads_l = [int(p) for p in np.asarray(pads).reshape(-1)]
-    axes = [_norm_axis(int(a), r) for a in np.asarray(axes_v).reshape(-1)] if axes_v is not None else list(range(r))
+    axes = (
+        [_norm_axis(int(a), r) for a in np.asarray(axes_v).reshape(-1)]
+        if axes_v is not None
+        else list(range(r))
+    )
     n = len(axes)
     by_axis = {a: (pads_l[i], pads_l[i + n]) for i, a in enumerate(axes)}
     mode = str(_attr(node, "mode", "constant"))
@@ -996,7 +1025,7 @@ def dropout(ctx: RuleContext, node: gs.Node) -> None:
     for j in range(len(node.outputs)):
         y = ctx.out(node, j)
         if x is not None and y is not None:
-            for a, b in zip(x, y):
+            for a, b in zip(x, y, strict=False):
                 ctx.same(a, b, _name(node))
 
 
@@ -1005,7 +1034,7 @@ def qdq(ctx: RuleContext, node: gs.Node) -> None:
     x, y = ctx.inp(node, 0), ctx.out(node, 0)
     if x is None or y is None:
         return
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=False):
         ctx.same(a, b, _name(node))
     axis = _norm_axis(int(_attr(node, "axis", 1)), len(x))
     for i in (1, 2):
@@ -1017,17 +1046,80 @@ def qdq(ctx: RuleContext, node: gs.Node) -> None:
 
 
 UNARY_OPS = (
-    "Relu", "LeakyRelu", "PRelu_", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
-    "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Identity", "Exp", "Log", "Sqrt",
-    "Reciprocal", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
-    "Floor", "Ceil", "Round", "Sign", "Not", "Cast", "IsNaN", "IsInf", "Shrink", "ThresholdedRelu",
-    "BitwiseNot", "Swish",
+    "Relu",
+    "LeakyRelu",
+    "PRelu_",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "Mish",
+    "Erf",
+    "Abs",
+    "Neg",
+    "Identity",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Asin",
+    "Acos",
+    "Atan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Not",
+    "Cast",
+    "IsNaN",
+    "IsInf",
+    "Shrink",
+    "ThresholdedRelu",
+    "BitwiseNot",
+    "Swish",
 )
 
 BROADCAST_OPS = (
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Equal", "Less", "Greater",
-    "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "PRelu", "Mod", "BitShift",
-    "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Clip", "CastLike",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Mean",
+    "Sum",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Where",
+    "PRelu",
+    "Mod",
+    "BitShift",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+    "Clip",
+    "CastLike",
 )
 
 #: The registry: op_type (default domain) or "domain:op_type" -> rule.

@@ -3,8 +3,8 @@
 Every axis of every tensor is described by a *term* over *atoms* (index spaces):
 
     term := atom                      one index space of `size` positions
-          | ("+", (t1, t2, ...))      concatenation: positions of t1, then t2, ...   (Concat, Split, Slice)
-          | ("*", (t1, t2, ...))      row-major product: index = ((i1·|t2|) + i2)·...  (Reshape heads)
+          | ("+", (t1, t2, ...))      concatenation: positions of t1, then t2, ... (Concat, Split)
+          | ("*", (t1, t2, ...))      row-major product: index = (i1·|t2|) + i2 ... (Reshape heads)
 
 Atoms live in a union-find. Two axes that must shrink together are *unified*; unification refines
 atoms when the two sides are cut differently, e.g. the flat projection axis `C` (64) against the
@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Union
 
 import numpy as np
 import numpy.typing as npt
 
 #: A term: an atom id (int) or ("+"|"*", tuple of terms).
-Term = Union[int, tuple]
+Term = int | tuple
 
 
 @dataclasses.dataclass

@@ -54,11 +54,16 @@ def oracle_check(
     got = run(work, feeds)
     max_abs = 0.0
     scale = 0.0
-    for a, b in zip(want, got):
+    for a, b in zip(want, got, strict=False):
         a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if a64.shape != b64.shape:
             raise AssertionError(f"output shape changed: {a64.shape} -> {b64.shape}")
         max_abs = max(max_abs, float(np.max(np.abs(a64 - b64))) if a64.size else 0.0)
         scale = max(scale, float(np.max(np.abs(a64))) if a64.size else 0.0)
-    return OracleResult(max_abs, max_abs / scale if scale else 0.0, stats["params_before"],
-                        stats["params_after"], work)
+    return OracleResult(
+        max_abs,
+        max_abs / scale if scale else 0.0,
+        stats["params_before"],
+        stats["params_after"],
+        work,
+    )

@@ -45,24 +45,37 @@ def format_groups(analysis: GroupAnalysis) -> str:
         + (f"  (input shapes {dict(analysis.input_shapes)})" if analysis.input_shapes else ""),
     ]
     if analysis.unknown_ops:
-        lines.append("unknown ops (frozen around them): "
-                     + ", ".join(f"{k} x{v}" for k, v in sorted(analysis.unknown_ops.items())))
+        lines.append(
+            "unknown ops (frozen around them): "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(analysis.unknown_ops.items()))
+        )
     rows = [("id", "unit", "units", "params", "MACs", "written by -> read by", "status")]
 
     def row(g: ChannelGroup) -> tuple[str, ...]:
         w = [m for m in g.producers if m.role == "weight"] or g.producers
         status = "prunable" if not g.frozen else f"frozen: {g.reason}"
         size = f"{g.n_units}x{g.unit_size}" if g.unit_size != 1 else str(g.n_units)
-        return (g.id, g.unit, size, _num(g.params), _num(g.macs),
-                f"{_members(w)} -> {_members(g.consumers)}", status)
+        return (
+            g.id,
+            g.unit,
+            size,
+            _num(g.params),
+            _num(g.macs),
+            f"{_members(w)} -> {_members(g.consumers)}",
+            status,
+        )
 
     rows += [row(g) for g in g_all if not g.frozen]
     rows += [row(g) for g in g_all if g.frozen]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     widths = [min(w, 60) for w in widths]
     for r in rows:
-        cells = [c if len(c) <= widths[i] else c[: widths[i] - 1] + "…" for i, c in enumerate(r[:-1])]
-        lines.append("  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells)) + "  " + r[-1])
+        cells = [
+            c if len(c) <= widths[i] else c[: widths[i] - 1] + "…" for i, c in enumerate(r[:-1])
+        ]
+        lines.append(
+            "  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells)) + "  " + r[-1]
+        )
     if analysis.frozen_macs:
         total = max(1, analysis.total_macs)
         lines.append("MACs outside prunable groups, by reason:")
@@ -74,8 +87,15 @@ def format_groups(analysis: GroupAnalysis) -> str:
 def group_to_json(g: ChannelGroup) -> dict[str, Any]:
     """One group as JSON."""
     return {
-        "id": g.id, "unit": g.unit, "n_units": g.n_units, "unit_size": g.unit_size,
-        "frozen": g.frozen, "reason": g.reason, "params": g.params, "macs": g.macs, "label": g.label,
+        "id": g.id,
+        "unit": g.unit,
+        "n_units": g.n_units,
+        "unit_size": g.unit_size,
+        "frozen": g.frozen,
+        "reason": g.reason,
+        "params": g.params,
+        "macs": g.macs,
+        "label": g.label,
         "producers": [m.to_json() for m in g.producers],
         "consumers": [m.to_json() for m in g.consumers],
     }

@@ -66,8 +66,16 @@ class ShapeEvaluator:
             if sizes is not None and int(np.prod(sizes)) > MAX_ELEMENTS:
                 raise _NotEvaluable
             v = self._eval(t)
-        except (_NotEvaluable, ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError,
-                RecursionError, FloatingPointError):
+        except (
+            _NotEvaluable,
+            ValueError,
+            IndexError,
+            TypeError,
+            OverflowError,
+            ZeroDivisionError,
+            RecursionError,
+            FloatingPointError,
+        ):
             v = None
         self._memo[key] = v
         return v
@@ -109,8 +117,10 @@ class ShapeEvaluator:
             if sizes is None:
                 raise _NotEvaluable
             return np.asarray(int(np.prod(sizes)), dtype=np.int64)
-        ins = [self._in(node, i) if (i < len(node.inputs) and node.inputs[i].name) else None
-               for i in range(len(node.inputs))]
+        ins = [
+            self._in(node, i) if (i < len(node.inputs) and node.inputs[i].name) else None
+            for i in range(len(node.inputs))
+        ]
         if op in ("Identity", "Cast", "CastLike"):
             if op == "Identity":
                 return ins[0]
@@ -137,16 +147,26 @@ class ShapeEvaluator:
         if op == "Slice":
             data = ins[0]
             starts, ends = ins[1].astype(np.int64), ins[2].astype(np.int64)
-            axes = list(ins[3].astype(np.int64)) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
-            steps = list(ins[4].astype(np.int64)) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+            axes = (
+                list(ins[3].astype(np.int64))
+                if len(ins) > 3 and ins[3] is not None
+                else list(range(len(starts)))
+            )
+            steps = (
+                list(ins[4].astype(np.int64))
+                if len(ins) > 4 and ins[4] is not None
+                else [1] * len(starts)
+            )
             idx: list[slice] = [slice(None)] * data.ndim
-            for s, e, a, st in zip(starts, ends, axes, steps):
+            for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
                 idx[int(a)] = slice(int(s), int(e), int(st))
             return data[tuple(idx)]
         if op == "Reshape":
             shape = [int(s) for s in ins[1]]
-            shape = [ins[0].shape[i] if s == 0 and not _attr(node, "allowzero", 0) else s
-                     for i, s in enumerate(shape)]
+            shape = [
+                ins[0].shape[i] if s == 0 and not _attr(node, "allowzero", 0) else s
+                for i, s in enumerate(shape)
+            ]
             return ins[0].reshape(shape)
         if op in _BINARY:
             return _BINARY[op](ins[0], ins[1])
@@ -164,7 +184,12 @@ class ShapeEvaluator:
             return out
         if op in ("ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin"):
             axes = _axes(node, ins)
-            f = {"ReduceProd": np.prod, "ReduceSum": np.sum, "ReduceMax": np.max, "ReduceMin": np.min}[op]
+            f = {
+                "ReduceProd": np.prod,
+                "ReduceSum": np.sum,
+                "ReduceMax": np.max,
+                "ReduceMin": np.min,
+            }[op]
             keep = bool(_attr(node, "keepdims", 1))
             ax = None if not axes else tuple(axes)
             return np.asarray(f(ins[0], axis=ax, keepdims=keep)).astype(ins[0].dtype)
@@ -172,7 +197,11 @@ class ShapeEvaluator:
             return np.arange(ins[0].item(), ins[1].item(), ins[2].item()).astype(ins[0].dtype)
         if op == "ConstantOfShape":
             val = _attr(node, "value")
-            fill = np.asarray(val.values).reshape(-1)[0] if isinstance(val, gs.Constant) else np.float32(0)
+            fill = (
+                np.asarray(val.values).reshape(-1)[0]
+                if isinstance(val, gs.Constant)
+                else np.float32(0)
+            )
             shape = tuple(int(s) for s in ins[0])
             if int(np.prod(shape)) > MAX_ELEMENTS:
                 raise _NotEvaluable
@@ -224,7 +253,15 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Reciprocal": np.reciprocal,
 }
 
-_ONNX_NP = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 16: np.float32}
+_ONNX_NP = {
+    1: np.float32,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+    16: np.float32,
+}
 
 
 # ---------------------------------------------------------------------- editing
@@ -344,7 +381,10 @@ def rebuild(
         for e, v in edits.items():
             flat[e] = v
         return gs.Constant(namer((c.name or "shape") + "_pruned"), flat.reshape(vals.shape))
-    if all((element_source(t, e, shapes, evaluate) or ("",))[0] != "const" for e in edits) and _length(t, shapes) == 1:
+    if (
+        all((element_source(t, e, shapes, evaluate) or ("",))[0] != "const" for e in edits)
+        and _length(t, shapes) == 1
+    ):
         shape = shapes.get(t.name, (1,))
         dtype = dtypes.get(t.name, np.dtype(np.int64))
         val = np.asarray([edits[0]], dtype=dtype).reshape(shape)
@@ -374,7 +414,13 @@ def rebuild(
     else:
         new_inputs[0] = rebuild(model, node.inputs[0], edits, shapes, dtypes, namer, evaluate)
     out = gs.Variable(namer(t.name + "_pruned"), dtype=t.dtype, shape=t.shape)
-    new = gs.Node(node.op, namer((node.name or node.op) + "_pruned"), attrs=dict(node.attrs),
-                  inputs=new_inputs, outputs=[out], domain=node.domain)
+    new = gs.Node(
+        node.op,
+        namer((node.name or node.op) + "_pruned"),
+        attrs=dict(node.attrs),
+        inputs=new_inputs,
+        outputs=[out],
+        domain=node.domain,
+    )
     model.graph.nodes.append(new)
     return out

@@ -28,7 +28,9 @@ def vi(name: str, shape: Sequence[int | str], dtype: int = FLOAT) -> onnx.ValueI
     return helper.make_tensor_value_info(name, dtype, list(shape))
 
 
-def node(op: str, ins: Sequence[str], outs: Sequence[str], name: str = "", **attrs: object) -> onnx.NodeProto:
+def node(
+    op: str, ins: Sequence[str], outs: Sequence[str], name: str = "", **attrs: object
+) -> onnx.NodeProto:
     return helper.make_node(op, list(ins), list(outs), name=name or outs[0], **attrs)
 
 
@@ -55,7 +57,10 @@ def oracle_all(
     for g in an.prunable:
         plan = random_plan(an, rng, share=0.4, groups=[g])
         res = oracle_check(model, plan, feeds, include_hidden=include_hidden)
-        assert res.max_abs <= 1e-5 * max(1.0, res.max_abs / max(res.max_rel, 1e-30)), (g.id, res.max_abs)
+        assert res.max_abs <= 1e-5 * max(1.0, res.max_abs / max(res.max_rel, 1e-30)), (
+            g.id,
+            res.max_abs,
+        )
         assert res.params_after < res.params_before
     plan = random_plan(an, rng, share=0.3)
     res = oracle_check(model, plan, feeds, include_hidden=include_hidden)
@@ -64,7 +69,9 @@ def oracle_all(
 
 
 def by_producer(an: GroupAnalysis, node_name: str) -> list:
-    return [g for g in an.groups if any(m.node == node_name and m.role == "weight" for m in g.producers)]
+    return [
+        g for g in an.groups if any(m.node == node_name and m.role == "weight" for m in g.producers)
+    ]
 
 
 # ---------------------------------------------------------------------- conv family
@@ -92,8 +99,10 @@ def test_residual_add_merges_groups(rng: np.random.Generator) -> None:
 
 def _dw_model(rng: np.random.Generator, group: int, c: int = 8, mult: int = 1) -> onnx.ModelProto:
     init = {
-        "w1": w(rng, c, 3, 1, 1), "b1": w(rng, c),
-        "wd": w(rng, c * mult, c // group, 3, 3), "bd": w(rng, c * mult),
+        "w1": w(rng, c, 3, 1, 1),
+        "b1": w(rng, c),
+        "wd": w(rng, c * mult, c // group, 3, 3),
+        "bd": w(rng, c * mult),
         "w3": w(rng, 4, c * mult, 1, 1),
     }
     nodes = [
@@ -107,20 +116,26 @@ def _dw_model(rng: np.random.Generator, group: int, c: int = 8, mult: int = 1) -
 
 
 def test_depthwise_conv_ties_input_and_output_channels(rng: np.random.Generator) -> None:
-    an = oracle_all(_dw_model(rng, group=8), {"x": rng.standard_normal((1, 3, 6, 6)).astype(F)}, rng)
+    an = oracle_all(
+        _dw_model(rng, group=8), {"x": rng.standard_normal((1, 3, 6, 6)).astype(F)}, rng
+    )
     (g,) = by_producer(an, "c1")
     assert {m.node for m in g.producers} >= {"c1", "c2"}  # the depthwise conv rides along
     assert [m.node for m in g.consumers] == ["y"]
 
 
 def test_depthwise_with_multiplier(rng: np.random.Generator) -> None:
-    an = oracle_all(_dw_model(rng, group=8, mult=2), {"x": rng.standard_normal((1, 3, 6, 6)).astype(F)}, rng)
+    an = oracle_all(
+        _dw_model(rng, group=8, mult=2), {"x": rng.standard_normal((1, 3, 6, 6)).astype(F)}, rng
+    )
     kinds = sorted(g.n_units for g in an.prunable)
     assert kinds == [2, 8]  # the 8 groups (input channels) and the 2 outputs per group
 
 
 def test_grouped_conv(rng: np.random.Generator) -> None:
-    an = oracle_all(_dw_model(rng, group=2), {"x": rng.standard_normal((1, 3, 6, 6)).astype(F)}, rng)
+    an = oracle_all(
+        _dw_model(rng, group=2), {"x": rng.standard_normal((1, 3, 6, 6)).astype(F)}, rng
+    )
     sizes = sorted(g.n_units for g in an.prunable)
     # input channels = (2 groups x 4): the 4 per-group inputs are contracted by the grouped conv;
     # its outputs = (2 groups x 4); the 2 groups themselves are one more prunable unit kind
@@ -128,7 +143,12 @@ def test_grouped_conv(rng: np.random.Generator) -> None:
 
 
 def test_conv_transpose(rng: np.random.Generator) -> None:
-    init = {"w1": w(rng, 6, 3, 3, 3), "wt": w(rng, 6, 5, 2, 2), "bt": w(rng, 5), "w3": w(rng, 2, 5, 1, 1)}
+    init = {
+        "w1": w(rng, 6, 3, 3, 3),
+        "wt": w(rng, 6, 5, 2, 2),
+        "bt": w(rng, 5),
+        "w3": w(rng, 2, 5, 1, 1),
+    }
     nodes = [
         node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
         node("Relu", ["c1"], ["r1"]),
@@ -161,7 +181,11 @@ def test_gemm_chain(rng: np.random.Generator, trans_b: int) -> None:
 def test_matmul_weight_on_either_side(rng: np.random.Generator) -> None:
     # y = W2 @ relu(W1 @ x): weights on the left (x: (K, N) columns are samples)
     init = {"w1": w(rng, 12, 6), "w2": w(rng, 5, 12)}
-    nodes = [node("MatMul", ["w1", "x"], ["h"]), node("Relu", ["h"], ["a"]), node("MatMul", ["w2", "a"], ["y"])]
+    nodes = [
+        node("MatMul", ["w1", "x"], ["h"]),
+        node("Relu", ["h"], ["a"]),
+        node("MatMul", ["w2", "a"], ["y"]),
+    ]
     proto = make_model(nodes, [vi("x", [6, 4])], [vi("y", [5, 4])], init)
     an = oracle_all(proto, {"x": rng.standard_normal((6, 4)).astype(F)}, rng)
     (g,) = an.prunable
@@ -171,7 +195,11 @@ def test_matmul_weight_on_either_side(rng: np.random.Generator) -> None:
 def test_batched_matmul_with_per_batch_weights(rng: np.random.Generator) -> None:
     # (B, H, S, K) @ (H, K, N): per-head weights, H joined as a batch axis
     init = {"w1": w(rng, 3, 8, 10), "w2": w(rng, 3, 10, 4)}
-    nodes = [node("MatMul", ["x", "w1"], ["h"]), node("Relu", ["h"], ["a"]), node("MatMul", ["a", "w2"], ["y"])]
+    nodes = [
+        node("MatMul", ["x", "w1"], ["h"]),
+        node("Relu", ["h"], ["a"]),
+        node("MatMul", ["a", "w2"], ["y"]),
+    ]
     proto = make_model(nodes, [vi("x", [2, 3, 5, 8])], [vi("y", [2, 3, 5, 4])], init)
     an = oracle_all(proto, {"x": rng.standard_normal((2, 3, 5, 8)).astype(F)}, rng)
     assert any(g.n_units == 10 for g in an.prunable)
@@ -193,8 +221,15 @@ def test_einsum(rng: np.random.Generator) -> None:
 # ---------------------------------------------------------------------- normalization
 def _ln_model(rng: np.random.Generator, *, decomposed: bool) -> onnx.ModelProto:
     h = 16
-    init = {"w1": w(rng, 8, h), "g": (1 + w(rng, h)).astype(F), "beta": w(rng, h), "w2": w(rng, h, 32),
-            "w3": w(rng, 32, h), "two": np.asarray(2.0, F), "eps": np.asarray(1e-5, F)}
+    init = {
+        "w1": w(rng, 8, h),
+        "g": (1 + w(rng, h)).astype(F),
+        "beta": w(rng, h),
+        "w2": w(rng, h, 32),
+        "w3": w(rng, 32, h),
+        "two": np.asarray(2.0, F),
+        "eps": np.asarray(1e-5, F),
+    }
     if decomposed:  # RMSNorm as exporters write it
         norm = [
             node("Pow", ["e", "two"], ["p"]),
@@ -235,14 +270,24 @@ def test_hidden_width_prunable_when_asked(rng: np.random.Generator, decomposed: 
     an = analyze(model, include_hidden=True)
     (hidden,) = [x for x in an.groups if x.unit == "hidden"]
     assert not hidden.frozen
-    res = oracle_check(model, {hidden.id: [0, 3]}, {"x": rng.standard_normal((2, 5, 8)).astype(F)},
-                       include_hidden=True)
+    res = oracle_check(
+        model,
+        {hidden.id: [0, 3]},
+        {"x": rng.standard_normal((2, 5, 8)).astype(F)},
+        include_hidden=True,
+    )
     assert res.params_after < res.params_before  # approximate: no exactness claimed
 
 
 def test_instance_and_group_norm(rng: np.random.Generator) -> None:
-    init = {"w1": w(rng, 8, 3, 1, 1), "s": (1 + w(rng, 8)).astype(F), "b": w(rng, 8),
-            "gs": (1 + w(rng, 8)).astype(F), "gb": w(rng, 8), "w2": w(rng, 2, 8, 1, 1)}
+    init = {
+        "w1": w(rng, 8, 3, 1, 1),
+        "s": (1 + w(rng, 8)).astype(F),
+        "b": w(rng, 8),
+        "gs": (1 + w(rng, 8)).astype(F),
+        "gb": w(rng, 8),
+        "w2": w(rng, 2, 8, 1, 1),
+    }
     nodes = [
         node("Conv", ["x", "w1"], ["c"]),
         node("InstanceNormalization", ["c", "s", "b"], ["n"]),
@@ -298,7 +343,13 @@ def test_split(rng: np.random.Generator, mode: str) -> None:
 
 
 def test_slice_on_channels(rng: np.random.Generator) -> None:
-    init = {"w1": w(rng, 12, 3, 1, 1), "w2": w(rng, 2, 6, 1, 1), "st": i64(2), "en": i64(8), "ax": i64(1)}
+    init = {
+        "w1": w(rng, 12, 3, 1, 1),
+        "w2": w(rng, 2, 6, 1, 1),
+        "st": i64(2),
+        "en": i64(8),
+        "ax": i64(1),
+    }
     nodes = [
         node("Conv", ["x", "w1"], ["c"]),
         node("Slice", ["c", "st", "en", "ax"], ["s"]),
@@ -313,8 +364,13 @@ def test_slice_on_channels(rng: np.random.Generator) -> None:
 
 def test_gather_scalar_on_channels_and_runtime_gather_frozen(rng: np.random.Generator) -> None:
     # interleaved fused gate/up: (B, 2I) -> (B, I, 2) -> gate = [..., 0], up = [..., 1]
-    init = {"wgu": w(rng, 8, 24), "shape": i64(0, 12, 2), "i0": np.asarray(0, np.int64),
-            "i1": np.asarray(1, np.int64), "wd": w(rng, 12, 8)}
+    init = {
+        "wgu": w(rng, 8, 24),
+        "shape": i64(0, 12, 2),
+        "i0": np.asarray(0, np.int64),
+        "i1": np.asarray(1, np.int64),
+        "wd": w(rng, 12, 8),
+    }
     nodes = [
         node("MatMul", ["x", "wgu"], ["gu"]),
         node("Reshape", ["gu", "shape"], ["gu3"]),
@@ -342,21 +398,36 @@ def test_embedding_gather_runtime_indices(rng: np.random.Generator) -> None:
         node("MatMul", ["a", "w2"], ["y"]),
     ]
     proto = make_model(nodes, [vi("ids", [2, 5], TensorProto.INT64)], [vi("y", [2, 5, 3])], init)
-    an = oracle_all(proto, {"ids": rng.integers(0, 20, (2, 5)).astype(np.int64)}, rng, min_prunable=2)
+    an = oracle_all(
+        proto, {"ids": rng.integers(0, 20, (2, 5)).astype(np.int64)}, rng, min_prunable=2
+    )
     assert sorted(g.n_units for g in an.prunable) == [6, 8]  # the embedding width is prunable too
 
 
 # ---------------------------------------------------------------------- layout
-def _attention(rng: np.random.Generator, *, runtime_shapes: bool, heads: int = 4, kv_heads: int = 4,
-               head_dim: int = 4, seq: int = 5, hidden: int = 16) -> onnx.ModelProto:
+def _attention(
+    rng: np.random.Generator,
+    *,
+    runtime_shapes: bool,
+    heads: int = 4,
+    kv_heads: int = 4,
+    head_dim: int = 4,
+    seq: int = 5,
+    hidden: int = 16,
+) -> onnx.ModelProto:
     """x (1, S, hidden) -> q/k/v -> heads -> softmax(q kᵀ) v -> merge -> o-proj (+ residual)."""
     rep = heads // kv_heads
     init = {
-        "wq": w(rng, hidden, heads * head_dim), "wk": w(rng, hidden, kv_heads * head_dim),
-        "wv": w(rng, hidden, kv_heads * head_dim), "wo": w(rng, heads * head_dim, hidden),
-        "bq": w(rng, heads * head_dim), "scale": np.asarray(0.5, F),
-        "perm_shape": i64(0, 0, heads, head_dim), "kv_shape": i64(0, 0, kv_heads, head_dim),
-        "merge": i64(0, 0, heads * head_dim), "one": i64(1),
+        "wq": w(rng, hidden, heads * head_dim),
+        "wk": w(rng, hidden, kv_heads * head_dim),
+        "wv": w(rng, hidden, kv_heads * head_dim),
+        "wo": w(rng, heads * head_dim, hidden),
+        "bq": w(rng, heads * head_dim),
+        "scale": np.asarray(0.5, F),
+        "perm_shape": i64(0, 0, heads, head_dim),
+        "kv_shape": i64(0, 0, kv_heads, head_dim),
+        "merge": i64(0, 0, heads * head_dim),
+        "one": i64(1),
     }
     nodes = [
         node("MatMul", ["x", "wq"], ["q0"]),
@@ -365,9 +436,17 @@ def _attention(rng: np.random.Generator, *, runtime_shapes: bool, heads: int = 4
         node("MatMul", ["x", "wv"], ["v1"]),
     ]
     if runtime_shapes:  # TorchScript style: Shape -> Gather -> Unsqueeze -> Concat
-        init.update({"c0": np.asarray(0, np.int64), "c1": np.asarray(1, np.int64),
-                     "c2": np.asarray(2, np.int64), "ax0": i64(0),
-                     "nh": i64(heads), "nkv": i64(kv_heads), "hd": i64(head_dim)})
+        init.update(
+            {
+                "c0": np.asarray(0, np.int64),
+                "c1": np.asarray(1, np.int64),
+                "c2": np.asarray(2, np.int64),
+                "ax0": i64(0),
+                "nh": i64(heads),
+                "nkv": i64(kv_heads),
+                "hd": i64(head_dim),
+            }
+        )
         nodes += [
             node("Shape", ["x"], ["xs"]),
             node("Gather", ["xs", "c0"], ["b"], axis=0),
@@ -396,13 +475,21 @@ def _attention(rng: np.random.Generator, *, runtime_shapes: bool, heads: int = 4
         node("Transpose", ["v2"], ["v"], perm=[0, 2, 1, 3]),
     ]
     if rep > 1:  # GQA: (B, KV, S, D) -> (B, KV, rep, S, D) -> (B, KV*rep, S, D)
-        init.update({"ax2": i64(2), "kexp": i64(1, kv_heads, rep, head_dim, seq),
-                     "vexp": i64(1, kv_heads, rep, seq, head_dim), "kmerge": i64(1, heads, head_dim, seq),
-                     "vmerge": i64(1, heads, seq, head_dim)})
+        init.update(
+            {
+                "ax2": i64(2),
+                "kexp": i64(1, kv_heads, rep, head_dim, seq),
+                "vexp": i64(1, kv_heads, rep, seq, head_dim),
+                "kmerge": i64(1, heads, head_dim, seq),
+                "vmerge": i64(1, heads, seq, head_dim),
+            }
+        )
         nodes += [
-            node("Unsqueeze", ["k", "ax2"], ["ku"]), node("Expand", ["ku", "kexp"], ["ke"]),
+            node("Unsqueeze", ["k", "ax2"], ["ku"]),
+            node("Expand", ["ku", "kexp"], ["ke"]),
             node("Reshape", ["ke", "kmerge"], ["kk"]),
-            node("Unsqueeze", ["v", "ax2"], ["vu"]), node("Expand", ["vu", "vexp"], ["ve"]),
+            node("Unsqueeze", ["v", "ax2"], ["vu"]),
+            node("Expand", ["vu", "vexp"], ["ve"]),
             node("Reshape", ["ve", "vmerge"], ["vv"]),
         ]
         kname, vname = "kk", "vv"
@@ -421,8 +508,12 @@ def _attention(rng: np.random.Generator, *, runtime_shapes: bool, heads: int = 4
     return make_model(nodes, [vi("x", [1, seq, hidden])], [vi("y", [1, seq, hidden])], init)
 
 
-@pytest.mark.parametrize("runtime_shapes", [False, True], ids=["dynamo-constants", "torchscript-shape-chains"])
-def test_attention_heads_through_reshape_transpose(rng: np.random.Generator, runtime_shapes: bool) -> None:
+@pytest.mark.parametrize(
+    "runtime_shapes", [False, True], ids=["dynamo-constants", "torchscript-shape-chains"]
+)
+def test_attention_heads_through_reshape_transpose(
+    rng: np.random.Generator, runtime_shapes: bool
+) -> None:
     proto = _attention(rng, runtime_shapes=runtime_shapes)
     an = oracle_all(proto, {"x": rng.standard_normal((1, 5, 16)).astype(F)}, rng, min_prunable=3)
     (heads,) = [g for g in an.prunable if g.unit == "head"]
@@ -438,7 +529,10 @@ def test_grouped_query_attention(rng: np.random.Generator) -> None:
     proto = _attention(rng, runtime_shapes=False, heads=4, kv_heads=2)
     an = oracle_all(proto, {"x": rng.standard_normal((1, 5, 16)).astype(F)}, rng, min_prunable=3)
     heads = [g for g in an.prunable if g.unit == "head"]
-    assert sorted(g.n_units for g in heads) == [2, 2]  # kv heads (with their query group); query-in-group
+    assert sorted(g.n_units for g in heads) == [
+        2,
+        2,
+    ]  # kv heads (with their query group); query-in-group
     kv = next(g for g in heads if any(m.tensor == "wk" for m in g.producers))
     wq = next(m for m in kv.producers if m.tensor == "wq")
     wk = next(m for m in kv.producers if m.tensor == "wk")
@@ -448,8 +542,11 @@ def test_grouped_query_attention(rng: np.random.Generator) -> None:
 
 def test_softmax_over_channels_is_frozen(rng: np.random.Generator) -> None:
     init = {"w1": w(rng, 8, 6), "w2": w(rng, 6, 3)}
-    nodes = [node("MatMul", ["x", "w1"], ["h"]), node("Softmax", ["h"], ["p"], axis=-1),
-             node("MatMul", ["p", "w2"], ["y"])]
+    nodes = [
+        node("MatMul", ["x", "w1"], ["h"]),
+        node("Softmax", ["h"], ["p"], axis=-1),
+        node("MatMul", ["p", "w2"], ["y"]),
+    ]
     proto = make_model(nodes, [vi("x", [2, 8])], [vi("y", [2, 3])], init)
     an = analyze(ModelIR.from_proto(proto))
     (g,) = [x for x in an.groups if x.n_units == 6]
@@ -467,10 +564,16 @@ def test_reduce_sum_over_channels_is_frozen(rng: np.random.Generator) -> None:
 
 
 def test_channel_shuffle(rng: np.random.Generator) -> None:
-    init = {"wa": w(rng, 4, 3, 1, 1), "wb": w(rng, 4, 3, 1, 1), "w2": w(rng, 2, 8, 1, 1),
-            "s5": i64(1, 2, 4, 4, 4), "s4": i64(1, 8, 4, 4)}
+    init = {
+        "wa": w(rng, 4, 3, 1, 1),
+        "wb": w(rng, 4, 3, 1, 1),
+        "w2": w(rng, 2, 8, 1, 1),
+        "s5": i64(1, 2, 4, 4, 4),
+        "s4": i64(1, 8, 4, 4),
+    }
     nodes = [
-        node("Conv", ["x", "wa"], ["a"]), node("Conv", ["x", "wb"], ["b"]),
+        node("Conv", ["x", "wa"], ["a"]),
+        node("Conv", ["x", "wb"], ["b"]),
         node("Concat", ["a", "b"], ["c"], axis=1),
         node("Reshape", ["c", "s5"], ["c5"]),
         node("Transpose", ["c5"], ["t5"], perm=[0, 2, 1, 3, 4]),
@@ -486,8 +589,12 @@ def test_channel_shuffle(rng: np.random.Generator) -> None:
 
 def test_flatten_into_gemm(rng: np.random.Generator) -> None:
     init = {"w1": w(rng, 5, 3, 3, 3), "w2": w(rng, 4, 5 * 2 * 2)}
-    nodes = [node("Conv", ["x", "w1"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]), node("Relu", ["c"], ["r"]),
-             node("Flatten", ["r"], ["f"], axis=1), node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    nodes = [
+        node("Conv", ["x", "w1"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        node("Relu", ["c"], ["r"]),
+        node("Flatten", ["r"], ["f"], axis=1),
+        node("Gemm", ["f", "w2"], ["y"], transB=1),
+    ]
     proto = make_model(nodes, [vi("x", [1, 3, 4, 4])], [vi("y", [1, 4])], init)
     an = oracle_all(proto, {"x": rng.standard_normal((1, 3, 4, 4)).astype(F)}, rng)
     (g,) = an.prunable
@@ -495,8 +602,14 @@ def test_flatten_into_gemm(rng: np.random.Generator) -> None:
 
 
 def test_squeeze_unsqueeze_and_pooling_resize_pad_prelu(rng: np.random.Generator) -> None:
-    init = {"w1": w(rng, 6, 3, 1, 1), "slope": w(rng, 6, 1, 1), "w2": w(rng, 2, 6, 1, 1),
-            "ax": i64(0), "pads": i64(0, 0, 1, 1, 0, 0, 1, 1), "scales": np.asarray([1, 1, 2, 2], F)}
+    init = {
+        "w1": w(rng, 6, 3, 1, 1),
+        "slope": w(rng, 6, 1, 1),
+        "w2": w(rng, 2, 6, 1, 1),
+        "ax": i64(0),
+        "pads": i64(0, 0, 1, 1, 0, 0, 1, 1),
+        "scales": np.asarray([1, 1, 2, 2], F),
+    }
     nodes = [
         node("Conv", ["x", "w1"], ["c"]),
         node("PRelu", ["c", "slope"], ["p"]),
@@ -516,9 +629,9 @@ def test_squeeze_unsqueeze_and_pooling_resize_pad_prelu(rng: np.random.Generator
 def test_expand_and_tile_broadcast(rng: np.random.Generator) -> None:
     init = {"w1": w(rng, 8, 6), "w2": w(rng, 6, 3), "shape": i64(2, 3, 6), "ax": i64(0)}
     nodes = [
-        node("MatMul", ["x", "w1"], ["h"]),           # (3, 6)
-        node("Unsqueeze", ["h", "ax"], ["hu"]),        # (1, 3, 6)
-        node("Expand", ["hu", "shape"], ["he"]),       # (2, 3, 6)
+        node("MatMul", ["x", "w1"], ["h"]),  # (3, 6)
+        node("Unsqueeze", ["h", "ax"], ["hu"]),  # (1, 3, 6)
+        node("Expand", ["hu", "shape"], ["he"]),  # (2, 3, 6)
         node("Relu", ["he"], ["r"]),
         node("MatMul", ["r", "w2"], ["y"]),
     ]
@@ -530,17 +643,29 @@ def test_expand_and_tile_broadcast(rng: np.random.Generator) -> None:
 
 # ---------------------------------------------------------------------- unknown ops
 def _custom_middle_model(rng: np.random.Generator, op: str, domain: str) -> onnx.ModelProto:
-    init = {"w1": w(rng, 6, 3, 1, 1), "w2": w(rng, 8, 6, 1, 1), "w3": w(rng, 5, 8, 1, 1), "w4": w(rng, 2, 5, 1, 1)}
+    init = {
+        "w1": w(rng, 6, 3, 1, 1),
+        "w2": w(rng, 8, 6, 1, 1),
+        "w3": w(rng, 5, 8, 1, 1),
+        "w4": w(rng, 2, 5, 1, 1),
+    }
     nodes = [
-        node("Conv", ["x", "w1"], ["c1"]), node("Relu", ["c1"], ["r1"]),
+        node("Conv", ["x", "w1"], ["c1"]),
+        node("Relu", ["c1"], ["r1"]),
         node("Conv", ["r1", "w2"], ["c2"]),
         helper.make_node(op, ["c2"], ["m"], name="mystery", domain=domain),
-        node("Conv", ["m", "w3"], ["c3"]), node("Relu", ["c3"], ["r3"]),
+        node("Conv", ["m", "w3"], ["c3"]),
+        node("Relu", ["c3"], ["r3"]),
         node("Conv", ["r3", "w4"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "g", [vi("x", [1, 3, 4, 4])], [vi("y", [1, 2, 4, 4])],
-                              [onnx.numpy_helper.from_array(v, k) for k, v in init.items()],
-                              value_info=[vi("m", [1, 8, 4, 4])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [vi("x", [1, 3, 4, 4])],
+        [vi("y", [1, 2, 4, 4])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in init.items()],
+        value_info=[vi("m", [1, 8, 4, 4])],
+    )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     return helper.make_model(graph, opset_imports=opsets, ir_version=9)
 
@@ -563,7 +688,9 @@ def test_unknown_custom_op_is_frozen_and_neighbours_still_prune(rng: np.random.G
     assert model.count_params() < before
 
 
-def test_op_left_out_of_the_rules_is_frozen_and_oracle_holds(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_op_left_out_of_the_rules_is_frozen_and_oracle_holds(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proto = _custom_middle_model(rng, "Sigmoid", "")
     rules = dict(channel_rules.RULES)
     del rules["Sigmoid"]
@@ -585,31 +712,54 @@ def test_every_registered_rule_is_callable() -> None:
 @pytest.mark.parametrize("layout", ["3d", "4d"])
 def test_onnx_attention_op_heads_gqa_and_head_counts(rng: np.random.Generator, layout: str) -> None:
     h, hq, hkv, d = 16, 4, 2, 4
-    init = {"wq": w(rng, h, hq * d), "wk": w(rng, h, hkv * d), "wv": w(rng, h, hkv * d), "wo": w(rng, hq * d, h)}
-    nodes = [node("MatMul", ["x", "wq"], ["q"]), node("MatMul", ["x", "wk"], ["k"]), node("MatMul", ["x", "wv"], ["v"])]
+    init = {
+        "wq": w(rng, h, hq * d),
+        "wk": w(rng, h, hkv * d),
+        "wv": w(rng, h, hkv * d),
+        "wo": w(rng, hq * d, h),
+    }
+    nodes = [
+        node("MatMul", ["x", "wq"], ["q"]),
+        node("MatMul", ["x", "wk"], ["k"]),
+        node("MatMul", ["x", "wv"], ["v"]),
+    ]
     if layout == "3d":
-        nodes += [node("Attention", ["q", "k", "v"], ["a"], q_num_heads=hq, kv_num_heads=hkv, is_causal=1)]
+        nodes += [
+            node("Attention", ["q", "k", "v"], ["a"], q_num_heads=hq, kv_num_heads=hkv, is_causal=1)
+        ]
     else:
         init.update({"sq": i64(0, 0, hq, d), "skv": i64(0, 0, hkv, d), "sm": i64(0, 0, hq * d)})
         nodes += [
-            node("Reshape", ["q", "sq"], ["q4"]), node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
-            node("Reshape", ["k", "skv"], ["k4"]), node("Transpose", ["k4"], ["kt"], perm=[0, 2, 1, 3]),
-            node("Reshape", ["v", "skv"], ["v4"]), node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+            node("Reshape", ["q", "sq"], ["q4"]),
+            node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+            node("Reshape", ["k", "skv"], ["k4"]),
+            node("Transpose", ["k4"], ["kt"], perm=[0, 2, 1, 3]),
+            node("Reshape", ["v", "skv"], ["v4"]),
+            node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
             node("Attention", ["qt", "kt", "vt"], ["a4"], is_causal=1),
-            node("Transpose", ["a4"], ["at"], perm=[0, 2, 1, 3]), node("Reshape", ["at", "sm"], ["a"]),
+            node("Transpose", ["a4"], ["at"], perm=[0, 2, 1, 3]),
+            node("Reshape", ["at", "sm"], ["a"]),
         ]
     nodes += [node("MatMul", ["a", "wo"], ["y"])]
-    proto = make_model(nodes, [vi("x", [1, 5, h])], [vi("y", [1, 5, h])], init, opset=23, ir_version=10)
+    proto = make_model(
+        nodes, [vi("x", [1, 5, h])], [vi("y", [1, 5, h])], init, opset=23, ir_version=10
+    )
     an = oracle_all(proto, {"x": rng.standard_normal((1, 5, h)).astype(F)}, rng, min_prunable=3)
     heads = sorted(g.n_units for g in an.prunable if g.unit == "head")
     dims = sorted(g.n_units for g in an.prunable if g.unit == "head_dim")
     assert heads == [2, 2] and dims == [4, 4]
-    kv = next(g for g in an.prunable if g.unit == "head" and any(m.tensor == "wk" for m in g.producers))
+    kv = next(
+        g for g in an.prunable if g.unit == "head" and any(m.tensor == "wk" for m in g.producers)
+    )
     model = ModelIR.from_proto(proto)
     from spa_compiler.channel_groups import prune_groups
 
     a2 = analyze(model, units=ALL_UNITS)
-    qk_dim = next(g for g in a2.prunable if g.unit == "head_dim" and any(m.tensor == "wk" for m in g.producers))
+    qk_dim = next(
+        g
+        for g in a2.prunable
+        if g.unit == "head_dim" and any(m.tensor == "wk" for m in g.producers)
+    )
     prune_groups(model, {kv.id: [0], qk_dim.id: [1]}, analysis=a2)
     att = next(n for n in model.graph.nodes if n.op == "Attention")
     if layout == "3d":
@@ -619,19 +769,42 @@ def test_onnx_attention_op_heads_gqa_and_head_counts(rng: np.random.Generator, l
 
 def test_contrib_skip_layernorm(rng: np.random.Generator) -> None:
     h = 8
-    init = {"w0": w(rng, h, h), "g": (1 + w(rng, h)).astype(F), "b": w(rng, h), "w1": w(rng, h, 12),
-            "w2": w(rng, 12, h), "w3": w(rng, h, 2)}
+    init = {
+        "w0": w(rng, h, h),
+        "g": (1 + w(rng, h)).astype(F),
+        "b": w(rng, h),
+        "w1": w(rng, h, 12),
+        "w2": w(rng, 12, h),
+        "w3": w(rng, h, 2),
+    }
     nodes = [
         node("MatMul", ["x", "w0"], ["e"]),
-        helper.make_node("SkipLayerNormalization", ["e", "x", "g", "b"], ["n", "", "", "s"], name="sln",
-                         domain="com.microsoft", epsilon=1e-5),
-        node("MatMul", ["n", "w1"], ["u"]), node("Relu", ["u"], ["a"]), node("MatMul", ["a", "w2"], ["d"]),
-        node("Add", ["s", "d"], ["r"]), node("MatMul", ["r", "w3"], ["y"]),
+        helper.make_node(
+            "SkipLayerNormalization",
+            ["e", "x", "g", "b"],
+            ["n", "", "", "s"],
+            name="sln",
+            domain="com.microsoft",
+            epsilon=1e-5,
+        ),
+        node("MatMul", ["n", "w1"], ["u"]),
+        node("Relu", ["u"], ["a"]),
+        node("MatMul", ["a", "w2"], ["d"]),
+        node("Add", ["s", "d"], ["r"]),
+        node("MatMul", ["r", "w3"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "g", [vi("x", [2, 3, h])], [vi("y", [2, 3, 2])],
-                              [onnx.numpy_helper.from_array(v, k) for k, v in init.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                              ir_version=9)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [vi("x", [2, 3, h])],
+        [vi("y", [2, 3, 2])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in init.items()],
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        ir_version=9,
+    )
     an = oracle_all(proto, {"x": rng.standard_normal((2, 3, h)).astype(F)}, rng)
     assert not an.unknown_ops
     assert [g.n_units for g in an.prunable] == [12]

@@ -46,7 +46,9 @@ def test_prunes_conv_chain_and_matches_oracle(rng: np.random.Generator) -> None:
     x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     ores = oracle_check(reference, plan, {"x": x})
     assert ores.max_rel <= 1e-5
-    np.testing.assert_allclose(run_ort(model, {"x": x})[0], run_ort(ores.pruned, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run_ort(model, {"x": x})[0], run_ort(ores.pruned, {"x": x})[0], rtol=1e-5, atol=1e-5
+    )
 
 
 def _lowest(model: ModelIR, an, gid: str, k: int) -> list[int]:  # noqa: ANN001
@@ -104,9 +106,15 @@ def test_zoo_models(name: str, exporter: str) -> None:
     outs = run_ort(model, feeds)
     assert all(np.isfinite(o).all() for o in outs)
     if name == "tiny_llama":  # GQA: 1 of 2 kv heads and 1 of 2 query-in-group heads gone per layer
-        shapes = sorted(tuple(n.inputs[1].shape) for n in model.nodes(("MatMul",))
-                        if n.inputs[1].__class__.__name__ == "Constant" and n.inputs[1].shape[0] == 64)
-        assert (64, 8) in shapes  # k/v projections: 1 kv head x head dim 8 (16 with half the rope pairs)
+        shapes = sorted(
+            tuple(n.inputs[1].shape)
+            for n in model.nodes(("MatMul",))
+            if n.inputs[1].__class__.__name__ == "Constant" and n.inputs[1].shape[0] == 64
+        )
+        assert (
+            64,
+            8,
+        ) in shapes  # k/v projections: 1 kv head x head dim 8 (16 with half the rope pairs)
 
 
 def test_hidden_width_when_asked() -> None:

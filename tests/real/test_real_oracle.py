@@ -30,9 +30,13 @@ COMBOS = [(n, e) for n in real.REAL_MODELS for e in real.EXPORTERS]
 @pytest.mark.parametrize(("name", "exporter"), COMBOS)
 def test_real_model_oracle(name: str, exporter: str) -> None:
     if not real.available(name):
-        pytest.skip(f"{name}: missing {', '.join(real.missing_packages(name))} (scripts/install_real.sh)")
+        pytest.skip(
+            f"{name}: missing {', '.join(real.missing_packages(name))} (scripts/install_real.sh)"
+        )
     model = ModelIR.load(real.export_real(name, exporter), check=False)
-    an = analyze(model, units=ALL_UNITS, input_shapes=real.input_shapes(name, 1, 8, exporter=exporter))
+    an = analyze(
+        model, units=ALL_UNITS, input_shapes=real.input_shapes(name, 1, 8, exporter=exporter)
+    )
     assert not an.unknown_ops
     kinds = {g.unit for g in an.prunable}
     if name == "efficientnet-lite0":
@@ -40,12 +44,17 @@ def test_real_model_oracle(name: str, exporter: str) -> None:
         assert an.coverage == pytest.approx(1.0)
     else:
         assert {"head", "neuron", "head_dim"} <= kinds
-        assert len([g for g in an.prunable if g.unit == "neuron"]) == (30 if name == "smollm2-135m" else 6)
+        assert len([g for g in an.prunable if g.unit == "neuron"]) == (
+            30 if name == "smollm2-135m" else 6
+        )
     if name == "smollm2-135m":
         # GQA 9/3: per layer, 3 kv heads (each with its 3 query heads) and the query-in-group index
         heads = [g for g in an.prunable if g.unit == "head"]
         assert len(heads) == 60 and {g.n_units for g in heads} == {3}
-        per_head = [sorted({m.unit_indices(0).size for m in g.producers if m.role == "weight"}) for g in heads]
+        per_head = [
+            sorted({m.unit_indices(0).size for m in g.producers if m.role == "weight"})
+            for g in heads
+        ]
         # a kv head: 64 rows of k and v, 3 x 64 rows of q; a query-in-group index: 3 x 64 rows of q
         assert sorted(map(tuple, per_head)) == [(64, 192)] * 30 + [(192,)] * 30
         assert an.coverage > 0.75  # the tied LM head reads the (frozen) hidden width
@@ -56,8 +65,11 @@ def test_real_model_oracle(name: str, exporter: str) -> None:
     assert res.max_rel <= REL_TOL, res.max_abs
     assert res.params_after < 0.95 * res.params_before
     # the pruned model keeps its dynamic dims and runs at another batch / sequence length
-    other = real.default_inputs(name, 2, 5, exporter=exporter) if name != "efficientnet-lite0" else \
-        real.default_inputs(name, 2, exporter=exporter)
+    other = (
+        real.default_inputs(name, 2, 5, exporter=exporter)
+        if name != "efficientnet-lite0"
+        else real.default_inputs(name, 2, exporter=exporter)
+    )
     from spa_compiler.runtime import run
 
     outs = run(res.pruned, other)
