@@ -810,3 +810,74 @@ def test_contrib_skip_layernorm(rng: np.random.Generator) -> None:
     assert [g.n_units for g in an.prunable] == [12]
     (hidden,) = [g for g in an.groups if g.unit == "hidden"]
     assert hidden.frozen  # the input x is a graph input: frozen whatever the options
+
+
+@pytest.mark.parametrize(
+    ("op_nodes", "extra", "width_after", "reason"),
+    [
+        ([("CumSum", ["h", "ax"], {})], {"ax": np.asarray(-1, np.int64)}, 6, "cumsum-axis"),
+        ([("LogSoftmax", ["h"], {"axis": -1})], {}, 6, "logsoftmax-axis"),
+        ([("Hardmax", ["h"], {"axis": -1})], {}, 6, "hardmax-axis"),
+        (
+            [("Slice", ["h", "st", "en", "ax", "step"], {})],
+            {"st": i64(0), "en": i64(6), "ax": i64(-1), "step": i64(2)},
+            3,
+            "strided-slice",
+        ),
+        (
+            [("Gather", ["h", "perm"], {"axis": 1})],
+            {"perm": i64(0, 2, 1, 3, 5, 4)},
+            6,
+            "gather-indices",
+        ),
+        (
+            [("GatherElements", ["h", "idx"], {"axis": 1})],
+            {"idx": np.zeros((2, 6), np.int64)},
+            6,
+            "data-dependent",
+        ),
+        ([("Trilu", ["h"], {})], {}, 6, "trilu"),
+        ([("TopK", ["h", "k"], {"axis": -1})], {"k": i64(6)}, 6, "topk-axis"),
+    ],
+    ids=[
+        "cumsum",
+        "logsoftmax",
+        "hardmax",
+        "strided-slice",
+        "gather-permutation",
+        "gather-elements",
+        "trilu",
+        "topk",
+    ],
+)
+def test_channel_mixing_ops_freeze(
+    rng: np.random.Generator, op_nodes: list, extra: dict, width_after: int, reason: str
+) -> None:
+    init = {"w1": w(rng, 8, 6), "w2": w(rng, width_after, 3), **extra}
+    nodes = [node("MatMul", ["x", "w1"], ["h"])]
+    for op, ins, attrs in op_nodes:
+        outs = ["m", "mi"] if op == "TopK" else ["m"]
+        nodes.append(node(op, ins, outs, **attrs))
+    nodes.append(node("MatMul", ["m", "w2"], ["y"]))
+    proto = make_model(nodes, [vi("x", [2, 8])], [vi("y", [2, 3])], init)
+    an = analyze(ModelIR.from_proto(proto), units=ALL_UNITS)
+    (g,) = [
+        x for x in an.groups if any(m.tensor == "w1" and m.role == "weight" for m in x.producers)
+    ]
+    assert g.frozen and g.reason.startswith(reason), g.reason
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space(rng: np.random.Generator, mode: str) -> None:
+    init = {"w1": w(rng, 12, 3, 1, 1), "w2": w(rng, 2, 3, 1, 1)}
+    nodes = [
+        node("Conv", ["x", "w1"], ["c"]),
+        node("DepthToSpace", ["c"], ["d"], blocksize=2, mode=mode),
+        node("Conv", ["d", "w2"], ["y"]),
+    ]
+    proto = make_model(nodes, [vi("x", [1, 3, 4, 4])], [vi("y", [1, 2, 8, 8])], init)
+    an = oracle_all(proto, {"x": rng.standard_normal((1, 3, 4, 4)).astype(F)}, rng)
+    (g,) = an.prunable
+    assert g.n_units == 3  # the output channels; the 2 x 2 block positions become pixels
+    rows = next(m for m in g.producers if m.tensor == "w1").unit_indices(1).tolist()
+    assert rows == ([1, 4, 7, 10] if mode == "DCR" else [4, 5, 6, 7])
