@@ -991,11 +991,22 @@ def _build(
 
 
 def _label(g: ChannelGroup) -> str:
-    w = [m for m in g.producers if m.role == "weight"]
-    c = [m for m in g.consumers]
-    prod = ", ".join(dict.fromkeys(m.node for m in w[:3])) + (" …" if len(w) > 3 else "")
-    cons = ", ".join(dict.fromkeys(m.node for m in c[:3])) + (" …" if len(c) > 3 else "")
-    return f"{prod or '(no weight)'} -> {cons or '(no consumer)'}"
+    """What one unit of the group is, in words (GQA heads told apart by their row counts)."""
+    sizes = sorted({int(m.unit_indices(0).size) for m in g.producers if m.role == "weight"})
+    if g.unit == "head":
+        weights = {m.tensor for m in g.producers if m.role == "weight"}
+        if len(sizes) >= 2 and sizes[-1] % sizes[0] == 0 and sizes[-1] > sizes[0]:
+            return f"kv head with its {sizes[-1] // sizes[0]} query heads"
+        if len(weights) == 1:
+            return "query head in every kv group"
+        return "attention head (q, k, v rows; o columns)"
+    if g.unit == "head_dim":
+        return "one position in every head"
+    if g.unit == "hidden":
+        return "residual-stream channel"
+    if g.unit == "neuron":
+        return "neuron"
+    return "channel"
 
 
 # ---------------------------------------------------------------------- public API

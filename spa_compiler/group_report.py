@@ -49,7 +49,9 @@ def format_groups(analysis: GroupAnalysis) -> str:
             "unknown ops (frozen around them): "
             + ", ".join(f"{k} x{v}" for k, v in sorted(analysis.unknown_ops.items()))
         )
-    rows = [("id", "unit", "units", "params", "MACs", "written by -> read by", "status")]
+    rows = [
+        ("id", "unit", "units", "one unit is", "params", "MACs", "written by -> read by", "status")
+    ]
 
     def row(g: ChannelGroup) -> tuple[str, ...]:
         w = [m for m in g.producers if m.role == "weight"] or g.producers
@@ -59,6 +61,7 @@ def format_groups(analysis: GroupAnalysis) -> str:
             g.id,
             g.unit,
             size,
+            g.label,
             _num(g.params),
             _num(g.macs),
             f"{_members(w)} -> {_members(g.consumers)}",
