@@ -1113,6 +1113,7 @@ def prune_groups(
     *,
     round_to: int = 1,
     analysis: GroupAnalysis | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
     """Physically remove the planned units of the planned groups, in place, in one go.
 
@@ -1123,6 +1124,8 @@ def prune_groups(
         round_to: Kept widths are made multiples of this (fewer units removed if needed).
         analysis: `analyze(model)` result for this very model (computed if None, with every
             unit kind and hidden width allowed).
+        validate: Run the checker and strict shape inference on the result (a PassManager that
+            validates after each pass can turn this off).
 
     Returns:
         Stats: groups_pruned, units_removed, params_before, params_after, removed (per group).
@@ -1212,7 +1215,8 @@ def prune_groups(
     model.cleanup()
     from spa_compiler.validation import check_model
 
-    check_model(model, what="model after prune_groups", error=ValidationError)
+    if validate:
+        check_model(model, what="model after prune_groups", error=ValidationError)
     units_removed = sum(len(u) for u in removed.values())
     logger.info("prune_groups: %d groups, %d units removed", len(removed), units_removed)
     return {
