@@ -45,7 +45,6 @@ that are not inputs of the model at hand.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
@@ -98,7 +97,7 @@ def make_session(
     """An ONNX Runtime CPU session on the model FILE (external data is read beside it).
 
     ``extra_outputs`` names intermediate tensors to expose as additional graph outputs (the model is
-    then rewritten into a temporary folder next to a link to its external data). Custom-op
+    then passed to ONNX Runtime as bytes, its external data read from the model's folder). Custom-op
     libraries (``custom_op_libraries`` or ``$SPA_ORT_CUSTOM_OPS``, ``os.pathsep``-separated) are
     registered first, for compressed models that use the project's runtime ops.
     """
@@ -120,15 +119,18 @@ def make_session(
         raise FileNotFoundError(f"ONNX model {path} not found")
     if not extra_outputs:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    with _with_outputs(path, extra_outputs) as tmp_path:
-        return ort.InferenceSession(str(tmp_path), so, providers=["CPUExecutionProvider"])
+    # the graph with extra outputs is handed over as bytes; its external data is read from the
+    # model's own folder (a copy elsewhere would fail ORT's "path escapes model directory" check)
+    so.add_session_config_entry(
+        "session.model_external_initializers_file_folder_path", str(path.resolve().parent)
+    )
+    return ort.InferenceSession(
+        _with_outputs(path, extra_outputs), so, providers=["CPUExecutionProvider"]
+    )
 
 
-@contextlib.contextmanager
-def _with_outputs(path: pathlib.Path, names: Sequence[str]) -> Iterator[pathlib.Path]:
-    """A temporary copy of the graph file with `names` added to its outputs (weights not copied)."""
-    import tempfile
-
+def _with_outputs(path: pathlib.Path, names: Sequence[str]) -> bytes:
+    """The serialized graph file with `names` added to its outputs (external data not loaded)."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
@@ -138,22 +140,7 @@ def _with_outputs(path: pathlib.Path, names: Sequence[str]) -> Iterator[pathlib.
             vi = m.graph.output.add()
             vi.name = name
             vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    locations = {
-        e.value
-        for t in m.graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL
-        for e in t.external_data
-        if e.key == "location"
-    }
-    with tempfile.TemporaryDirectory(prefix="spa_quality_") as tmp:
-        for loc in locations:  # external data files are linked, never copied
-            src = (path.parent / loc).resolve()
-            dst = pathlib.Path(tmp) / loc
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(src, dst)
-        out = pathlib.Path(tmp) / path.name
-        onnx.save(m, str(out))
-        yield out
+    return m.SerializeToString()  # type: ignore[no-any-return]
 
 
 def _input_names(session: Any) -> list[str]:
