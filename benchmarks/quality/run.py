@@ -1,6 +1,6 @@
 """One command for the quality of a dense or compressed real model (issue 5).
 
-    python -m benchmarks.quality.run --model smollm2 --onnx small.onnx --dense dense.onnx --out r.json
+    python -m benchmarks.quality.run --model smollm2 --onnx small.onnx --export-dense --out r.json
     python -m benchmarks.quality.run --model minilm --export-dense --quick --out r.json
     python -m benchmarks.quality.run --model smollm2 --write-calib calib/smollm2 [--calib-n 64]
 
@@ -10,12 +10,15 @@
                its perplexity is measured too and the ratio reported)
 --export-dense export the dense model with models_zoo.real.export_real (cached) and use it as
                --dense, and as --onnx when --onnx is not given (--exporter torchscript|dynamo)
---quick        small sizes for smoke tests (SmolLM2 2 windows, MiniLM 1000/500, EfficientNet 300/300)
+--quick        small sizes for smoke tests (SmolLM2 2 windows, MiniLM 1000/500,
+               EfficientNet 300/300)
 --windows / --n-train / --n-test / --n   override sizes
 --threads      ORT intra-op threads (default 2, the CI machine's cores)
 --write-calib DIR   write calibration .npz feeds (disjoint from the evaluation data) for
                ``spa-compile --calib DIR``; with no --onnx, nothing is evaluated
 --out FILE     JSON with metrics, command line, date, versions, dataset sizes and timings
+--merge FILE   also store that record in the JSON object FILE under the key <model>[-<exporter>]
+               (how benchmarks/quality/dense_reference.json is made)
 
 Prints a small table. Exit 0 on success, 2 on a usage error.
 """
@@ -62,7 +65,10 @@ def versions() -> dict[str, str]:
     try:
         root = pathlib.Path(__file__).resolve().parents[2]
         out["git_commit"] = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except Exception:  # noqa: BLE001 - not a checkout
         pass
@@ -76,7 +82,9 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
         val = getattr(args, key)
         if val is not None:
             if key not in sizes:
-                raise SystemExit(f"run: --{key.replace('_', '-')} does not apply to --model {args.model}")
+                raise SystemExit(
+                    f"run: --{key.replace('_', '-')} does not apply to --model {args.model}"
+                )
             sizes[key] = val
     return sizes
 
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-calib", metavar="DIR", help="write calibration .npz feeds to DIR")
     p.add_argument("--calib-n", type=int, help="number of calibration feeds")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--merge", metavar="FILE", help="store the record in JSON object FILE too")
     args = p.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.quality import evaluate as ev
 
     record: dict[str, Any] = {
-        "command": shlex.join([sys.executable, "-m", "benchmarks.quality.run", *(argv or sys.argv[1:])]),
+        "command": shlex.join(
+            [sys.executable, "-m", "benchmarks.quality.run", *(argv or sys.argv[1:])]
+        ),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": MODELS[args.model],
         "versions": versions(),
@@ -167,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         feeds = {"smollm2": ev.smollm2_calibration, "minilm": ev.minilm_calibration,
                  "efficientnet": ev.efficientnet_calibration}[args.model](n)  # fmt: skip
         count = ev.write_calibration_dir(args.write_calib, feeds)
-        record["calibration"] = {"dir": str(pathlib.Path(args.write_calib).resolve()), "feeds": count}
+        record["calibration"] = {
+            "dir": str(pathlib.Path(args.write_calib).resolve()),
+            "feeds": count,
+        }
         print(f"wrote {count} calibration feeds to {args.write_calib}")
     if onnx_path is None:
         if not args.write_calib:
@@ -187,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}")
+    if args.merge:
+        key = MODELS[args.model] + (
+            f"-{args.exporter}" if args.export_dense and not args.onnx else ""
+        )
+        merged = pathlib.Path(args.merge)
+        table_ = json.loads(merged.read_text()) if merged.is_file() else {}
+        table_[key] = record
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.write_text(json.dumps(dict(sorted(table_.items())), indent=2) + "\n")
+        print(f"stored as {key!r} in {merged}")
     return 0
 
 
