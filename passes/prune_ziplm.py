@@ -45,6 +45,7 @@ def apply_plan(
     kept: Mapping[str, int],
     *,
     units: tuple[str, ...],
+    validate: bool = True,
 ) -> dict[str, Any]:
     """Prune `model` in place to `kept` units per group, writing compensated weights first."""
     tensors = model.tensors()
@@ -69,7 +70,7 @@ def apply_plan(
             done.add(view.const.name)
             compensated += 1
     analysis = analyze(model, units=units)
-    stats = prune_groups(model, plan, analysis=analysis) if plan else {"groups_pruned": 0}
+    stats = prune_groups(model, plan, analysis=analysis, validate=validate) if plan else {"groups_pruned": 0}
     stats = {k: v for k, v in stats.items() if k != "removed"}  # per-unit lists go to details
     stats["weights_refitted"] = compensated
     stats["refit_skipped_shared"] = skipped_shared
@@ -246,6 +247,7 @@ class PruneZipLMPass(Pass):
             GroupOptions(gid, [Level(k, table.lookup(gid, k), paths[gid].error_at(k)) for k in levels[gid]])
             for gid in groups
         ]
+        dense_ref = float(ctx.options.get("dense_ms") or table.dense_ms)
         internal = budget
         rounds: list[dict[str, Any]] = []
         best: tuple[float, float, dict[str, int]] | None = None  # (measured, error, kept)
@@ -261,8 +263,14 @@ class PruneZipLMPass(Pass):
                 measured = seen[key]
             else:
                 clone = model.clone()
-                apply_plan(clone, groups, paths, kept, units=self.units)
-                measured = ctx.latency.time(clone, ctx.feeds or {}).ms if ctx.latency is not None else result.predicted_ms
+                apply_plan(clone, groups, paths, kept, units=self.units, validate=False)
+                if ctx.latency is not None:
+                    # dense and candidate timed in alternation: their ratio, times the reference
+                    # dense latency, is immune to changes of machine load during the search
+                    t_dense, t_cand = ctx.latency.time_many([model, clone], ctx.feeds or {})
+                    measured = t_cand.ms / t_dense.ms * dense_ref
+                else:
+                    measured = result.predicted_ms
                 seen[key] = measured
             rounds.append({"round": it + 1, "internal_budget_ms": internal, "predicted_ms": result.predicted_ms,
                            "measured_ms": measured, "mean_error": result.error / n_groups,

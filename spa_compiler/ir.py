@@ -151,6 +151,10 @@ class ModelIR:
         for t in other.graph.tensors().values():
             if isinstance(t, gs.Constant):
                 t.values = np.array(t.values, copy=True)
+        for node in other.graph.nodes:  # Constant nodes hold their value in an attribute
+            for key, value in list(node.attrs.items()):
+                if isinstance(value, gs.Constant):
+                    node.attrs[key] = gs.Constant(value.name, np.array(value.values, copy=True))
         other.version = self.version
         return other
 

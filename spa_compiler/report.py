@@ -75,8 +75,19 @@ class Report:
             for key, label in (("params", "params"), ("macs", "MACs"), ("latency_ms", "latency")):
                 if b.get(key) and a.get(key) is not None:
                     ratios.append(f"{label} x{a[key] / b[key]:.3f}")
+            paired = a.get("paired")
+            if paired:
+                ratios = [r for r in ratios if not r.startswith("latency")]
+                ratios.append(
+                    f"latency x{paired['ratio']:.3f} (dense {paired['dense_ms']:.3f} ms vs compiled "
+                    f"{paired['compiled_ms']:.3f} ms, timed in alternation)"
+                )
             if ratios:
                 lines.append("ratio   " + ", ".join(ratios))
+        if self.budget:
+            met = self.budget.get("met")
+            verdict = "met" if met else "NOT met" if met is False else "not checked"
+            lines.append(f"budget  {self.budget.get('requested')} = {self.budget.get('ms', 0):.3f} ms: {verdict}")
         for p in self.passes:
             line = f"pass {p.name}: {'modified' if p.modified else 'no change'} in {p.seconds:.2f}s"
             if p.stats:

@@ -19,7 +19,8 @@ def check_model(
     what: str = "model",
     error: type[SpaError] = InvalidModelError,
 ) -> None:
-    """Run `onnx.checker` (full_check) and strict shape inference; raise `error` on failure.
+    """Run `onnx.checker`, strict shape inference (what the checker's full check adds, with type
+    checks) and our channel-consistency check; raise `error` on failure.
 
     Args:
         model: The model (a ModelIR is exported first).

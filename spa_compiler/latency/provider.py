@@ -45,12 +45,42 @@ class LatencyProvider(Protocol):
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
         """Latency of one inference of `model` on `feeds`."""
 
+    def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
+        """Latencies of several models timed in alternation (run a, b, a, b, ...), so that a
+        change of machine load in the meantime affects all of them alike."""
+
     def provenance(self) -> dict[str, Any]:
         """Device, runtime and version, provider, threads, precision (for tables and reports)."""
 
 
 def _proto(model: ModelIR | onnx.ModelProto) -> onnx.ModelProto:
     return model.to_proto() if isinstance(model, ModelIR) else model
+
+
+def _interleaved(
+    runners: Sequence[Any], *, warmup: int, runs: int, min_seconds: float
+) -> list[Timing]:
+    """Time callables in alternation; one median (and p10/p90) per callable."""
+    import statistics
+    import time
+
+    for r in runners:
+        for _ in range(warmup):
+            r()
+    times: list[list[float]] = [[] for _ in runners]
+    started = time.perf_counter()
+    while len(times[0]) < runs or time.perf_counter() - started < min_seconds:
+        for i, r in enumerate(runners):
+            t0 = time.perf_counter()
+            r()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+        if len(times[0]) >= 100 * max(runs, 1):
+            break
+    out = []
+    for ts in times:
+        qs = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
+        out.append(Timing(statistics.median(ts), "measured", len(ts), qs[0], qs[-1]))
+    return out
 
 
 @dataclasses.dataclass
@@ -63,10 +93,16 @@ class OrtCpuProvider:
     kind: str = "measured"
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
-        from spa_compiler.latency.measure import measure_ort
+        return self.time_many([model], feeds)[0]
 
-        m = measure_ort(_proto(model), feeds, threads=self.threads, runs=self.runs, min_seconds=self.min_seconds)
-        return Timing(m.median_ms, "measured", m.runs, m.p10_ms, m.p90_ms)
+    def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
+        from spa_compiler.runtime import make_session
+
+        runners = []
+        for m in models:
+            sess = make_session(_proto(m), threads=self.threads, optimize=True)
+            runners.append(lambda sess=sess: sess.run(None, dict(feeds)))
+        return _interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
         from spa_compiler.runtime import import_ort
@@ -91,10 +127,35 @@ class OrtCudaProvider:
     kind: str = "measured"
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
-        from spa_compiler.latency.ort_cuda import measure_ort_cuda
+        return self.time_many([model], feeds)[0]
 
-        m = measure_ort_cuda(_proto(model), feeds, fp16=self.fp16, runs=self.runs, min_seconds=self.min_seconds)
-        return Timing(m.median_ms, "measured", m.runs, m.p10_ms, m.p90_ms)
+    def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
+        from spa_compiler.latency.ort_cuda import convert_float16, make_cuda_session
+        from spa_compiler.runtime import import_ort
+
+        ort = import_ort()
+        runners, held = [], []
+        for m in models:
+            proto = _proto(m)
+            if self.fp16:
+                proto = convert_float16(proto)
+            sess = make_cuda_session(proto)
+            binding = sess.io_binding()
+            for name, arr in feeds.items():
+                ov = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", 0)
+                held.append(ov)  # device copies must outlive the binding
+                binding.bind_ortvalue_input(name, ov)
+            for out in sess.get_outputs():
+                binding.bind_output(out.name, "cuda", 0)
+            binding.synchronize_inputs()
+            held.append(sess)
+
+            def run(sess: Any = sess, binding: Any = binding) -> None:
+                sess.run_with_iobinding(binding)
+                binding.synchronize_outputs()
+
+            runners.append(run)
+        return _interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
         from spa_compiler.runtime import import_ort
@@ -131,6 +192,9 @@ class AnalyticProvider:
         shapes = dict(self.input_shapes) or {k: tuple(v.shape) for k, v in feeds.items()}
         est = estimate_model(_proto(model), self.device, input_shapes=shapes)
         return Timing(float(est.total_ms), "analytic", 0)
+
+    def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
+        return [self.time(m, feeds) for m in models]
 
     def provenance(self) -> dict[str, Any]:
         return {

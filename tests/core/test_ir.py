@@ -115,3 +115,20 @@ def test_set_input_shapes_checks(rng: np.random.Generator) -> None:
 def test_save_proto_refuses_directory(tmp_path: Path, rng: np.random.Generator) -> None:
     with pytest.raises(UsageError, match="directory"):
         save_proto(conv_chain_model(rng), tmp_path)
+
+
+def test_clone_copies_constant_node_values() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.helpers import make_model
+
+    c = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(4, np.float32)))
+    m = make_model(
+        [c, helper.make_node("Add", ["x", "c"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    model = ModelIR.from_proto(m)
+    other = model.clone()
+    other.graph.nodes[0].attrs["value"].values[...] = 5
+    assert float(model.graph.nodes[0].attrs["value"].values[0]) == 1.0

@@ -122,6 +122,9 @@ class MacsProvider:
         ir = model if isinstance(model, ModelIR) else ModelIR.from_proto(model)
         return Timing(model_stats(ir)["macs"] / 1e6 + 0.01, "measured", 1)
 
+    def time_many(self, models, feeds) -> list[Timing]:
+        return [self.time(m, feeds) for m in models]
+
     def provenance(self) -> dict:
         return {"device": "test", "runtime": "macs", "runtime_version": "1", "provider": None,
                 "threads": None, "precision": "fp32"}
