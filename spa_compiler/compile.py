@@ -237,6 +237,11 @@ def compile_model(
         progress=progress,
         max_error=max_error,
     )
+    if latency_table is not None:
+        from spa_compiler.latency.table import structure_fingerprint
+
+        # tables are profiled on the input file; passes before the search may tidy the graph
+        ctx.options["input_fingerprint"] = structure_fingerprint(model.to_proto())
     if provider is not None:
         progress("measure dense", 0, 1)
         report.before = measure(model, feeds, provider, shapes=shapes)
