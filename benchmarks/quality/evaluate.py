@@ -38,8 +38,9 @@ dense model once.
 
 Calibration data for ``spa-compile --calib``: either a folder of ``.npz`` feeds written by
 `write_calibration_dir` (``python -m benchmarks.quality.run --model smollm2 --write-calib DIR``) or
-the function spec ``benchmarks.quality.evaluate:smollm2_calibration`` (any of the ``*_calibration``
-functions works with no arguments). Feeds carry every input the model family may have
+the function spec ``benchmarks/quality/evaluate.py:smollm2_calibration`` (a file path, so it works
+from the console script, whose sys.path lacks the repository; every ``*_calibration`` function works
+with no arguments). Feeds carry every input the model family may have
 (``input_ids``, ``attention_mask``, ``position_ids`` / ``token_type_ids``); the compiler drops keys
 that are not inputs of the model at hand.
 """
@@ -202,6 +203,10 @@ def _model_key(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:24]
 
 
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _cache_root() -> pathlib.Path:
     env = os.environ.get("SPA_COMPILER_CACHE")
     base = (
@@ -276,34 +281,16 @@ def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - picked  # type: ignore[no-any-return]
 
 
-def smollm2_perplexity(
-    onnx_path: str | os.PathLike[str],
-    *,
-    windows: int = 16,
-    seq: int = 512,
-    book: str = EVAL_BOOK,
-    threads: int = 2,
-    batch: int = 1,
-) -> dict[str, Any]:
-    """Token-level perplexity of a SmolLM2 ONNX model on the first `windows` `seq`-token windows of
-    `book` (non-overlapping; each window scores seq - 1 tokens).
-
-    The model's inputs are inspected: ``input_ids`` alone (dynamo export) or with
-    ``attention_mask`` / ``position_ids`` (TorchScript export), which get all-ones and 0..seq-1.
-    Its first output must be logits [batch, seq, vocab].
-
-    Returns:
-        perplexity, mean NLL (nats), per-window perplexities, tokens scored, timing, sizes.
-    """
-    t0 = time.perf_counter()
-    wins = book_windows(book, windows, seq)
-    t_tok = time.perf_counter() - t0
+def _window_nll(
+    onnx_path: str | os.PathLike[str], wins: np.ndarray, threads: int, batch: int
+) -> tuple[np.ndarray, list[str], float]:
+    """Summed NLL of each window's seq - 1 next-token predictions; the input names; seconds."""
     sess = make_session(onnx_path, threads=threads)
     names = _input_names(sess)
     out_name = sess.get_outputs()[0].name
-    nll_sum = np.zeros(windows)
+    nll_sum = np.zeros(len(wins))
     t1 = time.perf_counter()
-    for start in range(0, windows, batch):
+    for start in range(0, len(wins), batch):
         ids = wins[start : start + batch]
         (logits,) = sess.run([out_name], _text_feed(names, ids))
         if logits.ndim != 3 or logits.shape[:2] != ids.shape:
@@ -311,10 +298,38 @@ def smollm2_perplexity(
         for j in range(ids.shape[0]):
             nll_sum[start + j] = _token_nll(logits[j, :-1], ids[j, 1:]).sum()
         del logits
-    t_run = time.perf_counter() - t1
+    return nll_sum, names, time.perf_counter() - t1
+
+
+def smollm2_perplexity(
+    onnx_path: str | os.PathLike[str],
+    *,
+    dense_path: str | os.PathLike[str] | None = None,
+    windows: int = 16,
+    seq: int = 512,
+    book: str = EVAL_BOOK,
+    threads: int = 2,
+    batch: int = 1,
+    cache_dense: bool = True,
+) -> dict[str, Any]:
+    """Token-level perplexity of a SmolLM2 ONNX model on the first `windows` `seq`-token windows of
+    `book` (non-overlapping; each window scores seq - 1 tokens).
+
+    The model's inputs are inspected: ``input_ids`` alone (dynamo export) or with
+    ``attention_mask`` / ``position_ids`` (TorchScript export), which get all-ones and 0..seq-1.
+    Its first output must be logits [batch, seq, vocab]. With `dense_path`, the dense model's
+    perplexity on the same windows (cached) and the ratio are reported too.
+
+    Returns:
+        perplexity, mean NLL (nats), per-window perplexities, tokens scored, timing, sizes.
+    """
+    t0 = time.perf_counter()
+    wins = book_windows(book, windows, seq)
+    t_tok = time.perf_counter() - t0
+    nll_sum, names, t_run = _window_nll(onnx_path, wins, threads, batch)
     scored = windows * (seq - 1)
     nll = float(nll_sum.sum() / scored)
-    return {
+    res: dict[str, Any] = {
         "model": "smollm2-135m",
         "metric": "perplexity",
         "perplexity": float(np.exp(nll)),
@@ -331,6 +346,29 @@ def smollm2_perplexity(
         "seconds_per_window": round(t_run / windows, 3),
         "onnx": _model_info(onnx_path),
     }
+    if dense_path is not None:
+        t1 = time.perf_counter()
+        params = {"windows": windows, "seq": seq, "book": book, "v": 1}
+        dense = _cached(
+            "smollm2",
+            dense_path,
+            params,
+            # the same file: its own numbers (also fills the cache for later comparisons)
+            (lambda: {"nll_sum": nll_sum})
+            if _same_file(onnx_path, dense_path)
+            else (lambda: {"nll_sum": _window_nll(dense_path, wins, threads, batch)[0]}),
+            cache_dense,
+        )["nll_sum"]
+        dense_ppl = float(np.exp(dense.sum() / scored))
+        res.update(
+            {
+                "dense_perplexity": dense_ppl,
+                "perplexity_ratio_to_dense": res["perplexity"] / dense_ppl,
+                "seconds_dense": round(time.perf_counter() - t1, 2),
+                "dense_onnx": _model_info(dense_path),
+            }
+        )
+    return res
 
 
 def smollm2_calibration(

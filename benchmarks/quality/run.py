@@ -6,8 +6,8 @@
 
 --model        smollm2 | minilm | efficientnet
 --onnx PATH    the model to evaluate (dense or compressed; ONNX Runtime CPU)
---dense PATH   the dense model to compare with (MiniLM cosine, EfficientNet agreement; SmolLM2:
-               its perplexity is measured too and the ratio reported)
+--dense PATH   the dense model to compare with (SmolLM2: its perplexity and the ratio; MiniLM:
+               embedding cosine; EfficientNet: top-1 agreement); its outputs are cached
 --export-dense export the dense model with models_zoo.real.export_real (cached) and use it as
                --dense, and as --onnx when --onnx is not given (--exporter torchscript|dynamo)
 --quick        small sizes for smoke tests (SmolLM2 2 windows, MiniLM 1000/500,
@@ -95,16 +95,7 @@ def evaluate(model: str, onnx_path: str, dense: str | None, sizes: dict[str, int
     from benchmarks.quality import evaluate as ev
 
     if model == "smollm2":
-        res = ev.smollm2_perplexity(onnx_path, threads=threads, **sizes)
-        if dense is not None and os.path.realpath(dense) != os.path.realpath(onnx_path):
-            ref = ev.smollm2_perplexity(dense, threads=threads, **sizes)
-            res["dense_perplexity"] = ref["perplexity"]
-            res["perplexity_ratio_to_dense"] = res["perplexity"] / ref["perplexity"]
-            res["seconds_dense"] = ref["seconds_model"]
-        elif dense is not None:
-            res["dense_perplexity"] = res["perplexity"]
-            res["perplexity_ratio_to_dense"] = 1.0
-        return res
+        return ev.smollm2_perplexity(onnx_path, dense_path=dense, threads=threads, **sizes)
     if model == "minilm":
         return ev.minilm_probe(onnx_path, dense_path=dense, threads=threads, **sizes)
     return ev.efficientnet_quality(onnx_path, dense_path=dense, threads=threads, **sizes)

@@ -9,7 +9,7 @@ benchmarks/quality/dense_reference.json.
 Measured on the 2-core machine (quick sizes, dense -> damaged): SmolLM2 2 windows ppl 19.34 (both
 exporters) -> 1.2e5 with layer 0's MLP down projection zeroed; MiniLM probe 1000/500 0.696 -> 0.650,
 cosine 1.0 -> 0.85 with two FFN output projections zeroed; EfficientNet probe 200/200 0.80 -> 0.77,
-top-1 agreement 1.0 -> 0.37 with one conv zeroed. The whole file takes about 4 minutes.
+top-1 agreement 1.0 -> 0.37 with one conv zeroed. The whole file takes 2-4 minutes (exports cached).
 """
 
 from __future__ import annotations
@@ -121,11 +121,14 @@ def test_smollm2_quick_perplexity_plausible(exporter: str, smollm2_dense_ppl: di
 def test_smollm2_damaged_model_scores_worse(tmp_path: pathlib.Path) -> None:
     path = _dense("smollm2-135m", "dynamo")
     _need_data(data.jane_austen_books)
-    dense = ev.smollm2_perplexity(path, windows=2)["perplexity"]
+    dense = ev.smollm2_perplexity(path, dense_path=path, windows=2)
+    assert dense["perplexity_ratio_to_dense"] == 1.0
     # layer 0's MLP down projection (MatMul weight [1536, 576]) zeroed
     bad = _damaged(path, tmp_path / "bad", _first_with_shape("MatMul", (1536, 576)))
-    damaged = ev.smollm2_perplexity(bad, windows=2)["perplexity"]
-    assert damaged > 1.2 * dense, (dense, damaged)
+    res = ev.smollm2_perplexity(bad, dense_path=path, windows=2)
+    assert res["perplexity"] > 1.2 * dense["perplexity"], (dense, res)
+    assert res["dense_perplexity"] == pytest.approx(dense["perplexity"], rel=1e-12)
+    assert res["perplexity_ratio_to_dense"] > 1.2
 
 
 @pytest.mark.slow
