@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from spa_compiler.channel_groups import ALL_UNITS, ChannelGroup, analyze, prune_groups
+from spa_compiler.channel_groups import ALL_UNITS, ChannelGroup, GroupAnalysis, analyze, prune_groups
 from spa_compiler.context import CompileContext
 from spa_compiler.criteria import CRITERIA, GroupPath, group_paths
 from spa_compiler.errors import PreconditionError
@@ -46,8 +46,14 @@ def apply_plan(
     *,
     units: tuple[str, ...],
     validate: bool = True,
+    analysis: GroupAnalysis | None = None,
 ) -> dict[str, Any]:
-    """Prune `model` in place to `kept` units per group, writing compensated weights first."""
+    """Prune `model` in place to `kept` units per group, writing compensated weights first.
+
+    `analysis`: an `analyze(..., units=units)` of `model` or of the model `model` was cloned
+    from; it is rebound to `model` (`GroupAnalysis.for_clone`, no new analysis) and is itself
+    left unconsumed, so one analysis serves any number of calls. Without it `model` is analysed.
+    """
     tensors = model.tensors()
     compensated = 0
     skipped_shared = 0
@@ -69,8 +75,11 @@ def apply_plan(
             const.values = w
             done.add(view.const.name)
             compensated += 1
-    analysis = analyze(model, units=units)
-    stats = prune_groups(model, plan, analysis=analysis, validate=validate) if plan else {"groups_pruned": 0}
+    if not plan:
+        stats: dict[str, Any] = {"groups_pruned": 0}
+    else:
+        bound = analysis.for_clone(model) if analysis is not None else analyze(model, units=units)
+        stats = prune_groups(model, plan, analysis=bound, validate=validate)
     stats = {k: v for k, v in stats.items() if k != "removed"}  # per-unit lists go to details
     stats["weights_refitted"] = compensated
     stats["refit_skipped_shared"] = skipped_shared
@@ -183,13 +192,13 @@ class PruneZipLMPass(Pass):
         }
         if ctx.budget_ms is None:
             kept = {gid: self._uniform(g, levels[gid]) for gid, g in groups.items()}
-            stats = apply_plan(model, groups, paths, kept, units=self.units)
+            stats = apply_plan(model, groups, paths, kept, units=self.units, analysis=analysis)
             details = [self._detail(groups[g], paths[g], k) for g, k in kept.items()]
             stats.update(criterion=criterion, mode="uniform", ratio=self.ratio,
                          mean_error=float(np.mean([paths[g].error_at(k) for g, k in kept.items()])))
             return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats,
                               skipped=skipped, details=details)
-        return self._search(model, ctx, groups, paths, levels, criterion, skipped)
+        return self._search(model, ctx, groups, paths, levels, criterion, skipped, analysis)
 
     def _uniform(self, g: ChannelGroup, levels: list[int]) -> int:
         target = g.n_units - int(round(g.n_units * self.ratio))
@@ -215,6 +224,7 @@ class PruneZipLMPass(Pass):
         levels: dict[str, list[int]],
         criterion: str,
         skipped: dict[str, int],
+        analysis: GroupAnalysis | None = None,
     ) -> PassResult:
         from spa_compiler.latency.profile import build_table
         from spa_compiler.search import GroupOptions, Level, choose_levels, correct_budget
@@ -226,7 +236,7 @@ class PruneZipLMPass(Pass):
             from spa_compiler.latency.table import structure_fingerprint
 
             table.check_compatible(
-                model_fingerprint=structure_fingerprint(model.to_proto()),
+                model_fingerprint=ctx.options.get("input_fingerprint") or structure_fingerprint(model.to_proto()),
                 input_shapes=ctx.input_shapes or None,
                 groups={gid: g.n_units for gid, g in groups.items()},
             )
@@ -240,7 +250,8 @@ class PruneZipLMPass(Pass):
                 levels[gid] = [k for k in levels[gid] if lv[0].kept_units <= k <= lv[-1].kept_units]
         else:
             table = build_table(model, list(groups.values()), levels, ctx.latency, ctx.feeds or {},
-                                units=self.units, input_shapes=ctx.input_shapes, progress=ctx.progress)
+                                units=self.units, input_shapes=ctx.input_shapes, progress=ctx.progress,
+                                analysis=analysis)
         bound = self._bound(ctx)
         n_groups = len(groups)
         options = [
@@ -263,7 +274,7 @@ class PruneZipLMPass(Pass):
                 measured = seen[key]
             else:
                 clone = model.clone()
-                apply_plan(clone, groups, paths, kept, units=self.units, validate=False)
+                apply_plan(clone, groups, paths, kept, units=self.units, validate=False, analysis=analysis)
                 if ctx.latency is not None:
                     # dense and candidate timed in alternation: their ratio, times the reference
                     # dense latency, is immune to changes of machine load during the search
@@ -298,7 +309,7 @@ class PruneZipLMPass(Pass):
                     internal = min(internal, over * 0.999)
         assert best is not None and result is not None
         measured, error, kept = best
-        stats = apply_plan(model, groups, paths, kept, units=self.units)
+        stats = apply_plan(model, groups, paths, kept, units=self.units, analysis=analysis)
         reached = measured <= budget
         stats.update(
             criterion=criterion,

@@ -217,6 +217,40 @@ class GroupAnalysis:
         """Share of MACs inside prunable groups."""
         return self.prunable_macs / self.total_macs if self.total_macs else 0.0
 
+    def for_clone(self, clone: ModelIR) -> GroupAnalysis:
+        """This analysis, bound to `clone`, without analysing again (time O(graph size)).
+
+        `clone` must be a structurally identical copy of the model as it was analysed (e.g.
+        `model.clone()`, possibly with other weight values): same nodes in the same order with
+        the same names, ops, attribute names and input/output tensor names, the same constants
+        (by name and shape) and the same values of the integer constants the analysis read
+        (shapes, axes, indices); float values (weights) may differ.
+        The groups, ids and figures are those of this analysis; `prune_groups(clone, plan,
+        analysis=analysis.for_clone(clone))` gives exactly the model a fresh `analyze(clone)`
+        would. The result is a new analysis, consumed by one `prune_groups`; this one is not
+        changed and stays bound to its own model, and may be rebound any number of times (also
+        after it pruned its model: the copy must then match the model as analysed). Passing the
+        analysed model itself gives a second, independent analysis of it.
+
+        Raises:
+            UsageError: `clone` differs in structure, or this analysis has no analyzer state.
+        """
+        if self._state is None or not hasattr(self._state, "structure"):
+            raise UsageError(
+                "this group analysis cannot be rebound (it has no analyzer state)",
+                hint="use a GroupAnalysis returned by analyze()",
+            )
+        return dataclasses.replace(
+            self,
+            groups=list(self.groups),
+            frozen_macs=dict(self.frozen_macs),
+            unknown_ops=dict(self.unknown_ops),
+            input_shapes=dict(self.input_shapes),
+            _state=_rebind(self._state, clone),
+        )
+
+    rebind = for_clone
+
 
 @dataclasses.dataclass
 class _Slot:
@@ -1039,6 +1073,9 @@ def analyze(
     an.model_version = model.version  # type: ignore[attr-defined]
     an.n_nodes = len(an.nodes)  # type: ignore[attr-defined]
     result = _build(an, tuple(units), include_hidden, fixed)
+    # what `GroupAnalysis.for_clone` needs: the structure analysed and the shape values known
+    an.structure = _structure(model)  # type: ignore[attr-defined]
+    an.memo = an.ev0.memo_by_name(model.graph.tensors())  # type: ignore[attr-defined]
     logger.info(
         "channel groups: %d (%d prunable), %.0f%% of MACs prunable, unknown ops %s",
         len(result.groups),
@@ -1060,6 +1097,87 @@ def round_removal(group: ChannelGroup, remove: Sequence[int], round_to: int) -> 
     while keep < n and (keep * us) % round_to:
         keep += 1
     return remove[: n - keep]
+
+
+def _structure(model: ModelIR) -> list[tuple[Any, ...]]:
+    """What an analysis depends on besides values: graph I/O, and per node (in order) its name,
+    op, domain, attribute names, inputs (name; constants also with their shape) and outputs."""
+    g = model.graph
+
+    def key(t: gs.Tensor) -> tuple[Any, ...]:
+        if isinstance(t, gs.Constant):
+            return (t.name, "const", tuple(t.shape))
+        return (t.name,)
+
+    out: list[tuple[Any, ...]] = [
+        ("inputs", tuple(t.name for t in g.inputs)),
+        ("outputs", tuple(t.name for t in g.outputs)),
+    ]
+    for n in g.nodes:
+        out.append(
+            (
+                n.name,
+                n.op,
+                n.domain or "",
+                tuple(sorted(n.attrs)),
+                tuple(key(t) for t in n.inputs),
+                tuple(t.name for t in n.outputs),
+            )
+        )
+    return out
+
+
+def _rebind(an: _Analyzer, clone: ModelIR) -> _Analyzer:
+    """A copy of analyzer `an` bound to `clone` (see `GroupAnalysis.for_clone`).
+
+    Shared (prune_groups only reads them): shapes, dtypes, axes, contractions, slots, rules.
+    Own: the graph references, the node index, the dimension space (its union-find compresses
+    paths and may add trivial atoms) and the shape evaluator (memoized by tensor identity,
+    re-seeded, by name, with the values the analysis computed for non-constant tensors)."""
+    want: list[tuple[Any, ...]] = an.structure  # type: ignore[attr-defined]
+    have = _structure(clone)
+    if have != want:
+        if len(have) != len(want):
+            where = f"{len(want) - 2} nodes analysed, {len(have) - 2} in the clone"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(want, have, strict=True)) if a != b)
+            where = f"first difference: {want[i]!r:.200} vs {have[i]!r:.200}"
+        raise UsageError(
+            f"the model is not a structurally identical copy of the analysed one ({where})",
+            hint="call analyze() on this model instead of rebinding an analysis of another",
+        )
+    new = _Analyzer.__new__(_Analyzer)
+    new.__dict__.update(an.__dict__)
+    new.model = clone
+    new.graph = clone.graph
+    new.nodes = list(clone.graph.nodes)
+    new.index = {id(n): i for i, n in enumerate(new.nodes)}
+    new.space = an.space.copy()
+    new.ev0 = ShapeEvaluator(new._sizes_orig)
+    tensors = clone.graph.tensors()
+    for name, value in an.memo.items():  # type: ignore[attr-defined]
+        t = tensors.get(name)
+        if t is None:
+            continue
+        c = constant_value(t)
+        if c is None:
+            new.ev0.seed(t, value)  # a computed shape value: the same on a structural copy
+            continue
+        # constants are read again from the clone (weights may have other values: a float
+        # constant of at most MAX_ELEMENTS values may be memoized); integer ones are shape
+        # arithmetic (shape, axes, indices, starts): they must agree with the analysis
+        cur = np.asarray(c.values)
+        if value is not None and cur.dtype.kind in "iub" and (
+            cur.shape != np.shape(value) or not np.array_equal(cur, value)
+        ):
+            raise UsageError(
+                f"integer constant {name!r} has another value than in the analysed model",
+                hint="call analyze() on this model instead of rebinding an analysis of another",
+            )
+    new.model_version = clone.version  # type: ignore[attr-defined]
+    new.n_nodes = len(new.nodes)  # type: ignore[attr-defined]
+    new.consumed = False  # type: ignore[attr-defined]
+    return new
 
 
 def _state_for(model: ModelIR, analysis: GroupAnalysis | None) -> tuple[GroupAnalysis, _Analyzer]:

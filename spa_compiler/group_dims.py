@@ -61,6 +61,17 @@ class DimSpace:
         self._info: dict[int, AtomInfo] = {}
         self._touched: set[int] = set()
 
+    def copy(self) -> DimSpace:
+        """An independent copy in O(atoms): its union-find, atoms and info records are its own
+        (terms are immutable tuples and are shared)."""
+        other = DimSpace.__new__(DimSpace)
+        other._size = list(self._size)
+        other._parent = list(self._parent)
+        other._defn = dict(self._defn)
+        other._info = {k: v.copy() for k, v in self._info.items()}
+        other._touched = set(self._touched)
+        return other
+
     # ------------------------------------------------------------------ atoms
     def new(self, size: int, *, frozen: str | None = None) -> int:
         """A fresh atom of `size` positions."""

@@ -55,6 +55,16 @@ class ShapeEvaluator:
         self._sizes_of = sizes_of
         self._memo: dict[int, npt.NDArray[np.generic] | None] = {}
 
+    def memo_by_name(self, tensors: Mapping[str, gs.Tensor]) -> dict[str, npt.NDArray[np.generic] | None]:
+        """The values evaluated so far, keyed by tensor name (`tensors`: name -> tensor of the
+        graph they were evaluated on; values of tensors not in it are left out)."""
+        name_of = {id(t): name for name, t in tensors.items() if name}
+        return {name_of[k]: v for k, v in self._memo.items() if k in name_of}
+
+    def seed(self, t: gs.Tensor, value: npt.NDArray[np.generic] | None) -> None:
+        """Record `value` as the value of `t` (as if evaluated), e.g. one known from a copy."""
+        self._memo[id(t)] = value
+
     def value(self, t: gs.Tensor) -> npt.NDArray[np.generic] | None:
         """The value of `t`, or None if it is not small shape arithmetic."""
         key = id(t)

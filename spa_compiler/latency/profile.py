@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from spa_compiler import __version__
-from spa_compiler.channel_groups import ChannelGroup, analyze, prune_groups
+from spa_compiler.channel_groups import ChannelGroup, GroupAnalysis, analyze, prune_groups
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.table import GroupLatency, LatencyTable, LevelLatency, Provenance, structure_fingerprint
 
@@ -69,6 +69,7 @@ def build_table(
     units: Sequence[str],
     input_shapes: Mapping[str, Sequence[int]],
     progress: Callable[[str, int, int], None] | None = None,
+    analysis: GroupAnalysis | None = None,
 ) -> LatencyTable:
     """Measure (or estimate, for an analytic provider) a latency table in context.
 
@@ -81,6 +82,8 @@ def build_table(
         units: Unit kinds the groups were analysed with.
         input_shapes: Concrete input shapes (recorded in the provenance).
         progress: (task, done, total) callback.
+        analysis: `analyze(model, units=units)` if the caller has it (else computed here, once);
+            every pruned clone gets it rebound (`GroupAnalysis.for_clone`), never re-analysed.
     """
     if dataclasses.is_dataclass(provider) and hasattr(provider, "runs"):
         # a table needs many timings: fewer runs each (the medians stay stable), no minimum time
@@ -95,12 +98,14 @@ def build_table(
     measured: dict[tuple[Any, ...], dict[int, float]] = {sig: {} for sig in by_sig}
     ratios: dict[tuple[Any, ...], dict[int, float]] = {sig: {} for sig in by_sig}
     dense_times: list[float] = []
+    if jobs and analysis is None:
+        analysis = analyze(model, units=units)
     for i, (sig, k) in enumerate(jobs):
         members = by_sig[sig]
         clone = model.clone()
-        analysis = analyze(clone, units=units)
         plan = {g.id: list(range(g.n_units - k)) for g in members}
-        prune_groups(clone, plan, analysis=analysis, validate=False)
+        assert analysis is not None
+        prune_groups(clone, plan, analysis=analysis.for_clone(clone), validate=False)
         # timed in alternation with the dense model: the ratio is immune to load drift
         t_dense, t_var = provider.time_many([model, clone], feeds)
         dense_times.append(t_dense.ms)
