@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-error", type=float, default=None,
+                    help="search error bound (random-weight models: pass a large value, errors mean nothing)")
     ap.add_argument("--workdir", default="/tmp/spa-bench")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_model(src, work / f"{tag}.onnx", pipeline=pipeline, target=args.target, precision=args.precision,
                       budget=parse_budget(budget) if budget else None, input_shapes=shapes, report=rep,
                       latency_table=table if budget else None, measure_runs=args.runs, threads=args.threads,
-                      validate="end")
+                      validate="end", max_error=args.max_error)
         p = rep.after["paired"]
         return {
             "tag": tag, "budget": budget, "seconds": round(time.time() - t, 1),
