@@ -186,31 +186,41 @@ def main(argv: list[str] | None = None) -> int:
             "search": next((r.stats for r in rep.passes if r.name == "prune-ziplm"), {}),
         }
 
-    results = [one(pipe, f"{b}x", f"budget{b}") for b in args.budgets.split(",") if b]
-    uniform = [one(f"cleanup,prune-ziplm{{criterion=magnitude,ratio={r},round-to={args.round_to}}},cleanup",
-                   None, f"uniform{r}") for r in args.uniform.split(",") if r]
-    for r in results:
-        frac = float(r["budget"].rstrip("x"))
-        r["measured_over_budget"] = r["latency_ratio"] / frac
-        if r["mac_ratio"] is not None and r["mac_ratio"] < 1:
-            r["conversion"] = (1 - r["latency_ratio"]) / (1 - r["mac_ratio"])
-            u = _interp_uniform([x for x in uniform if x["mac_ratio"] is not None], r["mac_ratio"])
-            r["uniform_latency_ratio_at_same_macs"] = u
-            r["uniform_conversion"] = None if u is None else (1 - u) / (1 - r["mac_ratio"])
-    for u in uniform:
-        if u["mac_ratio"] is not None and u["mac_ratio"] < 1:
-            u["conversion"] = (1 - u["latency_ratio"]) / (1 - u["mac_ratio"])
-    out = {
-        "command": " ".join(["python -m benchmarks.latency.run", *(argv or sys.argv[1:])]),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool_version": __version__, "host": platform.node(), "target": args.target, "precision": args.precision,
-        "model": args.model, "shapes": {k: list(v) for k, v in shapes.items()},
-        "provenance": table.provenance.__dict__ | {"table_kind": table.kind},
-        "export_seconds": round(export_s, 1), "profile_seconds": round(profile_s, 1),
-        "groups": len(analysis.prunable), "budgets": results, "uniform": uniform,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    results: list[dict[str, Any]] = []
+    uniform: list[dict[str, Any]] = []
+
+    def summarize() -> dict[str, Any]:
+        for r in results:
+            frac = float(r["budget"].rstrip("x"))
+            r["measured_over_budget"] = r["latency_ratio"] / frac
+            if r["mac_ratio"] is not None and r["mac_ratio"] < 1:
+                r["conversion"] = (1 - r["latency_ratio"]) / (1 - r["mac_ratio"])
+                u = _interp_uniform([x for x in uniform if x["mac_ratio"] is not None], r["mac_ratio"])
+                r["uniform_latency_ratio_at_same_macs"] = u
+                r["uniform_conversion"] = None if u is None else (1 - u) / (1 - r["mac_ratio"])
+        for u in uniform:
+            if u["mac_ratio"] is not None and u["mac_ratio"] < 1:
+                u["conversion"] = (1 - u["latency_ratio"]) / (1 - u["mac_ratio"])
+        out = {
+            "command": " ".join(["python -m benchmarks.latency.run", *(argv or sys.argv[1:])]),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "tool_version": __version__, "host": platform.node(), "target": args.target,
+            "precision": args.precision, "model": args.model, "shapes": {k: list(v) for k, v in shapes.items()},
+            "provenance": table.provenance.__dict__ | {"table_kind": table.kind},
+            "export_seconds": round(export_s, 1), "profile_seconds": round(profile_s, 1),
+            "groups": len(analysis.prunable), "budgets": results, "uniform": uniform,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")  # after every run
+        return out
+
+    for b in [b for b in args.budgets.split(",") if b]:
+        results.append(one(pipe, f"{b}x", f"budget{b}"))
+        summarize()
+    for r in [r for r in args.uniform.split(",") if r]:
+        uniform.append(one(f"cleanup,prune-ziplm{{criterion=magnitude,ratio={r},round-to={args.round_to}}},cleanup",
+                           None, f"uniform{r}"))
+        summarize()
     print(f"{'run':>12} {'lat x':>7} {'MACs x':>7} {'meas/bud':>8} {'conv':>6} {'unif conv':>9}")
     for r in [*results, *uniform]:
         mac = r.get("mac_ratio") or float("nan")
