@@ -115,7 +115,23 @@ def random_feeds(
                 feeds[t.name] = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
             else:
                 high = 32 if ("id" in name and "type" not in name) else 2
+                rows = _gather_rows(t)
+                if rows:  # indices into an embedding table: draw from all of its rows
+                    high = rows
                 feeds[t.name] = rng.integers(0, high, size=shape).astype(dtype)
         else:
             raise UsageError(f"input {t.name!r} has dtype {dtype}, which random inputs cannot fill")
     return feeds
+
+
+def _gather_rows(t: Any) -> int | None:
+    """Rows of the smallest constant table that a Gather (axis 0) indexes with `t`, if any."""
+    from spa_compiler.ir import constant_value
+
+    rows = []
+    for node in t.outputs:
+        if node.op == "Gather" and len(node.inputs) == 2 and node.inputs[1] is t and node.attrs.get("axis", 0) == 0:
+            table = constant_value(node.inputs[0])
+            if table is not None and table.shape:
+                rows.append(int(table.shape[0]))
+    return min(rows) if rows else None
