@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,34 @@ import onnx
 
 from spa_compiler.ir import ModelIR
 from spa_compiler.runtime import import_ort, make_session
+
+
+def time_callables(
+    runners: Sequence[Callable[[], object]], *, warmup: int, runs: int, min_seconds: float = 0.0
+) -> list[tuple[float, float, float, int]]:
+    """Time callables in alternation (a, b, a, b, ...) after `warmup` untimed calls of each.
+
+    Alternation makes their ratio immune to changes of machine load during the measurement. Each
+    callable must block until its work is done. Stops after `runs` rounds once `min_seconds` have
+    passed (at most 100 x runs rounds). Returns (median, p10, p90, rounds) in milliseconds per callable.
+    """
+    for r in runners:
+        for _ in range(warmup):
+            r()
+    times: list[list[float]] = [[] for _ in runners]
+    started = time.perf_counter()
+    while len(times[0]) < runs or time.perf_counter() - started < min_seconds:
+        for i, r in enumerate(runners):
+            t0 = time.perf_counter()
+            r()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+        if len(times[0]) >= 100 * max(runs, 1):
+            break
+    out = []
+    for ts in times:
+        qs = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
+        out.append((statistics.median(ts), qs[0], qs[-1], len(ts)))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +83,14 @@ def measure_ort(
     """
     sess = make_session(model, providers=providers, threads=threads, optimize=True)
     feeds = dict(feeds)
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < runs or time.perf_counter() - started < min_seconds:
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 100 * max(runs, 1):
-            break
-    qs = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    ((median, p10, p90, n),) = time_callables(
+        [lambda: sess.run(None, feeds)], warmup=warmup, runs=runs, min_seconds=min_seconds
+    )
     return LatencyMeasurement(
-        median_ms=statistics.median(times),
-        p10_ms=qs[0],
-        p90_ms=qs[-1],
-        runs=len(times),
+        median_ms=median,
+        p10_ms=p10,
+        p90_ms=p90,
+        runs=n,
         provider=sess.get_providers()[0],
         threads=threads,
         runtime=f"onnxruntime {import_ort().__version__}",

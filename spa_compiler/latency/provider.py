@@ -60,27 +60,13 @@ def _proto(model: ModelIR | onnx.ModelProto) -> onnx.ModelProto:
 def _interleaved(
     runners: Sequence[Any], *, warmup: int, runs: int, min_seconds: float
 ) -> list[Timing]:
-    """Time callables in alternation; one median (and p10/p90) per callable."""
-    import statistics
-    import time
+    """Time callables in alternation; one Timing per callable (see `measure.time_callables`)."""
+    from spa_compiler.latency.measure import time_callables
 
-    for r in runners:
-        for _ in range(warmup):
-            r()
-    times: list[list[float]] = [[] for _ in runners]
-    started = time.perf_counter()
-    while len(times[0]) < runs or time.perf_counter() - started < min_seconds:
-        for i, r in enumerate(runners):
-            t0 = time.perf_counter()
-            r()
-            times[i].append((time.perf_counter() - t0) * 1e3)
-        if len(times[0]) >= 100 * max(runs, 1):
-            break
-    out = []
-    for ts in times:
-        qs = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
-        out.append(Timing(statistics.median(ts), "measured", len(ts), qs[0], qs[-1]))
-    return out
+    return [
+        Timing(median, "measured", n, p10, p90)
+        for median, p10, p90, n in time_callables(runners, warmup=warmup, runs=runs, min_seconds=min_seconds)
+    ]
 
 
 @dataclasses.dataclass
