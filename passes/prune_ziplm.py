@@ -86,6 +86,55 @@ def apply_plan(
     return stats
 
 
+def _language_model_io(model: ModelIR) -> tuple[str, int] | None:
+    """(token input name, vocabulary) if the model maps token ids to next-token logits."""
+    from spa_compiler.runtime import _gather_rows
+
+    ints = [t for t in model.graph.inputs if np.issubdtype(np.dtype(t.dtype), np.integer) and _gather_rows(t)]
+    if not ints or len(model.graph.outputs) != 1:
+        return None
+    vocab = _gather_rows(ints[0])
+    out = model.graph.outputs[0]
+    if out.shape is None or not out.shape or out.shape[-1] != vocab:
+        return None
+    return ints[0].name, int(vocab)
+
+
+def self_generated(
+    model: ModelIR, feeds: list[dict[str, np.ndarray]], *, rounds: int, seed: int, top_k: int = 50
+) -> list[dict[str, np.ndarray]]:
+    """Data-free inputs that look like the model's own text (language models only).
+
+    Uniformly random tokens are far from text. Each round runs the model once on every sequence and
+    re-samples all tokens after the first, in parallel, from the model's own top-k next-token
+    distribution at the previous position, so after a few rounds the sequences follow the model's
+    statistics. Other models get `feeds` back unchanged.
+    """
+    io = _language_model_io(model)
+    if io is None or rounds <= 0:
+        return feeds
+    from spa_compiler.runtime import make_session
+
+    name, vocab = io
+    sess = make_session(model, optimize=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for feed in feeds:
+        ids = np.array(feed[name])
+        for _ in range(rounds):
+            (logits,) = sess.run(None, {**feed, name: ids})
+            logits = np.asarray(logits[..., :-1, :], dtype=np.float64)
+            top = np.argpartition(-logits, top_k, axis=-1)[..., :top_k]
+            z = np.take_along_axis(logits, top, axis=-1)
+            p = np.exp(z - z.max(axis=-1, keepdims=True))
+            p /= p.sum(axis=-1, keepdims=True)
+            u = rng.random(p.shape[:-1] + (1,))
+            choice = np.minimum((p.cumsum(axis=-1) < u).sum(axis=-1), top_k - 1)
+            ids[..., 1:] = np.take_along_axis(top, choice[..., None], axis=-1)[..., 0].astype(ids.dtype)
+        out.append({**feed, name: ids})
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class PruneZipLMPass(Pass):
     """Prune coupled-channel groups to a latency budget (or a uniform ratio) with a chosen criterion.
@@ -102,6 +151,7 @@ class PruneZipLMPass(Pass):
         safety: Aim this fraction under the budget, against timing noise in the final check.
         max_error: Mean relative error bound (negative: the context's or the default).
         synthetic_feeds: Random input feeds the data-free criterion (obspa) uses.
+        lm_rounds: For language models, rounds of re-sampling the random tokens from the model itself.
     """
 
     name: ClassVar[str] = "prune-ziplm"
@@ -117,6 +167,7 @@ class PruneZipLMPass(Pass):
     safety: float = 0.015
     max_error: float = -1.0
     synthetic_feeds: int = 8
+    lm_rounds: int = 4
 
     def requirements(self) -> frozenset[Requirement]:
         req = {Requirement.STATIC_SHAPES}
@@ -152,7 +203,8 @@ class PruneZipLMPass(Pass):
     def _synthetic(self, ctx: CompileContext, model: ModelIR) -> list[dict[str, np.ndarray]]:
         from spa_compiler.runtime import random_feeds
 
-        return [random_feeds(model, ctx.input_shapes, seed=ctx.seed + 1 + i) for i in range(self.synthetic_feeds)]
+        feeds = [random_feeds(model, ctx.input_shapes, seed=ctx.seed + 1 + i) for i in range(self.synthetic_feeds)]
+        return self_generated(model, feeds, rounds=self.lm_rounds, seed=ctx.seed)
 
     def _bound(self, ctx: CompileContext) -> float:
         if self.max_error >= 0:

@@ -188,3 +188,22 @@ def test_preconditions() -> None:
             PruneZipLMPass(**bad).check_preconditions(model, ctx)
     with pytest.raises(PreconditionError, match="latency model"):
         PruneZipLMPass().check_preconditions(model, CompileContext(budget_ms=1.0))
+
+
+def test_self_generated_inputs_for_language_models_only() -> None:
+    from spa_compiler import models_zoo
+    from spa_compiler.passes.prune_ziplm import _language_model_io, self_generated
+    from spa_compiler.runtime import random_feeds
+
+    lm = ModelIR.load(models_zoo.build("tiny_llama", "dynamo"))
+    assert _language_model_io(lm) == ("input_ids", 256)
+    feeds = [random_feeds(lm, {"input_ids": (2, 16)}, seed=s) for s in range(2)]
+    gen = self_generated(lm, feeds, rounds=2, seed=0)
+    for f, g in zip(feeds, gen):
+        assert g["input_ids"].shape == f["input_ids"].shape and g["input_ids"].dtype == f["input_ids"].dtype
+        np.testing.assert_array_equal(g["input_ids"][:, 0], f["input_ids"][:, 0])  # the prompt token stays
+        assert not np.array_equal(g["input_ids"], f["input_ids"])
+        assert 0 <= g["input_ids"].min() and g["input_ids"].max() < 256
+    cnn = ModelIR.load(models_zoo.build("tiny_resnet", "dynamo"))
+    img = [random_feeds(cnn, seed=0)]
+    assert self_generated(cnn, img, rounds=2, seed=0) is img
