@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 ratio=${RATIO:-0.25}
 M=${SPA_COMPILER_CACHE:-$HOME/.cache/spa-compiler}/real/smollm2-135m-dynamo/model.onnx
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
-OUT=benchmarks/quality/results/smollm2-ffn-$ratio.json
+OUT=${OUT:-benchmarks/quality/results/smollm2-ffn-$ratio.json}
 mkdir -p "$(dirname "$OUT")"
 for crit in ${CRITERIA:-magnitude obspa obs}; do
   calib=()
