@@ -62,6 +62,22 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int | None]]) 
     return None
 
 
+def _count(
+    proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int | None]]
+) -> tuple[int, int, dict[str, int]]:
+    macs, unknown = 0, 0
+    by_op: dict[str, int] = {}
+    for node in proto.graph.node:
+        by_op[node.op_type] = by_op.get(node.op_type, 0) + 1
+        if node.op_type in COUNTED_OPS:
+            m = node_macs(node, shapes)
+            if m is None:
+                unknown += 1
+            else:
+                macs += m
+    return macs, unknown, by_op
+
+
 def model_stats(model: ModelIR, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Params, MACs (None if any counted op has an unknown shape) and op counts of a model."""
     proto = model.to_proto()
@@ -77,17 +93,18 @@ def model_stats(model: ModelIR, input_shapes: Mapping[str, Sequence[int]] | None
         except Exception:  # stats are best effort; invalid models are caught elsewhere
             inferred = small
     shapes = _shapes(inferred)
-    macs: int | None = 0
-    by_op: dict[str, int] = {}
-    unknown = 0
-    for node in inferred.graph.node:
-        by_op[node.op_type] = by_op.get(node.op_type, 0) + 1
-        if node.op_type in COUNTED_OPS:
-            m = node_macs(node, shapes)
-            if m is None:
-                unknown += 1
-            elif macs is not None:
-                macs += m
+    macs, unknown, by_op = _count(inferred, shapes)
+    if unknown and not model.symbolic_inputs().keys() - set(input_shapes or {}):
+        # ONNX shape inference cannot follow some run-time shape chains (TorchScript attention
+        # reshapes): take the shapes from one ONNX Runtime run instead, as the group analysis does
+        try:
+            from spa_compiler.channel_groups import static_shapes
+
+            ort_shapes, _, _ = static_shapes(model, input_shapes)
+            merged = {**shapes, **{k: list(v) for k, v in ort_shapes.items()}}
+            macs, unknown, by_op = _count(inferred, merged)
+        except Exception:  # stats are best effort
+            pass
     return {
         "params": model.count_params(),
         "macs": None if unknown else macs,
