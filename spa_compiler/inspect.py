@@ -15,8 +15,11 @@ def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None =
     """A JSON-able description: inputs, outputs, opset, ops, params, MACs, prunable chains."""
     from spa_compiler.passes.prune_magnitude import _find_chain
 
+    from spa_compiler.channel_groups import analyze
+
     model = ModelIR.load(path)
     stats = model_stats(model, shapes)
+    analysis = analyze(model, input_shapes=shapes)
     prunable = []
     reasons: Counter[str] = Counter()
     for node in model.nodes(("Conv", "Gemm")):
@@ -39,6 +42,12 @@ def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None =
         "macs": stats["macs"],
         "nodes": stats["nodes"],
         "ops": stats["ops"],
+        "groups": len(analysis.groups),
+        "prunable_groups": len(analysis.prunable),
+        "prunable_units": {u: sum(1 for g in analysis.prunable if g.unit == u)
+                           for u in sorted({g.unit for g in analysis.prunable})},
+        "prunable_mac_share": analysis.coverage,
+        "unknown_ops": dict(analysis.unknown_ops),
         "prunable_chains": prunable,
         "not_prunable": dict(reasons),
     }
@@ -53,7 +62,15 @@ def format_inspection(info: Mapping[str, Any]) -> str:
     macs = f"{info['macs']:,}" if info["macs"] is not None else "unknown (symbolic shapes: pass --input-shape)"
     lines.append(f"  params {info['params']:,}   MACs {macs}   nodes {info['nodes']}")
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
-    lines.append(f"  prunable channel chains (prune-magnitude): {len(info['prunable_chains'])}")
+    units = ", ".join(f"{n} {u}" for u, n in info["prunable_units"].items()) or "none"
+    lines.append(
+        f"  coupled-channel groups: {info['prunable_groups']} prunable of {info['groups']} ({units}); "
+        f"{100 * info['prunable_mac_share']:.1f}% of MACs prunable (list: spa-compile inspect --groups)"
+    )
+    if info["unknown_ops"]:
+        lines.append("  ops without a rule (their channels frozen): "
+                     + ", ".join(f"{k} x{v}" for k, v in info["unknown_ops"].items()))
+    lines.append(f"  simple Conv/Gemm chains (prune-magnitude): {len(info['prunable_chains'])}")
     for c in info["prunable_chains"]:
         through = " -> ".join(c["through"]) or "direct"
         lines.append(f"    {c['producer']} -> [{through}] -> {c['consumer']}: {c['channels']} channels")

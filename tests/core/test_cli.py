@@ -215,9 +215,11 @@ def test_inspect_and_list_passes(chain_path: Path, capsys) -> None:
     code, out, _ = _run(capsys, "inspect", str(chain_path))
     assert code == 0
     assert "params 2,968" in out and "Conv x3" in out
+    assert "coupled-channel groups: 2 prunable" in out
     code, out, _ = _run(capsys, "inspect", str(chain_path), "--json")
     info = json.loads(out)
     assert info["macs"] > 0 and info["opset"] == 17
+    assert info["prunable_groups"] == 2 and info["prunable_units"] == {"channel": 2}
     code, out, _ = _run(capsys, "list-passes", "--json")
     data = json.loads(out)
     names = [p["name"] for p in data["passes"]]
