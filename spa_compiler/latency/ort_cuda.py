@@ -14,8 +14,6 @@ comes from the model's types)."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from spa_compiler.errors import UsageError
-from spa_compiler.latency.measure import LatencyMeasurement
+from spa_compiler.latency.measure import LatencyMeasurement, time_callables
 
 CUDA_EP = "CUDAExecutionProvider"
 GPU_INSTALL_HINT = (
@@ -284,13 +282,40 @@ def measure_ort_cuda(
     import onnxruntime as ort
 
     if fp16:
-        proto = (
-            model
-            if isinstance(model, onnx.ModelProto)
-            else (onnx.load(model) if isinstance(model, str) else model.to_proto())
-        )
-        model = convert_float16(proto)
+        model = convert_float16(_as_proto(model))
     sess = make_cuda_session(model, device_id=device_id, provider_options=provider_options)
+    ((median, p10, p90, n),) = time_callables(
+        [iobound_runner(sess, feeds, device_id=device_id)],
+        warmup=warmup,
+        runs=runs,
+        min_seconds=min_seconds,
+    )
+    return LatencyMeasurement(
+        median_ms=median,
+        p10_ms=p10,
+        p90_ms=p90,
+        runs=n,
+        provider=sess.get_providers()[0],
+        threads=None,
+        runtime=f"onnxruntime {ort.__version__} CUDA {'fp16' if fp16 else 'fp32'}",
+    )
+
+
+def _as_proto(model: onnx.ModelProto | str | Any) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return onnx.load(model) if isinstance(model, str) else model.to_proto()
+
+
+def iobound_runner(
+    sess: Any, feeds: Mapping[str, npt.NDArray[np.generic]], *, device_id: int = 0
+) -> Any:
+    """A callable running `sess` once on `feeds` copied to the GPU (io-binding), synchronously.
+
+    Inputs are copied once; outputs stay on the device. The callable keeps the device copies alive.
+    """
+    import onnxruntime as ort
+
     binding = sess.io_binding()
     held = []  # the device copies must outlive the binding
     for name, arr in feeds.items():
@@ -300,28 +325,13 @@ def measure_ort_cuda(
     for out in sess.get_outputs():
         binding.bind_output(out.name, "cuda", device_id)
     binding.synchronize_inputs()
-    for _ in range(warmup):
-        sess.run_with_iobinding(binding)
-    binding.synchronize_outputs()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < runs or time.perf_counter() - started < min_seconds:
-        t0 = time.perf_counter()
+
+    def run() -> None:
         sess.run_with_iobinding(binding)
         binding.synchronize_outputs()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 100 * max(runs, 1):
-            break
-    qs = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return LatencyMeasurement(
-        median_ms=statistics.median(times),
-        p10_ms=qs[0],
-        p90_ms=qs[-1],
-        runs=len(times),
-        provider=sess.get_providers()[0],
-        threads=None,
-        runtime=f"onnxruntime {ort.__version__} CUDA {'fp16' if fp16 else 'fp32'}",
-    )
+
+    run.held = held  # type: ignore[attr-defined]
+    return run
 
 
 def run_ort_cuda(
@@ -333,12 +343,7 @@ def run_ort_cuda(
 ) -> list[npt.NDArray[np.generic]]:
     """Outputs of one run on the CUDA provider (numpy, on the host), for accuracy checks."""
     if fp16:
-        proto = (
-            model
-            if isinstance(model, onnx.ModelProto)
-            else (onnx.load(model) if isinstance(model, str) else model.to_proto())
-        )
-        model = convert_float16(proto)
+        model = convert_float16(_as_proto(model))
     sess = make_cuda_session(model, device_id=device_id)
     return list(sess.run(None, dict(feeds)))
 

@@ -116,31 +116,14 @@ class OrtCudaProvider:
         return self.time_many([model], feeds)[0]
 
     def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
-        from spa_compiler.latency.ort_cuda import convert_float16, make_cuda_session
-        from spa_compiler.runtime import import_ort
+        from spa_compiler.latency.ort_cuda import convert_float16, iobound_runner, make_cuda_session
 
-        ort = import_ort()
-        runners, held = [], []
+        runners = []
         for m in models:
             proto = _proto(m)
             if self.fp16:
                 proto = convert_float16(proto)
-            sess = make_cuda_session(proto)
-            binding = sess.io_binding()
-            for name, arr in feeds.items():
-                ov = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", 0)
-                held.append(ov)  # device copies must outlive the binding
-                binding.bind_ortvalue_input(name, ov)
-            for out in sess.get_outputs():
-                binding.bind_output(out.name, "cuda", 0)
-            binding.synchronize_inputs()
-            held.append(sess)
-
-            def run(sess: Any = sess, binding: Any = binding) -> None:
-                sess.run_with_iobinding(binding)
-                binding.synchronize_outputs()
-
-            runners.append(run)
+            runners.append(iobound_runner(make_cuda_session(proto), feeds))
         return _interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
