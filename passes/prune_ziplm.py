@@ -152,6 +152,9 @@ class PruneZipLMPass(Pass):
         max_error: Mean relative error bound (negative: the context's or the default).
         synthetic_feeds: Random input feeds the data-free criterion (obspa) uses.
         lm_rounds: For language models, rounds of re-sampling the random tokens from the model itself.
+        uniform: With a latency budget, remove the same share of units from every group and search
+            that share (not per-group levels) to meet the budget: the common tools' baseline, at
+            the same measured latency as the per-group search.
     """
 
     name: ClassVar[str] = "prune-ziplm"
@@ -162,12 +165,13 @@ class PruneZipLMPass(Pass):
     max_ratio: float = 0.75
     round_to: int = 1
     levels: int = 8
-    max_iters: int = 6
+    max_iters: int = 8
     tolerance: float = 0.05
     safety: float = 0.015
     max_error: float = -1.0
     synthetic_feeds: int = 8
     lm_rounds: int = 4
+    uniform: bool = False
 
     def requirements(self) -> frozenset[Requirement]:
         req = {Requirement.STATIC_SHAPES}
@@ -247,17 +251,26 @@ class PruneZipLMPass(Pass):
             for gid, g in groups.items()
         }
         if ctx.budget_ms is None:
-            kept = {gid: self._uniform(g, levels[gid]) for gid, g in groups.items()}
+            kept = {gid: self._uniform(g, levels[gid], self.ratio) for gid, g in groups.items()}
             stats = apply_plan(model, groups, paths, kept, units=self.units, analysis=analysis)
             details = [self._detail(groups[g], paths[g], k) for g, k in kept.items()]
             stats.update(criterion=criterion, mode="uniform", ratio=self.ratio,
                          mean_error=float(np.mean([paths[g].error_at(k) for g, k in kept.items()])))
             return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats,
                               skipped=skipped, details=details)
-        return self._search(model, ctx, groups, paths, levels, criterion, skipped, analysis)
+        fine: dict[str, list[int]] | None = None
+        if self.uniform:  # every kept width the paths allow, so the shared share can be fine-grained
+            fine = {
+                gid: [k for k in kept_levels(g.n_units, g.unit_size, round_to=self.round_to,
+                                             max_ratio=self.max_ratio, count=g.n_units + 1)
+                      if g.n_units - k < len(paths[gid].errors)]
+                for gid, g in groups.items()
+            }
+        return self._search(model, ctx, groups, paths, levels, criterion, skipped, analysis, fine)
 
-    def _uniform(self, g: ChannelGroup, levels: list[int]) -> int:
-        target = g.n_units - int(round(g.n_units * self.ratio))
+    @staticmethod
+    def _uniform(g: ChannelGroup, levels: list[int], ratio: float) -> int:
+        target = g.n_units - int(round(g.n_units * ratio))
         ok = [k for k in levels if k >= target]
         return min(ok) if ok else g.n_units
 
@@ -281,6 +294,7 @@ class PruneZipLMPass(Pass):
         criterion: str,
         skipped: dict[str, int],
         analysis: GroupAnalysis | None = None,
+        uniform_levels: dict[str, list[int]] | None = None,
     ) -> PassResult:
         from spa_compiler.latency.profile import build_table
         from spa_compiler.search import GroupOptions, Level, choose_levels, correct_budget
@@ -310,12 +324,36 @@ class PruneZipLMPass(Pass):
             table = build_table(model, list(groups.values()), levels, ctx.latency, ctx.feeds or {},
                                 units=self.units, input_shapes=ctx.input_shapes, progress=ctx.progress,
                                 analysis=analysis)
+        def lo_hi(gid: str) -> tuple[int, int]:
+            lv = table.groups[gid].levels
+            return lv[0].kept_units, lv[-1].kept_units
+
         bound = self._bound(ctx)
         n_groups = len(groups)
-        options = [
-            GroupOptions(gid, [Level(k, table.lookup(gid, k), paths[gid].error_at(k)) for k in levels[gid]])
-            for gid in groups
-        ]
+        if uniform_levels is None:
+            options = [
+                GroupOptions(gid, [Level(k, table.lookup(gid, k), paths[gid].error_at(k)) for k in levels[gid]])
+                for gid in groups
+            ]
+
+            def decode(res: Any) -> dict[str, int]:
+                return {str(g): int(k) for g, k in res.levels.items()}
+        else:
+            # uniform: one choice, the shared share removed; its levels are the distinct plans
+            plans: list[dict[str, int]] = []
+            for r in np.linspace(0.0, self.max_ratio, 97):
+                plan = {gid: self._uniform(g, [k for k in uniform_levels[gid]
+                                               if lo_hi(gid)[0] <= k <= lo_hi(gid)[1]], float(r))
+                        for gid, g in groups.items()}
+                if not plans or plan != plans[-1]:
+                    plans.append(plan)
+            options = [GroupOptions("uniform", [
+                Level(i, sum(table.lookup(g, k) for g, k in plan.items()),
+                      sum(paths[g].error_at(k) for g, k in plan.items()))
+                for i, plan in enumerate(plans)])]
+
+            def decode(res: Any) -> dict[str, int]:
+                return dict(plans[int(res.levels["uniform"])])
         dense_ref = float(ctx.options.get("dense_ms") or table.dense_ms)
         internal = budget
         rounds: list[dict[str, Any]] = []
@@ -326,7 +364,7 @@ class PruneZipLMPass(Pass):
         seen: dict[tuple[tuple[str, int], ...], float] = {}
         for it in range(self.max_iters):
             result = choose_levels(options, internal, table.base_ms, max_error=bound * n_groups)
-            kept = {str(g): int(k) for g, k in result.levels.items()}
+            kept = decode(result)
             key = tuple(sorted(kept.items()))
             if key in seen:
                 measured = seen[key]
@@ -357,8 +395,8 @@ class PruneZipLMPass(Pass):
                 over = internal if over is None else min(over, internal)
             if not result.feasible:
                 break
-            if meets and measured >= budget * (1.0 - self.tolerance):
-                break
+            if meets and measured >= user_budget * (1.0 - self.tolerance):
+                break  # within [1 - tolerance, 1 - safety] of the user's budget
             if under is not None and over is not None:
                 internal = 0.5 * (under + over)  # bracketed: bisect on the internal budget
             else:
@@ -371,7 +409,7 @@ class PruneZipLMPass(Pass):
         reached = measured <= user_budget
         stats.update(
             criterion=criterion,
-            mode="latency-search",
+            mode="uniform-search" if uniform_levels is not None else "latency-search",
             budget_ms=user_budget,
             aimed_ms=budget,
             predicted_ms=rounds[-1]["predicted_ms"],

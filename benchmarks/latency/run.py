@@ -134,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-error", type=float, default=None,
                     help="search error bound (random-weight models: pass a large value, errors mean nothing)")
     ap.add_argument("--workdir", default="/tmp/spa-bench")
+    ap.add_argument("--uniform-search", action="store_true",
+                    help="also meet each budget with one shared share per group (uniform pruning searched "
+                         "to the same latency budget)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the workdir's exported model and latency table from an earlier call with the same "
+                         "model, target and shapes (split one benchmark over several device calls)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -152,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     shapes = parse_input_shapes(args.shape)
     t0 = time.time()
     dims = (*CONFIGS, "efficientnet-dims")
-    src = build_dims_model(args.model, work / f"{args.model}.onnx") if args.model in dims else Path(args.model)
+    if args.model in dims:
+        src = work / f"{args.model}.onnx"
+        if not (args.reuse and src.exists()):
+            build_dims_model(args.model, src)
+    else:
+        src = Path(args.model)
     export_s = time.time() - t0
     model = ModelIR.load(src)
     units = ("channel", "head", "neuron")
@@ -162,10 +173,15 @@ def main(argv: list[str] | None = None) -> int:
               for g in analysis.prunable}
     provider = make_provider(args.target, precision=args.precision, threads=args.threads, runs=args.runs,
                              input_shapes=shapes)
-    table = build_table(model, analysis.prunable, levels, provider, random_feeds(model, shapes), units=units,
-                        input_shapes=shapes)
-    table_path = work / "table.json"
-    table.save(table_path)
+    table_path = work / f"table-{args.model.replace('/', '_')}-{args.target}-{args.precision}.json"
+    if args.reuse and table_path.exists():
+        from spa_compiler.latency.table import LatencyTable
+
+        table = LatencyTable.load(table_path)
+    else:
+        table = build_table(model, analysis.prunable, levels, provider, random_feeds(model, shapes), units=units,
+                            input_shapes=shapes)
+        table.save(table_path)
     profile_s = time.time() - t0
     pipe = f"cleanup,prune-ziplm{{criterion={args.criterion},round-to={args.round_to},levels={args.levels}}},cleanup"
 
@@ -217,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     for b in [b for b in args.budgets.split(",") if b]:
         results.append(one(pipe, f"{b}x", f"budget{b}"))
         summarize()
+        if args.uniform_search:
+            results.append(one(pipe.replace("}", ",uniform=true}"), f"{b}x", f"uniform-budget{b}"))
+            summarize()
     for r in [r for r in args.uniform.split(",") if r]:
         uniform.append(one(f"cleanup,prune-ziplm{{criterion=magnitude,ratio={r},round-to={args.round_to}}},cleanup",
                            None, f"uniform{r}"))
