@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -356,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spa-compile: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`spa-compile list-passes | head`): not an error of ours; stop quietly
+        # and keep Python from complaining again when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as e:
         if verbose >= 2:
             logger.exception("internal error")

@@ -248,3 +248,18 @@ def test_nothing_half_written_when_save_fails(tmp_path: Path, chain_path: Path, 
     assert not (tmp_path / "o.onnx").exists()
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".spa-tmp")]
     assert os.path.exists(chain_path)
+
+
+def test_closed_pipe_is_not_an_internal_error() -> None:
+    """`spa-compile list-passes | head -1`: the reader leaves early; no error message, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "spa_compiler", "list-passes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # every write now fails with EPIPE
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=120)
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert rc in (0, 141)
