@@ -69,6 +69,19 @@ def _timed(cmd: list[str], log: pathlib.Path) -> dict[str, Any]:
     return {"wall_s": round(time.time() - t, 1), "peak_rss_gb": round(int(rss.group(1)) / 1e6, 2) if rss else None}
 
 
+def _from_log(log: pathlib.Path) -> dict[str, Any]:
+    """Wall seconds and peak RSS from a finished /usr/bin/time -v log (None when unknown)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    secs = None
+    if wall:
+        secs = 0.0
+        for part in wall.group(1).split(":"):
+            secs = secs * 60 + float(part)
+    return {"wall_s": secs, "peak_rss_gb": round(int(rss.group(1)) / 1e6, 2) if rss else None}
+
+
 def _spa() -> list[str]:
     return [sys.executable, "-m", "spa_compiler"]
 
@@ -85,8 +98,11 @@ def run_model(name: str, budgets: list[str], methods: list[str], force: bool, wo
     shapes = [a for s in cfg["shapes"] for a in ("--input-shape", s)]
     table = work / f"{name}-table.json"
     if "table" not in data or force or not table.exists():
-        prof = _timed([*_spa(), "profile", str(dense), "-o", str(table), "--target", "ort-cpu", "--threads", "1",
-                       "--runs", str(cfg["runs"]), *shapes], work / f"{name}-profile.log")
+        if table.exists() and not force:  # profiled by an interrupted run
+            prof = data.get("table") or _from_log(work / f"{name}-profile.log")
+        else:
+            prof = _timed([*_spa(), "profile", str(dense), "-o", str(table), "--target", "ort-cpu", "--threads",
+                           "1", "--runs", str(cfg["runs"]), *shapes], work / f"{name}-profile.log")
         t = json.loads(table.read_text())
         data["table"] = {**prof, "provenance": t.get("provenance"), "dense_ms": t.get("dense_ms"),
                          "groups": len(t.get("groups", {}))}
