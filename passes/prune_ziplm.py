@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +30,7 @@ from spa_compiler.context import CompileContext
 from spa_compiler.criteria import CRITERIA, GroupPath, group_paths
 from spa_compiler.errors import PreconditionError
 from spa_compiler.ir import ModelIR
+from spa_compiler.moment_sources import BATCHNORM
 from spa_compiler.pass_base import Pass, PassResult
 from spa_compiler.requirements import Requirement
 
@@ -151,6 +152,7 @@ class PruneZipLMPass(Pass):
         safety: Aim this fraction under the budget, against timing noise in the final check.
         max_error: Mean relative error bound (negative: the context's or the default).
         synthetic_feeds: Random input feeds the data-free criterion (obspa) uses.
+        moments: obspa: auto (BatchNorm closed form where it applies) or response (random inputs).
         lm_rounds: For language models, rounds of re-sampling the random tokens from the model itself.
         uniform: With a latency budget, remove the same share of units from every group and search
             that share (not per-group levels) to meet the budget: the common tools' baseline, at
@@ -172,6 +174,7 @@ class PruneZipLMPass(Pass):
     synthetic_feeds: int = 8
     lm_rounds: int = 4
     uniform: bool = False
+    moments: str = "auto"
 
     def requirements(self) -> frozenset[Requirement]:
         req = {Requirement.STATIC_SHAPES}
@@ -190,6 +193,8 @@ class PruneZipLMPass(Pass):
             raise PreconditionError("prune-ziplm: ratio must be in [0, 1) and max-ratio in (0, 1)")
         if not 0.0 <= self.safety < self.tolerance:
             raise PreconditionError("prune-ziplm: safety must be in [0, tolerance)")
+        if self.moments not in ("auto", "response"):
+            raise PreconditionError(f"prune-ziplm: moments must be auto or response, not {self.moments!r}")
         if self.levels < 2 or self.max_iters < 1 or self.round_to < 1:
             raise PreconditionError("prune-ziplm: levels >= 2, max-iters >= 1, round-to >= 1")
         if ctx.budget_ms is not None and ctx.latency is None and ctx.latency_table is None:
@@ -234,6 +239,7 @@ class PruneZipLMPass(Pass):
             max_ratio=self.max_ratio,
             calibration=ctx.calibration,
             synthetic_feeds=self._synthetic(ctx, model) if criterion == "obspa" else None,
+            closed_form=self.moments == "auto",
             seed=ctx.seed,
             progress=ctx.progress,
         )
@@ -242,6 +248,7 @@ class PruneZipLMPass(Pass):
                 skipped[f"criterion-fallback:{p.note.split(':')[-1].strip()}"] = (
                     skipped.get(f"criterion-fallback:{p.note.split(':')[-1].strip()}", 0) + 1
                 )
+        moment_stats = self._moment_counts(paths.values()) if criterion == "obspa" else {}
         from spa_compiler.latency.profile import kept_levels
 
         levels = {
@@ -255,7 +262,8 @@ class PruneZipLMPass(Pass):
             stats = apply_plan(model, groups, paths, kept, units=self.units, analysis=analysis)
             details = [self._detail(groups[g], paths[g], k) for g, k in kept.items()]
             stats.update(criterion=criterion, mode="uniform", ratio=self.ratio,
-                         mean_error=float(np.mean([paths[g].error_at(k) for g, k in kept.items()])))
+                         mean_error=float(np.mean([paths[g].error_at(k) for g, k in kept.items()])),
+                         **moment_stats)
             return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats,
                               skipped=skipped, details=details)
         fine: dict[str, list[int]] | None = None
@@ -266,7 +274,18 @@ class PruneZipLMPass(Pass):
                       if g.n_units - k < len(paths[gid].errors)]
                 for gid, g in groups.items()
             }
-        return self._search(model, ctx, groups, paths, levels, criterion, skipped, analysis, fine)
+        result = self._search(model, ctx, groups, paths, levels, criterion, skipped, analysis, fine)
+        return dataclasses.replace(result, stats={**result.stats, **moment_stats})
+
+    @staticmethod
+    def _moment_counts(paths: Iterable[GroupPath]) -> dict[str, int]:
+        """Consumers per moment source, e.g. {"moments_batchnorm": 3, "moments_random_input": 1}."""
+        counts = {"moments_batchnorm": 0, "moments_random_input": 0}
+        for p in paths:
+            for src in p.view_moments:
+                key = "moments_batchnorm" if src == BATCHNORM else "moments_random_input"
+                counts[key] += 1
+        return counts
 
     @staticmethod
     def _uniform(g: ChannelGroup, levels: list[int], ratio: float) -> int:
@@ -280,6 +299,8 @@ class PruneZipLMPass(Pass):
              "error": round(p.error_at(k), 6), "criterion": p.criterion}
         if latency is not None:
             d["latency_ms"] = round(latency, 6)
+        if p.moments:
+            d["moments"] = p.moments
         if p.note:
             d["note"] = p.note
         return d

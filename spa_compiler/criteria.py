@@ -9,8 +9,10 @@ compensated weights of the group's consumers at any level.
     magnitude   none              Σ over members ‖slice of unit‖_p^p, relative     no
     wanda       calibration       Σ_consumers Σ |W_ij|·‖x_j‖ (Wanda), relative     no
     obs         calibration       ZipLM structured OBS over the consumers          exact least squares
-    obspa       none (synthetic)  OBS with second moments from the model's          exact least squares
-                                  response to random inputs (SPA's data-free OBS)
+    obspa       none (synthetic)  OBS with data-free second moments (SPA's          exact least squares
+                                  data-free OBS): closed form from a BatchNorm
+                                  (+ activation) producing the consumer's input,
+                                  else the model's response to random inputs
 
 OBS works on each consumer as a linear map W2: (out, cols) of its input columns: MatMul/Gemm weights
 (transposed as needed) and Conv weights over im2col columns (a channel = kh·kw columns). The error
@@ -18,6 +20,11 @@ of a level is Σ_consumers OBS loss / Σ_consumers ½·tr(W2 H W2ᵀ) — the sh
 energy lost after optimal re-fitting — so errors of different groups are comparable. Groups with
 several consumers (residual streams, concatenations) are pruned jointly: each greedy step removes
 the unit with the least summed OBS cost over every consumer and updates each consumer.
+
+Each GroupPath names where its consumers' second moments came from (`GroupPath.moments`):
+"calibration" (obs, wanda), "batchnorm" (obspa, closed form: `spa_compiler.moment_sources`),
+"random-input response" (obspa without a BN chain), or several joined by " + " when the
+consumers of one group differ.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import onnx_graphsurgeon as gs
 from spa_compiler.channel_groups import ChannelGroup, Member
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR, constant_value
+from spa_compiler.moment_sources import CALIBRATION, RESPONSE, SourcedMoments, batchnorm_moments
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +170,7 @@ class GroupPath:
         note: Why a fallback happened, if one did.
         views: The consumers OBS compensates (empty for magnitude/wanda).
         hessians: Per view, the prepared Hessian (for exact re-fits).
+        view_moments: Per view, where its second moments came from (`moment_sources` names).
     """
 
     group_id: str
@@ -172,6 +181,13 @@ class GroupPath:
     note: str | None = None
     views: list[LinearView] = dataclasses.field(default_factory=list)
     hessians: list[npt.NDArray[np.float64]] = dataclasses.field(default_factory=list)
+    view_moments: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def moments(self) -> str | None:
+        """The moment sources of the consumers, distinct, joined by " + " (None: no moments)."""
+        seen = list(dict.fromkeys(self.view_moments))
+        return " + ".join(seen) if seen else None
 
     def error_at(self, kept: int) -> float:
         """Relative error with `kept` units kept."""
@@ -318,6 +334,7 @@ def group_paths(
     max_ratio: float = 0.9,
     calibration: Iterable[Mapping[str, npt.NDArray[Any]]] | None = None,
     synthetic_feeds: Iterable[Mapping[str, npt.NDArray[Any]]] | None = None,
+    closed_form: bool = True,
     norm: float = 2.0,
     damp: float = 0.01,
     seed: int = 0,
@@ -331,7 +348,10 @@ def group_paths(
         criterion: One of CRITERIA.
         max_ratio: At most this share of each group's units is ever removed.
         calibration: Feeds of real data (wanda, obs).
-        synthetic_feeds: Feeds of random data (obspa).
+        synthetic_feeds: Feeds of random data (obspa, consumers without a closed form).
+        closed_form: obspa only: synthesize the moments of consumers fed by BatchNormalization
+            (+ activation) in closed form (`spa_compiler.moment_sources`); False: the random-input
+            response for every consumer.
         norm: p of the magnitude norm.
         damp: Relative Hessian damping.
         seed: For the im2col row subsampling.
@@ -350,7 +370,7 @@ def group_paths(
         return paths
 
     feeds = calibration if criterion in ("wanda", "obs") else synthetic_feeds
-    if feeds is None:
+    if feeds is None and criterion != "obspa":
         raise UsageError(f"criterion {criterion!r} needs calibration data", hint="pass --calib")
     views_by_group: dict[str, list[LinearView]] = {}
     notes: dict[str, str] = {}
@@ -364,22 +384,41 @@ def group_paths(
                 vs.append(v)
         views_by_group[g.id] = vs
     flat = [v for vs in views_by_group.values() for v in vs]
-    n_feeds = 0
+    closed: dict[int, SourcedMoments] = {}
+    if criterion == "obspa" and closed_form:
+        tensors = model.tensors()
+        for i, v in enumerate(flat):
+            sm, why = batchnorm_moments(tensors[v.input_name], v.w2d.shape[1], conv=v.conv is not None)
+            if sm is not None:
+                closed[i] = sm
+            else:
+                logger.debug("%s: moments from the random-input response (%s)", v.node.name, why)
+    measured = [v for i, v in enumerate(flat) if i not in closed]
+    data_source = CALIBRATION if criterion in ("wanda", "obs") else RESPONSE
 
     def tick(n: int) -> None:
-        nonlocal n_feeds
-        n_feeds = n
         if progress:
             progress("calibration statistics", n, 0)
 
-    accs = collect_hessians(model, flat, feeds, seed=seed, progress=tick)
+    if measured and feeds is None:
+        raise UsageError(
+            f"criterion 'obspa' needs random-input feeds for {len(measured)} consumer(s) without a "
+            "BatchNorm to synthesize moments from", hint="pass synthetic_feeds")
+    accs = collect_hessians(model, measured, feeds or (), seed=seed, progress=tick)
+    measured_index = {id(v): j for j, v in enumerate(measured)}
     k = 0
     for gi, g in enumerate(groups):
         vs = views_by_group[g.id]
         n_remove = max_removable(g.n_units, max_ratio)
         hs = []
-        for _ in vs:
-            hs.append(accs[k].hessian(damp=damp))
+        sources = []
+        for v in vs:
+            if k in closed:
+                hs.append(closed[k].hessian(v.w2d.shape[1], damp=damp))
+                sources.append(closed[k].source)
+            else:
+                hs.append(accs[measured_index[id(v)]].hessian(damp=damp))
+                sources.append(data_source)
             k += 1
         if not vs:
             order, errs = _magnitude_path(model, g, n_remove, norm)
@@ -391,14 +430,15 @@ def group_paths(
 
             scores = sum(wanda_scores(v.w2d, h, v.unit_cols) for v, h in zip(vs, hs))
             order, errs = _path_from_scores(np.asarray(scores, dtype=np.float64), n_remove)
-            paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "wanda", note=notes.get(g.id))
+            paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "wanda", note=notes.get(g.id),
+                                    view_moments=sources)
         else:
             from spa_compiler.obs import prepare_hessian
 
             hs = [prepare_hessian(h) for h in hs]
             order, errs = _relative_obs_path(vs, hs, g.n_units, n_remove)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
-                                    views=vs, hessians=hs)
+                                    views=vs, hessians=hs, view_moments=sources)
         if progress:
             progress(f"{criterion} paths", gi + 1, len(groups))
     return paths
