@@ -86,19 +86,28 @@ def option_infos(cls: type[Pass]) -> list[OptionInfo]:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """Option docs from an `Options:` section of the class docstring (`name: text` lines)."""
+    """Option docs from an `Options:` section of the class docstring (`name: text` lines; a line
+    indented deeper than the option names continues the option above it)."""
     docs: dict[str, str] = {}
     text = cls.__doc__ or ""
     if "Options:" not in text:
         return docs
-    for line in text.split("Options:", 1)[1].splitlines():
-        line = line.strip()
+    indent: int | None = None
+    last: str | None = None
+    for raw in text.split("Options:", 1)[1].splitlines():
+        line = raw.strip()
         if not line:
             continue
-        if ":" not in line:
+        depth = len(raw) - len(raw.lstrip())
+        if indent is not None and depth > indent and last is not None:
+            docs[last] = f"{docs[last]} {line}"
+            continue
+        if ":" not in line or (indent is not None and depth != indent):
             break
+        indent = depth
         key, _, value = line.partition(":")
-        docs[key.strip().replace("-", "_")] = value.strip()
+        last = key.strip().replace("-", "_")
+        docs[last] = value.strip()
     return docs
 
 

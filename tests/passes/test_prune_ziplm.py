@@ -233,3 +233,44 @@ def test_self_generated_inputs_for_language_models_only() -> None:
     cnn = ModelIR.load(models_zoo.build("tiny_resnet", "dynamo"))
     img = [random_feeds(cnn, seed=0)]
     assert self_generated(cnn, img, rounds=2, seed=0) is img
+
+
+@dataclasses.dataclass
+class MaxProvider(MacsProvider):
+    """The two blocks of `_two_layer` run side by side: latency follows the wider one, so pruning
+    one block alone gains little and an additive table, profiled one block at a time, misses what
+    pruning both together gains."""
+
+    def time(self, model, feeds) -> Timing:
+        self.calls += 1
+        ir = model if isinstance(model, ModelIR) else ModelIR.from_proto(model)
+        t = ir.tensors()
+        return Timing(max(t["a1"].values.shape[1], t["c1"].values.shape[1]) / 128 + 0.01, "measured", 1)
+
+
+def test_joint_fallback_meets_a_budget_the_additive_table_calls_unreachable(rng: np.random.Generator) -> None:
+    model = ModelIR.from_proto(_two_layer(rng))
+    provider = MaxProvider()
+    dense_ms = provider.time(model, {}).ms
+    ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.4 * dense_ms, max_error=10.0)
+    PassManager([PruneZipLMPass(criterion="magnitude", levels=8, max_ratio=0.9)]).run(model, ctx)
+    (rec,) = ctx.report.passes
+    rounds = rec.details[-1]["search_rounds"]
+    # the table-driven rounds could not get there: its fastest plan is one block pruned, ~0.5x
+    assert all(r["measured_ms"] > 0.4 * dense_ms for r in rounds if r["status"] != "joint-fallback")
+    assert any(r["status"] == "joint-fallback" for r in rounds)
+    assert rec.stats["budget_met"] is True and "unreachable" not in rec.stats
+    assert provider.time(model, {}).ms <= 0.4 * dense_ms
+    check_model(model)
+
+
+def test_synthetic_feeds_cover_enough_tokens_for_language_models() -> None:
+    from spa_compiler import models_zoo
+
+    lm = ModelIR.load(models_zoo.build("tiny_llama", "dynamo"))
+    ctx = CompileContext(input_shapes={"input_ids": (1, 16)})
+    feeds = PruneZipLMPass(synthetic_feeds=2, synthetic_tokens=100, lm_rounds=0)._synthetic(ctx, lm)
+    assert len(feeds) == 7  # ceil(100 / 16): a short latency shape does not starve the statistics
+    assert len({f["input_ids"].tobytes() for f in feeds}) == 7
+    cnn = ModelIR.load(models_zoo.build("tiny_resnet", "dynamo"))
+    assert len(PruneZipLMPass(synthetic_feeds=2, synthetic_tokens=100)._synthetic(CompileContext(), cnn)) == 2
