@@ -145,7 +145,8 @@ class PruneZipLMPass(Pass):
         units: Unit kinds to prune: channel, head, neuron, head_dim.
         ratio: Share of units removed per group when no latency budget is given.
         max_ratio: At most this share of any group's units is removed.
-        round_to: Kept widths are multiples of this (hardware-friendly; 8 or 16 on GPUs).
+        round_to: Kept widths are multiples of this (0: with a budget the target's multiple, see
+            targets.width_multiple; without one 1, the ratio as asked).
         levels: Levels per group in the latency search (dense included).
         max_iters: Measure-and-correct rounds of the search.
         tolerance: Accept a measured latency within this fraction under the budget.
@@ -167,7 +168,7 @@ class PruneZipLMPass(Pass):
     units: tuple[str, ...] = ("channel", "head", "neuron")
     ratio: float = 0.25
     max_ratio: float = 0.75
-    round_to: int = 1
+    round_to: int = 0
     levels: int = 8
     max_iters: int = 8
     tolerance: float = 0.05
@@ -198,8 +199,8 @@ class PruneZipLMPass(Pass):
             raise PreconditionError("prune-ziplm: safety must be in [0, tolerance)")
         if self.moments not in ("auto", "response"):
             raise PreconditionError(f"prune-ziplm: moments must be auto or response, not {self.moments!r}")
-        if self.levels < 2 or self.max_iters < 1 or self.round_to < 1:
-            raise PreconditionError("prune-ziplm: levels >= 2, max-iters >= 1, round-to >= 1")
+        if self.levels < 2 or self.max_iters < 1 or self.round_to < 0:
+            raise PreconditionError("prune-ziplm: levels >= 2, max-iters >= 1, round-to >= 0 (0: the target's)")
         if ctx.budget_ms is not None and ctx.latency is None and ctx.latency_table is None:
             raise PreconditionError(
                 "prune-ziplm: a latency budget needs a latency model",
@@ -259,8 +260,13 @@ class PruneZipLMPass(Pass):
         moment_stats = self._moment_counts(paths.values()) if criterion == "obspa" else {}
         from spa_compiler.latency.profile import kept_levels
 
+        from spa_compiler.targets import width_multiple
+
+        # with a budget, widths the target runs fast at (the measured search decides what pays);
+        # a plain ratio is honoured as asked unless round_to is given
+        round_to = self.round_to or (width_multiple(ctx.target) if ctx.budget_ms is not None else 1)
         levels = {
-            gid: [k for k in kept_levels(g.n_units, g.unit_size, round_to=self.round_to,
+            gid: [k for k in kept_levels(g.n_units, g.unit_size, round_to=round_to,
                                          max_ratio=self.max_ratio, count=self.levels)
                   if g.n_units - k < len(paths[gid].errors)]
             for gid, g in groups.items()
@@ -276,7 +282,7 @@ class PruneZipLMPass(Pass):
                               skipped=skipped, details=details)
         # every kept width the paths allow, so a shared share can be fine-grained (uniform plans)
         fine = {
-            gid: [k for k in kept_levels(g.n_units, g.unit_size, round_to=self.round_to,
+            gid: [k for k in kept_levels(g.n_units, g.unit_size, round_to=round_to,
                                          max_ratio=self.max_ratio, count=g.n_units + 1)
                   if g.n_units - k < len(paths[gid].errors)]
             for gid, g in groups.items()

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
     pr.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     pr.add_argument("--units", default="channel,head,neuron", help="unit kinds to profile")
-    pr.add_argument("--round-to", type=int, default=1, help="hardware-friendly width multiple")
+    pr.add_argument("--round-to", type=int, default=0,
+                    help="hardware-friendly width multiple (default 0: the target's, 8 or 16)")
     pr.add_argument("--levels", type=int, default=8, help="levels per group (dense included)")
     pr.add_argument("--max-ratio", type=float, default=0.75, help="largest share of a group removed")
     pr.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median)")
@@ -294,7 +295,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from spa_compiler.latency.profile import build_table, kept_levels
     from spa_compiler.latency.provider import make_provider
     from spa_compiler.runtime import random_feeds
-    from spa_compiler.targets import get_target
+    from spa_compiler.targets import get_target, width_multiple
 
     out = Path(args.output)
     if out.suffix.lower() != ".json":
@@ -309,7 +310,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     units = tuple(u.strip() for u in args.units.split(",") if u.strip())
     analysis = analyze(model, units=units, input_shapes=shapes)
     groups = analysis.prunable
-    levels = {g.id: kept_levels(g.n_units, g.unit_size, round_to=args.round_to, max_ratio=args.max_ratio,
+    round_to = args.round_to or width_multiple(tgt.name)
+    levels = {g.id: kept_levels(g.n_units, g.unit_size, round_to=round_to, max_ratio=args.max_ratio,
                                 count=args.levels) for g in groups}
     provider = make_provider(tgt.name, precision=args.precision, threads=args.threads, runs=args.runs,
                              input_shapes=shapes)

@@ -36,11 +36,15 @@ def kept_levels(n_units: int, unit_size: int, *, round_to: int = 1, max_ratio: f
     """Kept-unit counts a group may take: hardware-friendly widths, at most `count`, dense included.
 
     A level k is allowed when its width k·unit_size is a multiple of `round_to` (the dense width is
-    always allowed) and at most `max_ratio` of the units are removed.
+    always allowed) and at most `max_ratio` of the units are removed. A group too narrow for any
+    such level gets the multiple halved until one exists (a 12-channel group under round_to=8 may
+    keep 8; under 16 it would have no level): the latency search then decides whether it pays.
     """
     lo = max(1, n_units - int(np.floor(n_units * max_ratio)))
     allowed = [k for k in range(lo, n_units) if (k * max(1, unit_size)) % max(1, round_to) == 0]
     if not allowed:
+        if round_to > 1:
+            return kept_levels(n_units, unit_size, round_to=round_to // 2, max_ratio=max_ratio, count=count)
         return [n_units]
     if len(allowed) > count - 1:
         idx = np.unique(np.round(np.linspace(0, len(allowed) - 1, count - 1)).astype(int))

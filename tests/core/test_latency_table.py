@@ -269,3 +269,26 @@ def test_structure_fingerprint_sees_shape_constants() -> None:
 def test_provenance_records_a_date() -> None:
     p = _prov()
     assert p.date.endswith("+00:00") and p.date[:2] == "20"
+
+
+def test_kept_levels_are_hardware_multiples_and_narrow_groups_relax() -> None:
+    from spa_compiler.latency.profile import kept_levels
+
+    lv = kept_levels(1536, 1, round_to=8, max_ratio=0.75, count=8)
+    assert lv[-1] == 1536 and len(lv) == 8 and all(k % 8 == 0 for k in lv)
+    assert min(lv) >= 384  # at most 75% removed
+    assert kept_levels(12, 64, round_to=8, count=20) == list(range(3, 13))  # heads of 64 are multiples already
+    # 12 channels under 16: nothing allowed, the multiple halves to 8
+    assert kept_levels(12, 1, round_to=16, max_ratio=0.75) == [8, 12]
+    assert kept_levels(3, 1, round_to=8, max_ratio=0.75) == [2, 3]  # halved to 2
+    assert kept_levels(1, 1, round_to=8) == [1]
+
+
+def test_width_multiple_per_target() -> None:
+    from spa_compiler.errors import UsageError
+    from spa_compiler.targets import width_multiple
+
+    assert width_multiple("ort-cpu") in (8, 16)
+    assert width_multiple("ort-cuda") == 8 and width_multiple("tensorrt") == 8
+    with pytest.raises(UsageError):
+        width_multiple("nope")

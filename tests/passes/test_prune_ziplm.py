@@ -67,7 +67,7 @@ def test_obs_beats_magnitude_at_same_ratio(rng: np.random.Generator) -> None:
     for criterion in ("magnitude", "wanda", "obs"):
         model = ModelIR.from_proto(dense)
         ctx = CompileContext(calibration=calib)
-        PassManager([PruneZipLMPass(criterion=criterion, ratio=0.5)]).run(model, ctx)
+        PassManager([PruneZipLMPass(round_to=1, criterion=criterion, ratio=0.5)]).run(model, ctx)
         assert model.tensors()["w2"].values.shape == (32, 16)
         check_model(model)
         errors[criterion] = _error(model, dense, held_out)
@@ -105,7 +105,7 @@ def test_obspa_needs_no_data_and_beats_magnitude(rng: np.random.Generator) -> No
     errs = {}
     for criterion in ("magnitude", "obspa"):
         model = ModelIR.from_proto(dense)
-        PassManager([PruneZipLMPass(criterion=criterion, ratio=0.5)]).run(model, CompileContext())
+        PassManager([PruneZipLMPass(round_to=1, criterion=criterion, ratio=0.5)]).run(model, CompileContext())
         errs[criterion] = _error(model, dense, held_out)
     assert errs["obspa"] < errs["magnitude"], errs
 
@@ -157,7 +157,7 @@ def test_search_meets_budget(rng: np.random.Generator, fraction: float) -> None:
     provider = MacsProvider()
     dense_ms = provider.time(model, {}).ms
     ctx = CompileContext(latency=provider, feeds={}, budget_ms=fraction * dense_ms, max_error=10.0)
-    result = PassManager([PruneZipLMPass(criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
+    result = PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
     (rec,) = ctx.report.passes
     assert rec.stats["budget_met"] is True
     final = provider.time(model, {}).ms
@@ -178,7 +178,7 @@ def test_uniform_search_shares_one_ratio_and_loses_to_per_group_levels(
         provider = MacsProvider()
         dense_ms = provider.time(model, {}).ms
         ctx = CompileContext(latency=provider, feeds={}, budget_ms=fraction * dense_ms, max_error=10.0)
-        PassManager([PruneZipLMPass(criterion="magnitude", levels=16, max_ratio=0.9, uniform=uniform)]).run(
+        PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9, uniform=uniform)]).run(
             model, ctx)
         (rec,) = ctx.report.passes
         assert rec.stats["budget_met"] is True
@@ -198,7 +198,7 @@ def test_unreachable_budget_is_reported_not_gutted(rng: np.random.Generator) -> 
     provider = MacsProvider()
     dense_ms = provider.time(model, {}).ms
     ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.05 * dense_ms, max_error=0.05)
-    PassManager([PruneZipLMPass(criterion="magnitude", max_ratio=0.9)]).run(model, ctx)
+    PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", max_ratio=0.9)]).run(model, ctx)
     (rec,) = ctx.report.passes
     assert rec.stats["budget_met"] is False
     assert rec.stats["mean_error"] <= 0.05 + 1e-9
@@ -253,7 +253,7 @@ def test_joint_fallback_meets_a_budget_the_additive_table_calls_unreachable(rng:
     provider = MaxProvider()
     dense_ms = provider.time(model, {}).ms
     ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.4 * dense_ms, max_error=10.0)
-    PassManager([PruneZipLMPass(criterion="magnitude", levels=8, max_ratio=0.9)]).run(model, ctx)
+    PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=8, max_ratio=0.9)]).run(model, ctx)
     (rec,) = ctx.report.passes
     rounds = rec.details[-1]["search_rounds"]
     # the table-driven rounds could not get there: its fastest plan is one block pruned, ~0.5x
