@@ -119,7 +119,7 @@ class InputSpec:
 
 def model_inputs(model: onnx.ModelProto | ModelIR) -> list[InputSpec]:
     """The real inputs of a model (graph inputs that are not initializers), in graph order."""
-    proto = model.to_proto() if isinstance(model, ModelIR) else model
+    proto = model.to_proto(weights=False) if isinstance(model, ModelIR) else model
     inits = {t.name for t in proto.graph.initializer}
     out = []
     for vi in proto.graph.input:
@@ -642,8 +642,10 @@ class ActivationCollector:
 
     The model is copied, shape-inferred (for the tensors' element types; shapes are not required),
     and the requested tensors are appended to its graph outputs. ONNX Runtime runs with graph
-    optimizations disabled so that no requested tensor is fused away. Memory: the model copy (about
-    twice the model while the session is built) plus one feed's activations.
+    optimizations disabled so that no requested tensor is fused away. Memory: ONNX Runtime's copy of
+    the weights plus one feed's activations (a ModelIR's copy is its weightless export, its arrays
+    go to ONNX Runtime as external initializers; a ModelProto is copied, about twice the model while
+    the session is built).
 
     Example:
         >>> collector = ActivationCollector(model_proto, ["h"])
@@ -676,7 +678,13 @@ class ActivationCollector:
             InvalidModelError: ONNX Runtime refuses the model.
         """
         ort = _import_ort()
-        proto = model.to_proto() if isinstance(model, ModelIR) else model
+        from spa_compiler.runtime import add_initializers
+
+        weights: dict[str, npt.NDArray[Any]] = {}
+        if isinstance(model, ModelIR):
+            proto, weights = model.to_proto_split()
+        else:
+            proto = model
         self.tensor_names = tuple(dict.fromkeys(tensor_names))
         if not self.tensor_names:
             raise ValueError("ActivationCollector needs at least one tensor name")
@@ -708,6 +716,8 @@ class ActivationCollector:
         so.log_severity_level = 3
         if threads is not None:
             so.intra_op_num_threads = threads
+        self._weights = add_initializers(so, weights)  # ORT reads them while the session lives
+        del weights
         try:
             if self._tmp is not None:
                 # saved beside model.onnx.data, which its initializers reference relatively
@@ -789,6 +799,7 @@ class ActivationCollector:
     def close(self) -> None:
         """Release the session and any temporary files."""
         self._session = None
+        self._weights = []
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -339,7 +339,7 @@ def static_shapes(
     Returns (shapes, dtypes, the input shapes used). ONNX shape inference first; tensors it
     leaves without a static shape are measured by one ONNX Runtime run (when ORT can run it).
     """
-    proto = model.to_proto()
+    proto, weights = model.to_proto_split()  # the weights go to ORT as they are, if it runs
     fixed = _fix_inputs(proto, input_shapes)
     light = onnx.ModelProto()
     light.CopyFrom(proto)
@@ -356,7 +356,7 @@ def static_shapes(
             if o and o not in shapes and n.op_type != "Constant":
                 missing.append(o)
     if missing:
-        _ort_shapes(proto, fixed, missing, shapes, dtypes)
+        _ort_shapes(proto, fixed, missing, shapes, dtypes, weights)
     return shapes, dtypes, fixed
 
 
@@ -366,7 +366,10 @@ def _ort_shapes(
     missing: Sequence[str],
     shapes: dict[str, tuple[int, ...]],
     dtypes: dict[str, np.dtype],
+    weights: Mapping[str, np.ndarray] | None = None,
 ) -> None:
+    """Shapes and dtypes of `missing` from one ONNX Runtime run (`weights`: the initializers
+    `proto` leaves out, see `ModelIR.to_proto_split`)."""
     try:
         from spa_compiler.runtime import make_session, random_feeds
 
@@ -377,7 +380,7 @@ def _ort_shapes(
             if name not in known:
                 full.graph.output.add(name=name)
         feeds = random_feeds(ModelIR.from_proto(proto), fixed)
-        sess = make_session(full, optimize=False)
+        sess = make_session(full, optimize=False, initializers=weights)
         outs = sess.run(None, feeds)
         for meta, val in zip(sess.get_outputs(), outs, strict=False):
             arr = np.asarray(val)

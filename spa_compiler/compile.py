@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import re
@@ -241,7 +242,7 @@ def compile_model(
         from spa_compiler.latency.table import structure_fingerprint
 
         # tables are profiled on the input file; passes before the search may tidy the graph
-        ctx.options["input_fingerprint"] = structure_fingerprint(model.to_proto())
+        ctx.options["input_fingerprint"] = structure_fingerprint(model)
     if provider is not None:
         progress("measure dense", 0, 1)
         report.before = measure(model, feeds, provider, shapes=shapes)
@@ -275,6 +276,8 @@ def compile_model(
     model.save(dst, ir_version=ir_version)
     progress("save", 1, 1)
     report.output = {"path": str(dst), "ir_version": ir_version, "opset": model.opset}
+    del model  # the output is read back from its file below: one model's weights at a time
+    gc.collect()  # graphs are cyclic: their arrays go only when the collector runs
     if file_digest(src) != digest:  # pragma: no cover - a broken invariant, never expected
         raise RuntimeError(f"the input file {src} changed during compilation")
 

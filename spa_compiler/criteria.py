@@ -417,7 +417,8 @@ def group_paths(
                 hs.append(closed[k].hessian(v.w2d.shape[1], damp=damp))
                 sources.append(closed[k].source)
             else:
-                hs.append(accs[measured_index[id(v)]].hessian(damp=damp))
+                # popped: each accumulator (cols² float64) is freed once its Hessian is taken
+                hs.append(accs.pop(measured_index[id(v)]).hessian(damp=damp))
                 sources.append(data_source)
             k += 1
         if not vs:

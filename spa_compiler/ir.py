@@ -5,6 +5,12 @@ model-level fields graphsurgeon does not carry (IR version, metadata, model-loca
 
 Invariants kept here:
     * the input file is never modified: `load` only reads;
+    * constant values are never edited in place: a pass that changes a weight assigns a new array
+      (``const.values = new``). `clone` relies on it: clones share the arrays they do not change
+      (copy-on-write), and shared arrays are read-only, so an in-place edit fails loudly;
+    * one copy of the weights: `from_proto` keeps no reference into the ModelProto it imports, and
+      the exports that do not need weight values (`to_proto(weights=False)`, ONNX Runtime sessions
+      through `to_proto_split`) leave the large float tensors out instead of copying them;
     * `save` is atomic: the model (and its external-data file) are written into a temporary folder
       beside the destination and moved into place only once complete; on any failure nothing is left;
     * the IR version written is chosen for the target runtime (`ir_version=` on `to_proto`/`save`).
@@ -21,12 +27,14 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from spa_compiler.errors import InvalidModelError, UnsupportedModelError, UsageError
 
@@ -41,6 +49,9 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 #: Tensors smaller than this stay inline when external data is used.
 EXTERNAL_DATA_MIN_TENSOR = 1024
+
+#: Where a weightless export (`ModelIR.to_proto_split`) points the float tensors it leaves out.
+STRIPPED_LOCATION = "__stripped__"
 
 
 def _proto_bytes(model: onnx.ModelProto) -> int:
@@ -93,6 +104,7 @@ class ModelIR:
             graph = gs.import_onnx(model)
         except Exception as e:  # graphsurgeon raises plain exceptions on malformed graphs
             raise InvalidModelError(f"cannot import the graph: {e}") from e
+        _detach(graph)
         meta = {p.key: p.value for p in model.metadata_props}
         return cls(graph, ir_version=model.ir_version, metadata=meta, source=source)
 
@@ -112,15 +124,58 @@ class ModelIR:
         return cls.from_proto(proto, source=Path(path))
 
     # ------------------------------------------------------------------ export
-    def to_proto(self, *, ir_version: int | None = None) -> onnx.ModelProto:
-        """Export to a ModelProto. `ir_version` defaults to the loaded model's (capped by onnx's)."""
+    def to_proto(self, *, ir_version: int | None = None, weights: bool = True) -> onnx.ModelProto:
+        """Export to a ModelProto. `ir_version` defaults to the loaded model's (capped by onnx's).
+
+        `weights=False` gives the structure only: float initializers of at least
+        `EXTERNAL_DATA_MIN_TENSOR` bytes keep their name, dtype and dims but point to external data
+        at `STRIPPED_LOCATION` (enough for shape inference, statistics and fingerprints, without a
+        copy of the weights). With weights, the tensors are the ones graphsurgeon writes, filled
+        one at a time so that only one copy of the weights is built.
+        """
+        proto, left = self._export(ir_version)
+        if weights:
+            for t in proto.graph.initializer:
+                const = left.get(t.name)
+                if const is not None:
+                    _fill(t, const)
+        return proto
+
+    def to_proto_split(
+        self, *, ir_version: int | None = None
+    ) -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]]]:
+        """The weightless export (`to_proto(weights=False)`) and the arrays it left out, by
+        initializer name: the model's own arrays, shared, not copied (e.g. for ONNX Runtime's
+        external initializers, `spa_compiler.runtime.make_session`)."""
+        proto, left = self._export(ir_version)
+        return proto, {name: np.asarray(c.values) for name, c in left.items()}
+
+    def _export(self, ir_version: int | None) -> tuple[onnx.ModelProto, dict[str, gs.Constant]]:
         ir = min(ir_version or self.ir_version, onnx.IR_VERSION)
-        model = gs.export_onnx(self.graph, do_type_check=False)
+        inner = _subgraph_tensor_names(self.graph)
+        left: dict[str, gs.Constant] = {}
+        swapped: list[tuple[gs.Constant, Any]] = []
+        offset = 0
+        try:
+            for name, t in self.graph.tensors().items():
+                if not isinstance(t, gs.Constant) or name in inner or name in left:
+                    continue
+                arr = _left_out(t)
+                if arr is None:
+                    continue
+                swapped.append((t, t._values))
+                t._values = LazyValues(_placeholder(name, arr, offset))
+                left[name] = t
+                offset += arr.nbytes
+            model = gs.export_onnx(self.graph, do_type_check=False)
+        finally:
+            for t, values in swapped:
+                t._values = values
         model.ir_version = ir
         del model.metadata_props[:]
         for k, v in self.metadata.items():
             model.metadata_props.add(key=k, value=v)
-        return model
+        return model, left
 
     def save(
         self,
@@ -140,21 +195,25 @@ class ModelIR:
         return save_proto(self.to_proto(ir_version=ir_version), path, external_data=external_data)
 
     def clone(self) -> ModelIR:
-        """A deep copy (graph, constants and metadata)."""
+        """A copy of the graph and metadata that shares the constant arrays (copy-on-write).
+
+        Passes never edit a constant's array in place; they assign a new one to the clone's
+        constant, which leaves this model's untouched. Cloning costs the graph, not the weights.
+        Every shared array becomes read-only (in both models), so an in-place edit raises instead
+        of leaking into the other model.
+        """
+        _freeze_constants(self.graph)
         other = ModelIR(
             self.graph.copy(),
             ir_version=self.ir_version,
             metadata=self.metadata,
             source=self.source,
         )
-        # graph.copy() shares Constant values; copy them so edits of one never leak into the other.
-        for t in other.graph.tensors().values():
-            if isinstance(t, gs.Constant):
-                t.values = np.array(t.values, copy=True)
-        for node in other.graph.nodes:  # Constant nodes hold their value in an attribute
+        # graph.copy() shares the Constant objects of node attributes: give the clone its own
+        for node in other.graph.nodes:  # (Constant nodes hold their value in an attribute)
             for key, value in list(node.attrs.items()):
                 if isinstance(value, gs.Constant):
-                    node.attrs[key] = gs.Constant(value.name, np.array(value.values, copy=True))
+                    node.attrs[key] = gs.Constant(value.name, value.values)
         other.version = self.version
         return other
 
@@ -254,19 +313,148 @@ class ModelIR:
         """Run ONNX shape inference and re-import, so every tensor carries its inferred shape.
 
         Works for models over 2 GB: large tensors are stripped (dims kept) before inference.
-        Node and tensor identities are NOT kept: call this before holding references.
+        Node and tensor identities are NOT kept: call this before holding references. Constant
+        arrays are: the re-imported graph holds the same arrays (no copy of the weights).
         """
-        proto = self.to_proto()
+        proto, left = self._export(None)
         with _stripped_large_tensors(proto) as stripped:
             del stripped.graph.value_info[:]
             inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
         del proto.graph.value_info[:]
         proto.graph.value_info.extend(inferred.graph.value_info)
-        self.graph = gs.import_onnx(proto)
+        graph = gs.import_onnx(proto)
+        tensors = graph.tensors()
+        for name, old in left.items():
+            new = tensors[name]
+            assert isinstance(new, gs.Constant)
+            new.values = old._values
+            new.data_location = old.data_location
+            new._export_dtype = old._export_dtype
+        _detach(graph)
+        self.graph = graph
 
     def fingerprint(self) -> str:
         """Hash of the serialized graph, for the never-modified and equality checks in tests."""
         return hashlib.sha256(self.to_proto().SerializeToString(deterministic=True)).hexdigest()
+
+
+# ---------------------------------------------------------------------- constant storage
+def _left_out(c: gs.Constant) -> npt.NDArray[np.generic] | None:
+    """The array a weightless export leaves out of `c`: loaded floating-point values of at least
+    `EXTERNAL_DATA_MIN_TENSOR` bytes, exported in their own dtype; else None."""
+    arr = c._values
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f" or not arr.dtype.isnative:
+        return None
+    if arr.nbytes < EXTERNAL_DATA_MIN_TENSOR:
+        return None
+    exp = c._export_dtype
+    if exp is not None and not (isinstance(exp, (np.dtype, type)) and np.dtype(exp) == arr.dtype):
+        return None
+    return arr
+
+
+def _placeholder(name: str, arr: npt.NDArray[np.generic], offset: int) -> onnx.TensorProto:
+    """Name, dtype and dims of `arr`, its data said to be at `STRIPPED_LOCATION`."""
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(int(d) for d in arr.shape)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (
+        ("location", STRIPPED_LOCATION), ("offset", str(offset)), ("length", str(arr.nbytes))
+    ):
+        t.external_data.add(key=key, value=value)
+    return t
+
+
+def _fill(t: onnx.TensorProto, const: gs.Constant) -> None:
+    """Turn a placeholder into the tensor graphsurgeon exports for `const` (raw data)."""
+    del t.external_data[:]
+    t.ClearField("data_location")
+    t.raw_data = np.asarray(const.values).tobytes()
+    if const.data_location is not None:
+        t.data_location = const.data_location
+
+
+def _graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """`graph`, its local functions, and every subgraph below them."""
+    todo = [graph, *getattr(graph, "functions", [])]
+    while todo:
+        g = todo.pop()
+        yield g
+        for node in g.nodes:
+            for value in node.attrs.values():
+                for sub in value if isinstance(value, list) else [value]:
+                    if isinstance(sub, gs.Graph):
+                        todo.append(sub)
+
+
+def _constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    """Every Constant of every graph below `graph`: initializers and node attributes."""
+    for g in _graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant):
+                yield t
+        for node in g.nodes:
+            for value in node.attrs.values():
+                if isinstance(value, gs.Constant):
+                    yield value
+
+
+def _subgraph_tensor_names(graph: gs.Graph) -> set[str]:
+    """Names of the tensors subgraphs and functions see (exports of those keep their data)."""
+    names: set[str] = set()
+    for g in _graphs(graph):
+        if g is not graph:
+            names.update(g.tensors())
+    return names
+
+
+def _detach(graph: gs.Graph) -> None:
+    """Load every constant that graphsurgeon imported lazily and copy the opset imports, so the
+    graph keeps no reference into the ModelProto it came from (any reference keeps all of that
+    proto's tensor data alive).
+
+    Values numpy can hold are loaded exactly as a first access would load them; the rest (bfloat16,
+    float8, external data not loaded, sparse tensors) keep their lazy form over a private copy of
+    their TensorProto.
+    """
+    for g in _graphs(graph):
+        if g.import_domains is not None:  # graphsurgeon keeps the proto's own repeated field
+            holder = onnx.ModelProto()
+            holder.opset_import.extend(g.import_domains)
+            g.import_domains = holder.opset_import
+    for c in _constants(graph):
+        v = c._values
+        if not isinstance(v, LazyValues):
+            continue
+        if isinstance(v, SparseValues):
+            sparse = onnx.SparseTensorProto()
+            sparse.CopyFrom(v.tensor)
+            c._values = SparseValues(sparse)
+        elif _loadable(v):
+            c._values = v.load()
+        else:
+            t = onnx.TensorProto()
+            t.CopyFrom(v.tensor)
+            c._values = LazyValues(t)
+
+
+def _loadable(v: LazyValues) -> bool:
+    """Whether numpy holds these values as they are (not bfloat16/float8, data not external)."""
+    return not isinstance(v.dtype, int) and v.tensor.data_location != onnx.TensorProto.EXTERNAL
+
+
+def _freeze_constants(graph: gs.Graph) -> None:
+    """Make every constant array of `graph` read-only (a read-only view over the same memory)."""
+    for c in _constants(graph):
+        v = c._values
+        if isinstance(v, LazyValues) and not isinstance(v, SparseValues) and _loadable(v):
+            v = c.values  # load once here, so that the clone shares this array
+        if isinstance(v, np.ndarray) and v.flags.writeable:
+            ro = v.view()
+            ro.flags.writeable = False
+            c._values = ro
 
 
 def constant_value(tensor: gs.Tensor) -> gs.Constant | None:

@@ -40,14 +40,21 @@ def make_session(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
     optimize: bool = True,
+    initializers: Mapping[str, npt.NDArray[Any]] | None = None,
 ) -> ort.InferenceSession:
     """An InferenceSession with fixed thread counts.
+
+    A ModelIR goes to ONNX Runtime as its weightless export plus its own weight arrays as external
+    initializers (`ModelIR.to_proto_split`): ONNX Runtime reads the arrays in place, so no copy of
+    the weights is made to build the session (on the CPU provider).
 
     Args:
         model: A model, ModelIR or path.
         providers: Execution providers, in order.
         threads: intra-op threads (None: ORT's default); inter-op is always 1.
         optimize: ORT graph optimizations on (timing) or off (numerical checks of our graph).
+        initializers: Values of initializers that `model` leaves out (external data at
+            `spa_compiler.ir.STRIPPED_LOCATION`), by name; the session keeps them alive.
     """
     ort = import_ort()
     so = ort.SessionOptions()
@@ -59,9 +66,26 @@ def make_session(
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     if isinstance(model, ModelIR):
-        model = model.to_proto()
+        model, own = model.to_proto_split()
+        initializers = {**own, **(initializers or {})}
+    values = add_initializers(so, initializers or {})
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, sess_options=so, providers=list(providers))
+    sess = ort.InferenceSession(src, sess_options=so, providers=list(providers))
+    sess._spa_initializers = values  # ORT reads these arrays for the session's lifetime
+    return sess
+
+
+def add_initializers(so: Any, arrays: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
+    """Hand `arrays` to ONNX Runtime as external initializers of the session options `so`.
+
+    Returns the OrtValues (each holds its array): keep them as long as the session lives.
+    """
+    if not arrays:
+        return []
+    ort = import_ort()
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in arrays.values()]
+    so.add_external_initializers(list(arrays), values)
+    return values
 
 
 def run(

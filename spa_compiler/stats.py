@@ -80,7 +80,7 @@ def _count(
 
 def model_stats(model: ModelIR, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Params, MACs (None if any counted op has an unknown shape) and op counts of a model."""
-    proto = model.to_proto()
+    proto = model.to_proto(weights=False)  # shapes and counts only: no copy of the weights
     for vi in proto.graph.input:
         if input_shapes and vi.name in input_shapes:
             dims = vi.type.tensor_type.shape.dim

@@ -9,7 +9,13 @@ from pathlib import Path
 import onnx
 
 from spa_compiler.errors import InvalidModelError, SpaError, ValidationError
-from spa_compiler.ir import EXTERNAL_DATA_THRESHOLD, ModelIR, _proto_bytes, _stripped_large_tensors
+from spa_compiler.ir import (
+    EXTERNAL_DATA_THRESHOLD,
+    STRIPPED_LOCATION,
+    ModelIR,
+    _proto_bytes,
+    _stripped_large_tensors,
+)
 
 
 def check_model(
@@ -22,14 +28,17 @@ def check_model(
     """Run `onnx.checker`, strict shape inference (what the checker's full check adds, with type
     checks) and our channel-consistency check; raise `error` on failure.
 
+    A ModelIR is checked through its weightless export (`ModelIR.to_proto(weights=False)`): the
+    checks read dims and dtypes, never weight values, so no copy of the weights is made.
+
     Args:
-        model: The model (a ModelIR is exported first).
+        model: The model (a ModelIR is exported first, without its weights).
         base_dir: Folder of the model file, for external data references.
         what: How to name the model in the message, e.g. "after pass 'prune-magnitude'".
         error: The exception class to raise (InvalidModelError for input, ValidationError after
             a pass).
     """
-    proto = model.to_proto() if isinstance(model, ModelIR) else model
+    proto = model.to_proto(weights=False) if isinstance(model, ModelIR) else model
     del base_dir  # external data is loaded by then; large tensors are stripped below
     with _stripped_large_tensors(proto) as small:
         try:
@@ -39,7 +48,7 @@ def check_model(
                     onnx.save_model(small, str(path), save_as_external_data=True)
                     onnx.checker.check_model(str(path), full_check=True)
             else:
-                onnx.checker.check_model(small, full_check=False)
+                _checker(small)
                 inferred = onnx.shape_inference.infer_shapes(small, check_type=True, strict_mode=True)
                 check_channel_consistency(inferred)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -50,6 +59,27 @@ def check_model(
                 else "this is a bug in that pass: please report it with the model (-vv shows more)"
             )
             raise error(f"{what} fails ONNX validation: {first}", hint=hint) from e
+
+
+def _checker(proto: onnx.ModelProto) -> None:
+    """`onnx.checker.check_model` (not the full check), also for a model whose left-out tensors
+    point to external data at `STRIPPED_LOCATION`: the checker wants that file to exist, so it
+    runs on a copy in a temporary folder beside an empty (sparse) file of that name."""
+    end = -1
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            if info.get("location") == STRIPPED_LOCATION:
+                end = max(end, int(info.get("offset") or 0) + int(info.get("length") or 0))
+    if end < 0:
+        onnx.checker.check_model(proto, full_check=False)
+        return
+    with tempfile.TemporaryDirectory(prefix="spa-check-") as d:
+        with open(Path(d) / STRIPPED_LOCATION, "wb") as f:
+            f.truncate(end)
+        path = Path(d) / "model.onnx"
+        onnx.save_model(proto, str(path))
+        onnx.checker.check_model(str(path), full_check=False)
 
 
 def validate_after(model: ModelIR, pass_name: str) -> None:

@@ -151,7 +151,7 @@ def _load(model: Any) -> onnx.ModelProto:
         return model
     if isinstance(model, (str, os.PathLike)):
         return onnx.load(os.fspath(model), load_external_data=False)
-    return model.to_proto()  # ModelIR
+    return model.to_proto(weights=False)  # ModelIR (the estimate reads dims, not values)
 
 
 def _tensor_info(proto: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:

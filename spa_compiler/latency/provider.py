@@ -86,7 +86,8 @@ class OrtCpuProvider:
 
         runners = []
         for m in models:
-            sess = make_session(_proto(m), threads=self.threads, optimize=True)
+            # a ModelIR goes to ORT with its own arrays (no exported copy of the weights)
+            sess = make_session(m, threads=self.threads, optimize=True)
             runners.append(lambda sess=sess: sess.run(None, dict(feeds)))
         return _interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
 
@@ -159,7 +160,9 @@ class AnalyticProvider:
         from spa_compiler.latency.analytic import estimate_model
 
         shapes = dict(self.input_shapes) or {k: tuple(v.shape) for k, v in feeds.items()}
-        est = estimate_model(_proto(model), self.device, input_shapes=shapes)
+        # the estimate reads dims, not weight values
+        proto = model.to_proto(weights=False) if isinstance(model, ModelIR) else model
+        est = estimate_model(proto, self.device, input_shapes=shapes)
         return Timing(float(est.total_ms), "analytic", 0)
 
     def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:

@@ -438,7 +438,7 @@ def structure_fingerprint(model: onnx.ModelProto | str | os.PathLike[str] | Any)
     elif isinstance(model, onnx.ModelProto):
         proto = model
     else:
-        proto = model.to_proto()
+        proto = model.to_proto(weights=False)  # a ModelIR: float weights are left out anyway
     h = hashlib.sha256()
     for imp in sorted((o.domain, o.version) for o in proto.opset_import):
         h.update(repr(imp).encode())

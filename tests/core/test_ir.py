@@ -85,9 +85,60 @@ def test_clone_is_independent(rng: np.random.Generator) -> None:
     before = model.fingerprint()
     other = model.clone()
     w = other.tensors()["w1"]
-    w.values[...] = 0
+    w.values = np.zeros_like(w.values)  # edits assign new arrays ...
     assert model.fingerprint() == before
     assert other.fingerprint() != before
+    with pytest.raises(ValueError, match="read-only"):  # ... an in-place edit of a shared one fails
+        other.tensors()["w2"].values[...] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        model.tensors()["w2"].values[...] = 0
+    assert model.fingerprint() == before
+
+
+def test_clone_shares_unchanged_weights(rng: np.random.Generator) -> None:
+    """A clone costs the graph, not the weights: every constant array is shared (copy-on-write)."""
+    model = ModelIR.from_proto(conv_chain_model(rng))
+    other = model.clone()
+    mine, theirs = model.tensors(), other.tensors()
+    consts = [n for n, t in mine.items() if isinstance(t, ir_mod.gs.Constant)]
+    assert consts
+    for name in consts:
+        assert mine[name] is not theirs[name]
+        assert np.shares_memory(mine[name].values, theirs[name].values)
+
+
+def test_from_proto_keeps_no_reference_into_the_proto(rng: np.random.Generator) -> None:
+    proto = conv_chain_model(rng)
+    model = ModelIR.from_proto(proto)
+    before = model.fingerprint()
+    for t in proto.graph.initializer:  # the caller may reuse its proto: the model must not see it
+        t.raw_data = bytes(len(t.raw_data))
+    del proto.opset_import[:]
+    assert model.fingerprint() == before
+    for t in model.tensors().values():
+        if isinstance(t, ir_mod.gs.Constant):
+            assert isinstance(t._values, np.ndarray)
+
+
+def test_weightless_export(rng: np.random.Generator) -> None:
+    """to_proto(weights=False) leaves the float weights out (dims and dtype kept);
+    to_proto_split hands out the model's own arrays; both export the same model."""
+    model = ModelIR.from_proto(conv_chain_model(rng))
+    full = model.to_proto()
+    skeleton, arrays = model.to_proto_split()
+    assert arrays and skeleton.ByteSize() < full.ByteSize()
+    by_name = {t.name: t for t in full.graph.initializer}
+    for t in skeleton.graph.initializer:
+        if t.name in arrays:
+            assert t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data
+            ref = by_name[t.name]
+            assert list(t.dims) == list(ref.dims) and t.data_type == ref.data_type
+            assert np.shares_memory(arrays[t.name], model.tensors()[t.name].values)
+            np.testing.assert_array_equal(arrays[t.name], onnx.numpy_helper.to_array(ref))
+        else:
+            assert t == by_name[t.name]
+    assert model.to_proto(weights=False) == skeleton
+    assert model.to_proto().SerializeToString() == full.SerializeToString()  # nothing left swapped
 
 
 def test_load_missing_file() -> None:
@@ -117,7 +168,7 @@ def test_save_proto_refuses_directory(tmp_path: Path, rng: np.random.Generator) 
         save_proto(conv_chain_model(rng), tmp_path)
 
 
-def test_clone_copies_constant_node_values() -> None:
+def test_clone_separates_constant_node_values() -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     from tests.helpers import make_model
@@ -130,5 +181,8 @@ def test_clone_copies_constant_node_values() -> None:
     )
     model = ModelIR.from_proto(m)
     other = model.clone()
-    other.graph.nodes[0].attrs["value"].values[...] = 5
+    assert other.graph.nodes[0].attrs["value"] is not model.graph.nodes[0].attrs["value"]
+    other.graph.nodes[0].attrs["value"].values = np.full(4, 5, np.float32)
     assert float(model.graph.nodes[0].attrs["value"].values[0]) == 1.0
+    with pytest.raises(ValueError, match="read-only"):  # shared until replaced, never edited
+        model.graph.nodes[0].attrs["value"].values[...] = 5
