@@ -430,7 +430,13 @@ class PruneZipLMPass(Pass):
 
             def decode(res: Any) -> dict[str, int]:
                 return dict(plans[int(res.levels["uniform"])])
-        dense_ref = float(ctx.options.get("dense_ms") or table.dense_ms)
+        # The search works in the table's milliseconds: the table may come from another run (other
+        # load, another day), while the user's budget is relative to the dense model measured now.
+        dense_now = float(ctx.options.get("dense_ms") or table.dense_ms)
+        scale = table.dense_ms / dense_now
+        user_budget_ms, aimed_ms = user_budget, budget
+        user_budget, budget = user_budget * scale, budget * scale
+        dense_ref = table.dense_ms
         internal = budget
         rounds: list[dict[str, Any]] = []
         best: tuple[float, float, dict[str, int]] | None = None  # (measured, error, kept)
@@ -494,11 +500,12 @@ class PruneZipLMPass(Pass):
         stats.update(
             criterion=criterion,
             mode="uniform-search" if uniform_levels is not None else "latency-search",
-            budget_ms=user_budget,
-            aimed_ms=budget,
-            predicted_ms=rounds[-1]["predicted_ms"],
-            measured_ms=measured,
-            dense_ms=table.dense_ms,
+            budget_ms=user_budget_ms,
+            aimed_ms=aimed_ms,
+            predicted_ms=rounds[-1]["predicted_ms"] / scale,
+            measured_ms=measured / scale,
+            dense_ms=dense_now,
+            table_dense_ms=table.dense_ms,
             table_kind=table.kind,
             mean_error=error / n_groups,
             max_mean_error=bound,
@@ -507,12 +514,14 @@ class PruneZipLMPass(Pass):
         )
         if not reached:
             stats["unreachable"] = result.message if result is not None and not result.feasible else (
-                f"measured {measured:.4g} ms after {len(rounds)} rounds")
+                f"measured {measured / scale:.4g} ms after {len(rounds)} rounds")
             ctx.report.notes.append(
-                f"prune-ziplm: budget {user_budget:.4g} ms unreachable within mean error {bound:.3g}: "
-                f"best reachable {measured:.4g} ms ({stats['unreachable']})"
+                f"prune-ziplm: budget {user_budget_ms:.4g} ms unreachable within mean error {bound:.3g}: "
+                f"best reachable {measured / scale:.4g} ms ({stats['unreachable']})"
             )
         details = [self._detail(groups[g], paths[g], k, table.lookup(g, k)) for g, k in kept.items()]
-        details.append({"search_rounds": rounds, "latency_table": table.provenance.__dict__ | {"kind": table.kind}})
+        details.append({"search_rounds": rounds, "search_units": f"latency-table ms (table dense {table.dense_ms:.4g} ms, "
+                        f"dense now {dense_now:.4g} ms)",
+                        "latency_table": table.provenance.__dict__ | {"kind": table.kind}})
         return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats, skipped=skipped,
                           details=details)

@@ -274,3 +274,35 @@ def test_synthetic_feeds_cover_enough_tokens_for_language_models() -> None:
     assert len({f["input_ids"].tobytes() for f in feeds}) == 7
     cnn = ModelIR.load(models_zoo.build("tiny_resnet", "dynamo"))
     assert len(PruneZipLMPass(synthetic_feeds=2, synthetic_tokens=100)._synthetic(CompileContext(), cnn)) == 2
+
+
+@dataclasses.dataclass
+class SlowProvider(MacsProvider):
+    """The same machine under 4x the load: every latency 4x longer."""
+
+    def time(self, model, feeds) -> Timing:
+        t = super().time(model, feeds)
+        return Timing(4 * t.ms, t.kind, t.runs)
+
+
+def test_a_table_from_another_run_is_rescaled_to_the_dense_model_measured_now(rng: np.random.Generator) -> None:
+    from spa_compiler.latency.profile import build_table, kept_levels
+
+    model = ModelIR.from_proto(_two_layer(rng))
+    units = ("channel", "head", "neuron")
+    groups = analyze(model, units=units).prunable
+    levels = {g.id: kept_levels(g.n_units, g.unit_size, max_ratio=0.9, count=16) for g in groups}
+    table = build_table(model, groups, levels, MacsProvider(), {}, units=units, input_shapes={})  # a quiet day
+    provider = SlowProvider()  # today the machine is 4x slower
+    dense_ms = provider.time(model, {}).ms
+    assert dense_ms == pytest.approx(4 * table.dense_ms)
+    ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.6 * dense_ms, max_error=10.0, latency_table=table)
+    ctx.options["dense_ms"] = dense_ms
+    PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
+    (rec,) = ctx.report.passes
+    rounds = rec.details[-1]["search_rounds"]
+    # unscaled, round 1 would look for 0.6x of today's dense in the quiet table's milliseconds (2.4x
+    # its dense) and choose the dense model; rescaled, the first choice is already near the budget
+    assert rounds[0]["predicted_ms"] < 0.7 * table.dense_ms
+    assert rec.stats["budget_met"] is True and rec.stats["budget_ms"] == pytest.approx(0.6 * dense_ms)
+    assert rec.stats["measured_ms"] <= 0.6 * dense_ms and provider.time(model, {}).ms <= 0.6 * dense_ms
