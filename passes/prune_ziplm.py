@@ -48,8 +48,12 @@ def apply_plan(
     units: tuple[str, ...],
     validate: bool = True,
     analysis: GroupAnalysis | None = None,
+    compensate: bool = True,
 ) -> dict[str, Any]:
     """Prune `model` in place to `kept` units per group, writing compensated weights first.
+
+    `compensate=False` skips the re-fit (least-squares solves): a candidate that is only timed has
+    the same latency with any weight values, so the search pays for the solves once, at the end.
 
     `analysis`: an `analyze(..., units=units)` of `model` or of the model `model` was cloned
     from; it is rebound to `model` (`GroupAnalysis.for_clone`, no new analysis) and is itself
@@ -65,7 +69,7 @@ def apply_plan(
         if k >= path.n_units:
             continue
         plan[gid] = path.removed(k)
-        for i, w in path.compensated(k).items():
+        for i, w in (path.compensated(k) if compensate else {}).items():
             view = path.views[i]
             const = tensors.get(view.const.name)
             if const is None or view.const.name in done:
@@ -452,7 +456,8 @@ class PruneZipLMPass(Pass):
                     seen[key] = predicted
                 else:
                     clone = model.clone()
-                    apply_plan(clone, groups, paths, kept, units=self.units, validate=False, analysis=analysis)
+                    apply_plan(clone, groups, paths, kept, units=self.units, validate=False, analysis=analysis,
+                               compensate=False)  # timed only: weight values do not change latency
                     # dense and candidate timed in alternation: their ratio, times the reference
                     # dense latency, is immune to changes of machine load during the search
                     t_dense, t_cand = ctx.latency.time_many([model, clone], ctx.feeds or {})

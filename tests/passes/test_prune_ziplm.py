@@ -306,3 +306,24 @@ def test_a_table_from_another_run_is_rescaled_to_the_dense_model_measured_now(rn
     assert rounds[0]["predicted_ms"] < 0.7 * table.dense_ms
     assert rec.stats["budget_met"] is True and rec.stats["budget_ms"] == pytest.approx(0.6 * dense_ms)
     assert rec.stats["measured_ms"] <= 0.6 * dense_ms and provider.time(model, {}).ms <= 0.6 * dense_ms
+
+
+def test_timed_candidates_skip_the_refit(rng: np.random.Generator) -> None:
+    from spa_compiler.passes.prune_ziplm import apply_plan
+
+    model = ModelIR.from_proto(mlp_model(rng))
+    (group,) = analyze(model).prunable
+    paths = group_paths(model, [group], "obs", calibration=_calib(rng))
+    w2 = model.tensors()["w2"].values.copy()
+    removed = paths[group.id].removed(40)
+    keep = np.setdiff1d(np.arange(64), removed)
+    out = {}
+    for compensate in (False, True):
+        clone = model.clone()
+        stats = apply_plan(clone, {group.id: group}, paths, {group.id: 40}, units=("channel", "head", "neuron"),
+                           compensate=compensate)
+        assert stats["weights_refitted"] == int(compensate)
+        out[compensate] = clone.tensors()["w2"].values
+        assert out[compensate].shape == (40, 16)
+    np.testing.assert_array_equal(out[False], w2[keep])  # sliced, not re-fitted
+    assert not np.allclose(out[True], w2[keep])  # the re-fit changes the kept rows
