@@ -483,8 +483,9 @@ class PruneZipLMPass(Pass):
                 if best is None or (best[0] > budget and measured < best[0]):
                     best = (measured, result.error, kept)
                 over = internal if over is None else min(over, internal)
-            if not result.feasible:
-                break
+            if not result.feasible and not meets:
+                break  # even the fastest plan the table allows misses: the joint fallback may follow
+            # (an infeasible round whose plan meets the budget means a correction overshot: go on)
             if meets and measured >= user_budget * (1.0 - self.tolerance):
                 break  # within [1 - tolerance, 1 - safety] of the user's budget
             if under is not None and over is not None:
