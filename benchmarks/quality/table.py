@@ -98,8 +98,8 @@ def run_model(name: str, budgets: list[str], methods: list[str], force: bool, wo
     dense = real.export_real(cfg["real"], cfg["exporter"])
     shapes = [a for s in cfg["shapes"] for a in ("--input-shape", s)]
     table = work / f"{name}-table.json"
-    if "table" not in data or force or not table.exists():
-        if table.exists() and not force:  # profiled by an interrupted run
+    if "table" not in data or not table.exists():
+        if table.exists():  # profiled by an interrupted run
             prof = data.get("table") or _from_log(work / f"{name}-profile.log")
         else:
             prof = _timed([*_spa(), "profile", str(dense), "-o", str(table), "--target", "ort-cpu", "--threads",
@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=sorted(MODELS))
     ap.add_argument("--budgets", default="0.8,0.6")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--force", action="store_true", help="redo rows already in the results")
+    ap.add_argument("--force", action="store_true",
+                    help="redo rows already in the results (the latency table in --workdir is kept)")
     ap.add_argument("--workdir", help="keep compiled models, reports and logs here (default: a temp folder)")
     ap.add_argument("--markdown", action="store_true", help="print the tables from the results JSON")
     ap.add_argument("--remeasure", action="store_true",
