@@ -154,7 +154,8 @@ def run_model(name: str, budgets: list[str], methods: list[str], force: bool, wo
     return out
 
 
-def remeasure(name: str, work: pathlib.Path, runs: int, repeats: int) -> pathlib.Path:
+def remeasure(name: str, work: pathlib.Path, runs: int, repeats: int,
+              only: set[str] | None = None) -> pathlib.Path:
     """Time every compiled model of the results again against the dense model, in one quiet batch.
 
     Each compile's own verdict is one paired measurement taken while other jobs may have been
@@ -176,6 +177,8 @@ def remeasure(name: str, work: pathlib.Path, runs: int, repeats: int) -> pathlib
     provider = make_provider("ort-cpu", threads=1, runs=runs, input_shapes=shapes)
     feeds = random_feeds(dense, shapes)
     for key, row in data["rows"].items():
+        if only is not None and key not in only:
+            continue
         onnx = work / f"{name}-{row['method']}-{row['budget']}.onnx"
         if not onnx.exists():
             print(f"[{name}] {key}: {onnx} missing, not re-measured", flush=True)
@@ -261,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.remeasure:
         if not args.workdir:
             ap.error("--remeasure needs --workdir (where the compiled models were kept)")
-        print(remeasure(args.model, pathlib.Path(args.workdir), args.runs, args.repeats))
+        only = None
+        if args.methods != ",".join(METHODS) or args.budgets != "0.8,0.6":  # a selection: just those rows
+            only = {f"{m}@{b}x" for m in args.methods.split(",") if m for b in args.budgets.split(",") if b}
+        print(remeasure(args.model, pathlib.Path(args.workdir), args.runs, args.repeats, only))
         return 0
     if args.workdir:
         work = pathlib.Path(args.workdir)
