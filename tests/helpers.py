@@ -75,3 +75,13 @@ def conv_chain_model(rng: np.random.Generator, *, c: int = 16, residual: bool = 
 def run_ort(model: onnx.ModelProto | ModelIR, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run with ONNX Runtime on the CPU, graph optimizations off (we test our graph, not ORT's)."""
     return run(model, feeds, optimize=False)
+
+
+def relative_output_error(model: onnx.ModelProto | ModelIR, dense: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> float:
+    """sum ||y - y_dense||^2 / sum ||y_dense||^2 of the first output over `feeds` (ONNX Runtime)."""
+    num = den = 0.0
+    for f in feeds:
+        (a,), (b,) = run_ort(model, f), run_ort(dense, f)
+        num += float(((a - b) ** 2).sum())
+        den += float((b**2).sum())
+    return num / den

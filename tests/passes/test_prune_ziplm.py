@@ -15,12 +15,11 @@ from spa_compiler.criteria import group_paths
 from spa_compiler.errors import PreconditionError
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.provider import Timing
-from spa_compiler.obs import solve_kept
 from spa_compiler.pass_manager import PassManager
 from spa_compiler.passes.prune_ziplm import PruneZipLMPass
 from spa_compiler.stats import model_stats
 from spa_compiler.validation import check_model
-from tests.helpers import make_model, run_ort
+from tests.helpers import make_model, relative_output_error
 
 
 def mlp_model(rng: np.random.Generator, d: int = 16, hidden: int = 64, batch: int = 64) -> onnx.ModelProto:
@@ -51,13 +50,7 @@ def _calib(rng: np.random.Generator, n: int = 8, batch: int = 64) -> list[dict[s
     return [{"x": (rng.standard_normal((batch, 16)).astype(np.float32) @ _MIX)} for _ in range(n)]
 
 
-def _error(model: ModelIR | onnx.ModelProto, dense: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> float:
-    num = den = 0.0
-    for f in feeds:
-        (a,), (b,) = run_ort(model, f), run_ort(dense, f)
-        num += float(((a - b) ** 2).sum())
-        den += float((b**2).sum())
-    return num / den
+_error = relative_output_error
 
 
 def test_obs_beats_magnitude_at_same_ratio(rng: np.random.Generator) -> None:

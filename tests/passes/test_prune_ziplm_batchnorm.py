@@ -29,7 +29,7 @@ from spa_compiler.ir import ModelIR
 from spa_compiler.pass_manager import PassManager
 from spa_compiler.passes.prune_ziplm import PruneZipLMPass
 from spa_compiler.validation import check_model
-from tests.helpers import make_model, run_ort
+from tests.helpers import make_model, relative_output_error
 
 SIZE = 16
 BATCH = 8
@@ -79,13 +79,7 @@ def bn_cnn(seed: int, widths: tuple[int, int, int] = (16, 32, 16)) -> onnx.Model
                       [vi("y", TensorProto.FLOAT, [BATCH, widths[2], SIZE, SIZE])], init)
 
 
-def _error(model: ModelIR, dense: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> float:
-    num = den = 0.0
-    for f in feeds:
-        (a,), (b,) = run_ort(model, f), run_ort(dense, f)
-        num += float(((a - b) ** 2).sum())
-        den += float((b**2).sum())
-    return num / den
+_error = relative_output_error
 
 
 def test_batchnorm_moments_beat_magnitude_and_random_response() -> None:
