@@ -386,6 +386,7 @@ class PruneZipLMPass(Pass):
                 model_fingerprint=ctx.options.get("input_fingerprint") or structure_fingerprint(model.to_proto()),
                 input_shapes=ctx.input_shapes or None,
                 groups={gid: g.n_units for gid, g in groups.items()},
+                subset=True,  # the pass may prune only some unit kinds of what was profiled
             )
             # groups the table does not cover stay dense; levels outside its range are not searched
             for gid in list(groups):
@@ -405,6 +406,8 @@ class PruneZipLMPass(Pass):
 
         bound = self._bound(ctx)
         n_groups = len(groups)
+        # what no searched group covers: the table's base and the table's groups this pass leaves dense
+        base_ms = table.base_ms + sum(g.dense_ms for gid, g in table.groups.items() if gid not in groups)
         uniform_levels = fine_levels if self.uniform else None
 
         def uniform_plan(share: float) -> dict[str, int]:
@@ -466,7 +469,7 @@ class PruneZipLMPass(Pass):
             return seen[key]
 
         for it in range(self.max_iters):
-            result = choose_levels(options, internal, table.base_ms, max_error=bound * n_groups)
+            result = choose_levels(options, internal, base_ms, max_error=bound * n_groups)
             kept = decode(result)
             measured = measure(kept, result.predicted_ms)
             rounds.append({"round": it + 1, "internal_budget_ms": internal, "predicted_ms": result.predicted_ms,

@@ -196,6 +196,7 @@ class LatencyTable:
         precision: str | None = None,
         groups: Mapping[Hashable, int] | None = None,
         source: str = "the latency table",
+        subset: bool = False,
     ) -> None:
         """UsageError if the table was made for another model, shapes, precision or grouping.
 
@@ -206,9 +207,11 @@ class LatencyTable:
             groups: group id -> n_units of the model's channel groups; every table group must exist
                 with the same number of units (model groups missing from the table stay dense).
             source: How to name the table in messages (its path).
+            subset: `groups` is a selection (e.g. only FFN neurons): table groups outside it are not
+                an error (they stay dense); the ones inside must match.
         """
         p = self.provenance
-        hint = "re-profile the latency table for this model (spa-compile profile-latency)"
+        hint = "re-profile the latency table for this model (spa-compile profile)"
         if model_fingerprint is not None and p.model_fingerprint != model_fingerprint:
             raise UsageError(
                 f"{source} was made for another model (fingerprint {p.model_fingerprint[:12]}, "
@@ -227,12 +230,12 @@ class LatencyTable:
         if groups is not None:
             model_units = {str(k): int(v) for k, v in groups.items()}
             missing = sorted(set(self.groups) - set(model_units))
-            if missing:
+            if missing and not subset:
                 raise UsageError(f"{source} has groups the model lacks: {missing[:8]}", hint=hint)
             bad = sorted(
                 f"{k}: table {g.n_units}, model {model_units[k]}"
                 for k, g in self.groups.items()
-                if g.n_units != model_units[k]
+                if k in model_units and g.n_units != model_units[k]
             )
             if bad:
                 raise UsageError(

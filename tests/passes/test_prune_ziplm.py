@@ -320,3 +320,31 @@ def test_timed_candidates_skip_the_refit(rng: np.random.Generator) -> None:
         assert out[compensate].shape == (40, 16)
     np.testing.assert_array_equal(out[False], w2[keep])  # sliced, not re-fitted
     assert not np.allclose(out[True], w2[keep])  # the re-fit changes the kept rows
+
+
+def test_a_table_profiled_for_more_unit_kinds_serves_a_pass_that_prunes_fewer(rng: np.random.Generator) -> None:
+    from spa_compiler.latency.profile import build_table, kept_levels
+
+    model = ModelIR.from_proto(_two_layer(rng))
+    groups = analyze(model).prunable
+    levels = {g.id: kept_levels(g.n_units, g.unit_size, max_ratio=0.9, count=16) for g in groups}
+    table = build_table(model, groups, levels, MacsProvider(), {}, units=("channel", "head", "neuron"),
+                        input_shapes={})
+    # drop one group from what the pass may prune: the table's extra group must stay dense in the
+    # prediction (base), not vanish from it
+    keep_out = groups[0].id
+    provider = MacsProvider()
+    dense_ms = provider.time(model, {}).ms
+    ctx = CompileContext(latency=None, feeds={}, budget_ms=0.8 * dense_ms, max_error=10.0, latency_table=table)
+    pz = PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)
+    paths = group_paths(model, groups, "magnitude", max_ratio=0.9)
+    only = {g.id: g for g in groups if g.id != keep_out}
+    lv = {gid: levels[gid] for gid in only}
+    result = pz._search(model, ctx, only, {k: paths[k] for k in only}, lv, "magnitude", {}, None,
+                        {gid: lv[gid] for gid in only})
+    rounds = result.details[-1]["search_rounds"]
+    # predictions are whole-model latencies: at least the untouched group's dense share
+    assert all(r["predicted_ms"] >= table.groups[keep_out].dense_ms for r in rounds)
+    assert result.stats["budget_met"] is True
+    assert provider.time(model, {}).ms <= 0.8 * dense_ms + 1e-9
+    assert keep_out not in {d.get("group") for d in result.details}
