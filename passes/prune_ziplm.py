@@ -263,7 +263,6 @@ class PruneZipLMPass(Pass):
                 )
         moment_stats = self._moment_counts(paths.values()) if criterion == "obspa" else {}
         from spa_compiler.latency.profile import kept_levels
-
         from spa_compiler.targets import width_multiple
 
         # with a budget, widths the target runs fast at (the measured search decides what pays);
@@ -329,8 +328,9 @@ class PruneZipLMPass(Pass):
                 hi = share  # too much error at this share: try less
                 share = 0.5 * (lo + hi)
                 continue
-            measured = measure(kept, predict(kept))
-            rounds.append({"round": len(rounds) + 1, "uniform_share": round(share, 4), "predicted_ms": predict(kept),
+            predicted = predict(kept)
+            measured = measure(kept, predicted)
+            rounds.append({"round": len(rounds) + 1, "uniform_share": round(share, 4), "predicted_ms": predicted,
                            "measured_ms": measured, "mean_error": error / n_groups, "status": "joint-fallback"})
             if measured <= budget:
                 if best[0] > budget or error < best[1]:
@@ -410,10 +410,12 @@ class PruneZipLMPass(Pass):
         base_ms = table.base_ms + sum(g.dense_ms for gid, g in table.groups.items() if gid not in groups)
         uniform_levels = fine_levels if self.uniform else None
 
+        in_table = {gid: [k for k in (fine_levels or {}).get(gid, []) if lo_hi(gid)[0] <= k <= lo_hi(gid)[1]]
+                    for gid in groups}
+
         def uniform_plan(share: float) -> dict[str, int]:
             assert fine_levels is not None
-            return {gid: self._uniform(g, [k for k in fine_levels[gid] if lo_hi(gid)[0] <= k <= lo_hi(gid)[1]], share)
-                    for gid, g in groups.items()}
+            return {gid: self._uniform(g, in_table[gid], share) for gid, g in groups.items()}
 
         if uniform_levels is None:
             options = [

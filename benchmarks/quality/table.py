@@ -63,11 +63,10 @@ def _timed(cmd: list[str], log: pathlib.Path) -> dict[str, Any]:
     t = time.time()
     with log.open("w") as fh:
         rc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    text = log.read_text(errors="replace")
     if rc != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed (exit {rc}):\n" + "\n".join(text.splitlines()[-15:]))
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return {"wall_s": round(time.time() - t, 1), "peak_rss_gb": round(int(rss.group(1)) / 1e6, 2) if rss else None}
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{shlex.join(cmd)} failed (exit {rc}):\n" + "\n".join(tail))
+    return {**_from_log(log), "wall_s": round(time.time() - t, 1)}
 
 
 def _from_log(log: pathlib.Path) -> dict[str, Any]:
@@ -164,6 +163,7 @@ def remeasure(name: str, work: pathlib.Path, runs: int, repeats: int,
     """
     import statistics
 
+    from spa_compiler.compile import parse_input_shapes
     from spa_compiler.ir import ModelIR
     from spa_compiler.latency.provider import make_provider
     from spa_compiler.models_zoo import real
@@ -172,7 +172,7 @@ def remeasure(name: str, work: pathlib.Path, runs: int, repeats: int,
     cfg = MODELS[name]
     out = RESULTS / f"table-{name}.json"
     data = json.loads(out.read_text())
-    shapes = {s.split(":")[0]: tuple(int(d) for d in s.split(":")[1].split("x")) for s in cfg["shapes"]}
+    shapes = parse_input_shapes(cfg["shapes"])
     dense = ModelIR.load(real.export_real(cfg["real"], cfg["exporter"]))
     provider = make_provider("ort-cpu", threads=1, runs=runs, input_shapes=shapes)
     feeds = random_feeds(dense, shapes)

@@ -83,15 +83,16 @@ def measure_ort(
     """
     sess = make_session(model, providers=providers, threads=threads, optimize=True)
     feeds = dict(feeds)
-    ((median, p10, p90, n),) = time_callables(
-        [lambda: sess.run(None, feeds)], warmup=warmup, runs=runs, min_seconds=min_seconds
-    )
-    return LatencyMeasurement(
-        median_ms=median,
-        p10_ms=p10,
-        p90_ms=p90,
-        runs=n,
-        provider=sess.get_providers()[0],
-        threads=threads,
-        runtime=f"onnxruntime {import_ort().__version__}",
-    )
+    return measure_runner(lambda: sess.run(None, feeds), provider=sess.get_providers()[0], threads=threads,
+                          runtime=f"onnxruntime {import_ort().__version__}", warmup=warmup, runs=runs,
+                          min_seconds=min_seconds)
+
+
+def measure_runner(
+    runner: Callable[[], object], *, provider: str, threads: int | None, runtime: str, warmup: int, runs: int,
+    min_seconds: float,
+) -> LatencyMeasurement:
+    """Time one blocking callable (`time_callables`) and describe it as a LatencyMeasurement."""
+    ((median, p10, p90, n),) = time_callables([runner], warmup=warmup, runs=runs, min_seconds=min_seconds)
+    return LatencyMeasurement(median_ms=median, p10_ms=p10, p90_ms=p90, runs=n, provider=provider, threads=threads,
+                              runtime=runtime)

@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from spa_compiler.errors import UsageError
-from spa_compiler.latency.measure import LatencyMeasurement, time_callables
+from spa_compiler.latency.measure import LatencyMeasurement, measure_runner
 
 CUDA_EP = "CUDAExecutionProvider"
 GPU_INSTALL_HINT = (
@@ -284,21 +284,9 @@ def measure_ort_cuda(
     if fp16:
         model = convert_float16(_as_proto(model))
     sess = make_cuda_session(model, device_id=device_id, provider_options=provider_options)
-    ((median, p10, p90, n),) = time_callables(
-        [iobound_runner(sess, feeds, device_id=device_id)],
-        warmup=warmup,
-        runs=runs,
-        min_seconds=min_seconds,
-    )
-    return LatencyMeasurement(
-        median_ms=median,
-        p10_ms=p10,
-        p90_ms=p90,
-        runs=n,
-        provider=sess.get_providers()[0],
-        threads=None,
-        runtime=f"onnxruntime {ort.__version__} CUDA {'fp16' if fp16 else 'fp32'}",
-    )
+    return measure_runner(iobound_runner(sess, feeds, device_id=device_id), provider=sess.get_providers()[0],
+                          threads=None, runtime=f"onnxruntime {ort.__version__} CUDA {'fp16' if fp16 else 'fp32'}",
+                          warmup=warmup, runs=runs, min_seconds=min_seconds)
 
 
 def _as_proto(model: onnx.ModelProto | str | Any) -> onnx.ModelProto:
