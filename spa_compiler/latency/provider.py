@@ -172,11 +172,18 @@ class AnalyticProvider:
         return {
             "device": f"analytic:{self.device}",
             "runtime": "analytic",
-            "runtime_version": "",
+            # the model's version is the tool's: a table profiled with it names a real version
+            "runtime_version": _tool_version(),
             "provider": None,
             "threads": None,
             "precision": "fp16" if "fp16" in self.device else "fp32",
         }
+
+
+def _tool_version() -> str:
+    from spa_compiler import __version__
+
+    return __version__
 
 
 def make_provider(
