@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from spa_compiler import models_zoo
-from spa_compiler.channel_groups import ALL_UNITS, analyze
+from spa_compiler.groups.analysis import ALL_UNITS, analyze
 from spa_compiler.ir import ModelIR
 
 COMMAND = "python -m benchmarks.coverage --out docs/coverage.md"

@@ -27,12 +27,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from spa_compiler.channel_groups import ALL_UNITS, analyze, prune_groups, round_removal
+from spa_compiler.groups.analysis import ALL_UNITS, analyze, prune_groups, round_removal
 from spa_compiler.context import CompileContext
 from spa_compiler.errors import PreconditionError
 from spa_compiler.ir import ModelIR
 from spa_compiler.pass_base import Pass, PassResult
-from spa_compiler.passes.importance import IMPORTANCE, Importance
+from spa_compiler.criteria.importance import IMPORTANCE, Importance
 
 logger = logging.getLogger(__name__)
 

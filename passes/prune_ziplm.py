@@ -25,12 +25,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from spa_compiler.channel_groups import ALL_UNITS, ChannelGroup, GroupAnalysis, analyze, prune_groups
+from spa_compiler.groups.analysis import ALL_UNITS, ChannelGroup, GroupAnalysis, analyze, prune_groups
 from spa_compiler.context import CompileContext
-from spa_compiler.criteria import CRITERIA, GroupPath, group_paths
+from spa_compiler.criteria.paths import CRITERIA, GroupPath, group_paths
 from spa_compiler.errors import PreconditionError
 from spa_compiler.ir import ModelIR
-from spa_compiler.moment_sources import BATCHNORM
+from spa_compiler.criteria.moment_sources import BATCHNORM
 from spa_compiler.pass_base import Pass, PassResult
 from spa_compiler.requirements import Requirement
 
@@ -93,7 +93,7 @@ def apply_plan(
 
 def _language_model_io(model: ModelIR) -> tuple[str, int] | None:
     """(token input name, vocabulary) if the model maps token ids to next-token logits."""
-    from spa_compiler.runtime import _gather_rows
+    from spa_compiler.ort import _gather_rows
 
     ints = [t for t in model.graph.inputs if np.issubdtype(np.dtype(t.dtype), np.integer) and _gather_rows(t)]
     if not ints or len(model.graph.outputs) != 1:
@@ -118,7 +118,7 @@ def self_generated(
     io = _language_model_io(model)
     if io is None or rounds <= 0:
         return feeds
-    from spa_compiler.runtime import make_session
+    from spa_compiler.ort import make_session
 
     name, vocab = io
     sess = make_session(model, optimize=True)
@@ -218,7 +218,7 @@ class PruneZipLMPass(Pass):
         return "obs" if ctx.calibration is not None else "obspa"
 
     def _synthetic(self, ctx: CompileContext, model: ModelIR) -> list[dict[str, np.ndarray]]:
-        from spa_compiler.runtime import random_feeds
+        from spa_compiler.ort import random_feeds
 
         first = random_feeds(model, ctx.input_shapes, seed=ctx.seed + 1)
         n = self.synthetic_feeds
@@ -372,7 +372,7 @@ class PruneZipLMPass(Pass):
         fine_levels: dict[str, list[int]] | None = None,
     ) -> PassResult:
         from spa_compiler.latency.profile import build_table
-        from spa_compiler.search import GroupOptions, Level, choose_levels, correct_budget
+        from spa_compiler.search.knapsack import GroupOptions, Level, choose_levels, correct_budget
 
         assert ctx.budget_ms is not None
         user_budget = float(ctx.budget_ms)

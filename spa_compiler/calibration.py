@@ -31,7 +31,7 @@ Keys that are not model inputs are dropped.
 
 `ActivationCollector` runs ONNX Runtime (CPU, graph optimizations off so tensor names survive) on a
 copy of the model whose graph outputs also list the requested intermediate tensors, yielding one
-``dict[tensor name, array]`` per feed, e.g. to feed `spa_compiler.hessian.HessianAccumulator`.
+``dict[tensor name, array]`` per feed, e.g. to feed `spa_compiler.criteria.hessian.HessianAccumulator`.
 """
 
 from __future__ import annotations
@@ -678,7 +678,7 @@ class ActivationCollector:
             InvalidModelError: ONNX Runtime refuses the model.
         """
         ort = _import_ort()
-        from spa_compiler.runtime import add_initializers
+        from spa_compiler.ort import add_initializers
 
         weights: dict[str, npt.NDArray[Any]] = {}
         if isinstance(model, ModelIR):

@@ -229,8 +229,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from spa_compiler.inspect import inspect_model
 
     if args.groups:
-        from spa_compiler.channel_groups import analyze
-        from spa_compiler.group_report import format_groups, groups_to_json
+        from spa_compiler.groups.analysis import analyze
+        from spa_compiler.groups.report import format_groups, groups_to_json
         from spa_compiler.ir import ModelIR
 
         analysis = analyze(ModelIR.load(args.model), input_shapes=parse_input_shapes(args.input_shape))
@@ -289,12 +289,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from spa_compiler.channel_groups import analyze
+    from spa_compiler.groups.analysis import analyze
     from spa_compiler.compile import check_paths, parse_input_shapes
     from spa_compiler.ir import ModelIR
     from spa_compiler.latency.profile import build_table, kept_levels
     from spa_compiler.latency.provider import make_provider
-    from spa_compiler.runtime import random_feeds
+    from spa_compiler.ort import random_feeds
     from spa_compiler.targets import get_target, width_multiple
 
     out = Path(args.output)

@@ -20,7 +20,7 @@ from spa_compiler.ir import ModelIR, file_digest
 from spa_compiler.pass_manager import PassManager, Validate
 from spa_compiler.pipeline import DEFAULT_PRESET, parse, preset
 from spa_compiler.report import Report
-from spa_compiler.runtime import random_feeds
+from spa_compiler.ort import random_feeds
 from spa_compiler.stats import model_stats
 from spa_compiler.targets import check_opset, get_target, output_ir_version
 

@@ -15,7 +15,7 @@ def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None =
     """A JSON-able description: inputs, outputs, opset, ops, params, MACs, prunable chains."""
     from spa_compiler.passes.prune_magnitude import _find_chain
 
-    from spa_compiler.channel_groups import analyze
+    from spa_compiler.groups.analysis import analyze
 
     model = ModelIR.load(path)
     stats = model_stats(model, shapes)

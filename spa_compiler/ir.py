@@ -146,7 +146,7 @@ class ModelIR:
     ) -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]]]:
         """The weightless export (`to_proto(weights=False)`) and the arrays it left out, by
         initializer name: the model's own arrays, shared, not copied (e.g. for ONNX Runtime's
-        external initializers, `spa_compiler.runtime.make_session`)."""
+        external initializers, `spa_compiler.ort.make_session`)."""
         proto, left = self._export(ir_version)
         return proto, {name: np.asarray(c.values) for name, c in left.items()}
 

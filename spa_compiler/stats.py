@@ -98,7 +98,7 @@ def model_stats(model: ModelIR, input_shapes: Mapping[str, Sequence[int]] | None
         # ONNX shape inference cannot follow some run-time shape chains (TorchScript attention
         # reshapes): take the shapes from one ONNX Runtime run instead, as the group analysis does
         try:
-            from spa_compiler.channel_groups import static_shapes
+            from spa_compiler.groups.analysis import static_shapes
 
             ort_shapes, _, _ = static_shapes(model, input_shapes)
             merged = {**shapes, **{k: list(v) for k, v in ort_shapes.items()}}

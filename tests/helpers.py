@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from spa_compiler.ir import ModelIR
-from spa_compiler.runtime import run
+from spa_compiler.ort import run
 
 TOL = {"fp32": {"rtol": 1e-5, "atol": 1e-5}, "fp16": {"rtol": 1e-2, "atol": 1e-3}}
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from spa_compiler.latency.measure import LatencyMeasurement, measure_ort
+from spa_compiler.latency.timing import LatencyMeasurement, measure_ort
 
 __all__ = ["LatencyMeasurement", "measure_ort"]

@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from spa_compiler.errors import UsageError
-from spa_compiler.latency.measure import LatencyMeasurement, measure_runner
+from spa_compiler.latency.timing import LatencyMeasurement, measure_runner
 
 CUDA_EP = "CUDAExecutionProvider"
 GPU_INSTALL_HINT = (

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from spa_compiler import __version__
-from spa_compiler.channel_groups import ChannelGroup, GroupAnalysis, analyze, prune_groups
+from spa_compiler.groups.analysis import ChannelGroup, GroupAnalysis, analyze, prune_groups
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.table import GroupLatency, LatencyTable, LevelLatency, Provenance, structure_fingerprint
 

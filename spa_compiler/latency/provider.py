@@ -61,7 +61,7 @@ def _interleaved(
     runners: Sequence[Any], *, warmup: int, runs: int, min_seconds: float
 ) -> list[Timing]:
     """Time callables in alternation; one Timing per callable (see `measure.time_callables`)."""
-    from spa_compiler.latency.measure import time_callables
+    from spa_compiler.latency.timing import time_callables
 
     return [
         Timing(median, "measured", n, p10, p90)
@@ -82,7 +82,7 @@ class OrtCpuProvider:
         return self.time_many([model], feeds)[0]
 
     def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
-        from spa_compiler.runtime import make_session
+        from spa_compiler.ort import make_session
 
         runners = []
         for m in models:
@@ -92,7 +92,7 @@ class OrtCpuProvider:
         return _interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
-        from spa_compiler.runtime import import_ort
+        from spa_compiler.ort import import_ort
 
         return {
             "device": f"{platform.processor() or platform.machine()} CPU",
@@ -128,7 +128,7 @@ class OrtCudaProvider:
         return _interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
-        from spa_compiler.runtime import import_ort
+        from spa_compiler.ort import import_ort
 
         device = "CUDA GPU"
         try:  # torch is optional; it only names the device

@@ -175,7 +175,7 @@ class LatencyTable:
 
         Levels are those kept-unit counts the error map names, each with its interpolated latency.
         """
-        from spa_compiler.search import GroupOptions, Level
+        from spa_compiler.search.knapsack import GroupOptions, Level
 
         out = []
         for gid, by_level in errors.items():

@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from spa_compiler.errors import SpaError, UnsupportedModelError, UsageError
-from spa_compiler.latency.measure import LatencyMeasurement
+from spa_compiler.latency.timing import LatencyMeasurement
 
 #: Import names, in order of preference.
 MODULES: tuple[str, ...] = ("tensorrt", "tensorrt_rtx_bindings")

@@ -27,7 +27,7 @@ from spa_compiler.latency.analytic import (
     get_device,
 )
 from spa_compiler.latency.table import LatencyTable, structure_fingerprint
-from spa_compiler.search import choose_levels
+from spa_compiler.search.knapsack import choose_levels
 from spa_compiler.stats import model_stats
 from tests.helpers import conv_chain_model, make_model
 

@@ -24,7 +24,7 @@ from spa_compiler.calibration import (
     model_inputs,
 )
 from spa_compiler.errors import PreconditionError, SpaError, UsageError
-from spa_compiler.hessian import HessianAccumulator
+from spa_compiler.criteria.hessian import HessianAccumulator
 from spa_compiler.ir import ModelIR
 
 NAMES = ["x", "idx"]

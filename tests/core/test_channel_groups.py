@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from spa_compiler import models_zoo
-from spa_compiler.channel_groups import (
+from spa_compiler.groups.analysis import (
     ALL_UNITS,
     analyze,
     masked_dense,
@@ -23,9 +23,9 @@ from spa_compiler.channel_groups import (
 )
 from spa_compiler.cli import main as cli_main
 from spa_compiler.errors import UsageError
-from spa_compiler.group_dims import DimSpace
-from spa_compiler.group_oracle import oracle_check
-from spa_compiler.group_report import format_groups, groups_to_json
+from spa_compiler.groups.dims import DimSpace
+from spa_compiler.groups.oracle import oracle_check
+from spa_compiler.groups.report import format_groups, groups_to_json
 from spa_compiler.ir import ModelIR
 from tests.helpers import conv_chain_model, make_model
 
@@ -139,7 +139,7 @@ def test_freeze_and_tags_survive_refinement() -> None:
 )
 @hypothesis.settings(max_examples=80, deadline=None)
 def test_round_removal(n: int, unit_size: int, round_to: int, data: st.DataObject) -> None:
-    from spa_compiler.channel_groups import ChannelGroup
+    from spa_compiler.groups.analysis import ChannelGroup
 
     g = ChannelGroup("g", "channel", n, unit_size, False, None, [], [])
     order = data.draw(st.permutations(range(n)))

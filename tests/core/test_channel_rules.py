@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from spa_compiler import channel_rules
-from spa_compiler.channel_groups import ALL_UNITS, GroupAnalysis, analyze, random_plan
-from spa_compiler.group_oracle import oracle_check
+from spa_compiler.groups import rules as channel_rules
+from spa_compiler.groups.analysis import ALL_UNITS, GroupAnalysis, analyze, random_plan
+from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.ir import ModelIR
 from tests.helpers import conv_chain_model, make_model
 
@@ -671,7 +671,7 @@ def _custom_middle_model(rng: np.random.Generator, op: str, domain: str) -> onnx
 
 
 def test_unknown_custom_op_is_frozen_and_neighbours_still_prune(rng: np.random.Generator) -> None:
-    from spa_compiler.channel_groups import prune_groups
+    from spa_compiler.groups.analysis import prune_groups
 
     proto = _custom_middle_model(rng, "MysteryOp", "com.example")
     model = ModelIR.from_proto(proto)
@@ -695,7 +695,7 @@ def test_op_left_out_of_the_rules_is_frozen_and_oracle_holds(
     rules = dict(channel_rules.RULES)
     del rules["Sigmoid"]
     monkeypatch.setattr(channel_rules, "RULES", rules)
-    import spa_compiler.channel_groups as cg
+    import spa_compiler.groups.analysis as cg
 
     monkeypatch.setattr(cg, "RULES", rules)
     an = oracle_all(proto, {"x": rng.standard_normal((1, 3, 4, 4)).astype(F)}, rng, min_prunable=2)
@@ -752,7 +752,7 @@ def test_onnx_attention_op_heads_gqa_and_head_counts(rng: np.random.Generator, l
         g for g in an.prunable if g.unit == "head" and any(m.tensor == "wk" for m in g.producers)
     )
     model = ModelIR.from_proto(proto)
-    from spa_compiler.channel_groups import prune_groups
+    from spa_compiler.groups.analysis import prune_groups
 
     a2 = analyze(model, units=ALL_UNITS)
     qk_dim = next(

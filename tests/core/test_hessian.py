@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa_compiler.hessian import (
+from spa_compiler.criteria.hessian import (
     HessianAccumulator,
     conv_channel_columns,
     conv_group_slice,
@@ -19,7 +19,7 @@ from spa_compiler.hessian import (
     conv_weight_2d,
     im2col,
 )
-from spa_compiler.obs import greedy_prune, group_errors, inverse_hessian, remove_group
+from spa_compiler.criteria.obs import greedy_prune, group_errors, inverse_hessian, remove_group
 
 # ------------------------------------------------------------------------------ accumulator
 

@@ -25,7 +25,7 @@ from spa_compiler.latency.table import (
     Provenance,
     structure_fingerprint,
 )
-from spa_compiler.search import choose_levels
+from spa_compiler.search.knapsack import choose_levels
 from tests.helpers import make_model
 
 

@@ -20,13 +20,13 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
 
-from spa_compiler.channel_groups import analyze
-from spa_compiler.criteria import group_paths
+from spa_compiler.groups.analysis import analyze
+from spa_compiler.criteria.paths import group_paths
 from spa_compiler.errors import UsageError
-from spa_compiler.hessian import HessianAccumulator, im2col
+from spa_compiler.criteria.hessian import HessianAccumulator, im2col
 from spa_compiler.ir import ModelIR
-from spa_compiler.moment_sources import BATCHNORM, CALIBRATION, RESPONSE, batchnorm_moments
-from spa_compiler.obs import prepare_hessian
+from spa_compiler.criteria.moment_sources import BATCHNORM, CALIBRATION, RESPONSE, batchnorm_moments
+from spa_compiler.criteria.obs import prepare_hessian
 from tests.helpers import make_model, run_ort
 
 C = 4
@@ -155,7 +155,7 @@ def test_the_mc_check_can_fail() -> None:
     sm, _ = batchnorm_moments(_consumer_input(ModelIR.from_proto(proto)), C, conv=False)
     assert sm is not None
     a, _ = run_ort(proto, {"x": _pre_bn(np.random.default_rng(12), (n, C))})
-    from spa_compiler.moments import activation_moments, batchnorm_gaussian
+    from spa_compiler.criteria.moments import activation_moments, batchnorm_gaussian
 
     mu, sigma = batchnorm_gaussian(GAMMA, BETA, MEAN, VAR, eps=EPS)
     for wrong in (activation_moments(mu, sigma**2, "relu"), activation_moments(0 * mu, sigma, "relu")):

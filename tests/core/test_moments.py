@@ -1,4 +1,4 @@
-"""Data-free moment synthesis (spa_compiler.moments) against Monte Carlo and quadrature.
+"""Data-free moment synthesis (spa_compiler.criteria.moments) against Monte Carlo and quadrature.
 
 Monte-Carlo tolerance: with N = 1e6 samples the sample mean of f(x)^k has standard error
 SE = std(f(x)^k) / sqrt(N); we accept |analytic - MC| <= 5 SE + 5e-6 (1 + |MC|). Under the CLT a
@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spa_compiler.hessian import HessianAccumulator, im2col
-from spa_compiler.moments import (
+from spa_compiler.criteria.hessian import HessianAccumulator, im2col
+from spa_compiler.criteria.moments import (
     ONNX_ACTIVATIONS,
     ChannelMoments,
     activation_moments,

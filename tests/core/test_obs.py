@@ -1,4 +1,4 @@
-"""Structured OBS (spa_compiler.obs) against brute-force least squares.
+"""Structured OBS (spa_compiler.criteria.obs) against brute-force least squares.
 
 Oracle: for W (out, in), X (in, n) with n > in and H = 2 X X^T (no damping), removing a set S of
 columns with the OBS update must give exactly argmin_{W'[:, S] = 0} ||W X - W' X||_F^2 (computed
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spa_compiler.errors import PreconditionError
-from spa_compiler.obs import (
+from spa_compiler.criteria.obs import (
     ObsPath,
     greedy_prune,
     group_errors,
@@ -278,7 +278,7 @@ def test_nearly_singular_hessian_is_rescued_by_escalated_damping(
 ) -> None:
     v = np.array([1.0, 1.0, 1.0])
     h = np.outer(v, v) - 1e-9 * np.eye(3)  # PSD up to rounding, not PD
-    with caplog.at_level("WARNING", logger="spa_compiler.obs"):
+    with caplog.at_level("WARNING", logger="spa_compiler.criteria.obs"):
         hinv = inverse_hessian(prepare_hessian(h))
     assert np.all(np.isfinite(hinv))
     assert "adding damping" in caplog.text

@@ -1,4 +1,4 @@
-"""SPDY-style level search (spa_compiler.search) against brute force over every choice.
+"""SPDY-style level search (spa_compiler.search.knapsack) against brute force over every choice.
 
 Oracle: on small instances, enumerate every combination of levels. With integer latencies and a
 grid of 1 ms the DP must find exactly the brute-force optimum; with real-valued latencies it must
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa_compiler.search import (
+from spa_compiler.search.knapsack import (
     GroupOptions,
     Level,
     SearchResult,

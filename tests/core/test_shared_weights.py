@@ -16,7 +16,7 @@ from spa_compiler.errors import InvalidModelError
 from spa_compiler.ir import ModelIR
 from spa_compiler.pass_manager import PassManager
 from spa_compiler.passes.prune_ziplm import PruneZipLMPass
-from spa_compiler.runtime import make_session, random_feeds
+from spa_compiler.ort import make_session, random_feeds
 from spa_compiler.validation import check_model
 from tests.helpers import conv_chain_model
 

@@ -30,7 +30,7 @@ from spa_compiler.latency.ort_cuda import (
     measure_ort_cuda,
     providers_for,
 )
-from spa_compiler.runtime import make_session, random_feeds
+from spa_compiler.ort import make_session, random_feeds
 from tests.helpers import TOL, conv_chain_model
 
 

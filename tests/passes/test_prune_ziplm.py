@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from spa_compiler.channel_groups import analyze
+from spa_compiler.groups.analysis import analyze
 from spa_compiler.context import CompileContext
-from spa_compiler.criteria import group_paths
+from spa_compiler.criteria.paths import group_paths
 from spa_compiler.errors import PreconditionError
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.provider import Timing
@@ -212,7 +212,7 @@ def test_preconditions() -> None:
 def test_self_generated_inputs_for_language_models_only() -> None:
     from spa_compiler import models_zoo
     from spa_compiler.passes.prune_ziplm import _language_model_io, self_generated
-    from spa_compiler.runtime import random_feeds
+    from spa_compiler.ort import random_feeds
 
     lm = ModelIR.load(models_zoo.build("tiny_llama", "dynamo"))
     assert _language_model_io(lm) == ("input_ids", 256)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spa_compiler.channel_groups import ALL_UNITS, analyze, random_plan
-from spa_compiler.group_oracle import oracle_check
+from spa_compiler.groups.analysis import ALL_UNITS, analyze, random_plan
+from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.ir import ModelIR
 from spa_compiler.models_zoo import real
 
@@ -70,7 +70,7 @@ def test_real_model_oracle(name: str, exporter: str) -> None:
         if name != "efficientnet-lite0"
         else real.default_inputs(name, 2, exporter=exporter)
     )
-    from spa_compiler.runtime import run
+    from spa_compiler.ort import run
 
     outs = run(res.pruned, other)
     assert all(np.isfinite(o).all() for o in outs)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from spa_compiler import models_zoo
-from spa_compiler.channel_groups import ALL_UNITS, analyze, prune_groups, random_plan
-from spa_compiler.group_oracle import oracle_check
+from spa_compiler.groups.analysis import ALL_UNITS, analyze, prune_groups, random_plan
+from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.ir import ModelIR
 from spa_compiler.validation import check_model
 from tests.helpers import run_ort

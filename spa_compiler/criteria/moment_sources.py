@@ -11,14 +11,14 @@ consumer's input columns. Without calibration data there are two sources:
 
   On the data the network was trained on, BN's output channel ``c`` has mean ``beta_c`` and
   standard deviation ``|gamma_c|`` (more exactly ``|gamma_c| sqrt(var_c / (var_c + eps))``, see
-  `spa_compiler.moments.batchnorm_gaussian`); it is modelled as ``N(beta_c, sigma_c^2)`` and pushed
-  through the activation with `spa_compiler.moments.activation_moments` (closed form for ReLU,
+  `spa_compiler.criteria.moments.batchnorm_gaussian`); it is modelled as ``N(beta_c, sigma_c^2)`` and pushed
+  through the activation with `spa_compiler.criteria.moments.activation_moments` (closed form for ReLU,
   Clip/ReLU6, LeakyReLU, exact GELU; quadrature otherwise). Channels are taken as independent:
   ``E[x x^T] = m m^T + diag(v)``.
 * ``random-input response``: the model is run on random inputs and the consumer's input is
   captured (`spa_compiler.criteria.collect_hessians`); used where no BN chain is found.
 
-Conv consumers see im2col columns ``(c, kernel_pos)`` (`spa_compiler.hessian.im2col`). Every
+Conv consumers see im2col columns ``(c, kernel_pos)`` (`spa_compiler.criteria.hessian.im2col`). Every
 kernel position of channel ``c`` gets the channel's moments: the same mean, ``E[x_c^2]`` on the
 diagonal, ``m_c m_c'`` between positions of different or equal channels. Two approximations
 follow: the covariance between different positions of one channel is taken as 0 (neighbouring
@@ -42,7 +42,7 @@ import numpy.typing as npt
 import onnx_graphsurgeon as gs
 
 from spa_compiler.ir import constant_array
-from spa_compiler.moments import ChannelMoments, activation_moments, batchnorm_gaussian
+from spa_compiler.criteria.moments import ChannelMoments, activation_moments, batchnorm_gaussian
 
 __all__ = [
     "BATCHNORM",

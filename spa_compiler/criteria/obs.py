@@ -3,7 +3,7 @@
 Setting. ``Y = W X`` with ``W: (out, in)`` and calibration inputs ``X: (in, n)``. A *group* ``S``
 is a set of input columns removed together (an FFN neuron = 1 column of the down projection, an
 attention head = ``head_dim`` columns of the output projection, a Conv input channel =
-``prod(kernel)`` im2col columns, see `spa_compiler.hessian.conv_channel_columns`). Removing ``S``
+``prod(kernel)`` im2col columns, see `spa_compiler.criteria.hessian.conv_channel_columns`). Removing ``S``
 and re-fitting the other columns minimizes the layer loss ``L(dW) = 1/2 * sum_rows dw H dw^T``
 subject to ``W'[:, S] = 0``.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spa_compiler.channel_groups import ChannelGroup, GroupAnalysis, Member
+from spa_compiler.groups.analysis import ChannelGroup, GroupAnalysis, Member
 
 
 def _short(name: str, width: int = 28) -> str:

@@ -121,7 +121,7 @@ class ChannelMoments:
 
         Args:
             repeat: Columns per channel (``prod(kernel)`` for im2col columns of a Conv,
-                channel-major as in `spa_compiler.hessian.im2col`); positions are assumed
+                channel-major as in `spa_compiler.criteria.hessian.im2col`); positions are assumed
                 independent too.
 
         Returns:

@@ -4,7 +4,7 @@ Analysis (`analyze`):
 
 1. static shapes: symbolic input dims are fixed on a weight-stripped copy of the graph and ONNX
    shape inference (with data propagation) is run; ONNX Runtime fills what inference misses;
-2. every axis of every tensor gets a term over atoms (`group_dims`); every node's rule
+2. every axis of every tensor gets a term over atoms (`spa_compiler.groups.dims`); every node's rule
    (`channel_rules.RULES`) unifies, cuts, factors, contracts, freezes or reduces axes; constants
    get one set of axes per use, so a shared initializer is sliced (or copied) per use and never
    corrupted; graph inputs and outputs are frozen; unknown ops freeze every axis they touch;
@@ -42,10 +42,10 @@ import numpy.typing as npt
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa_compiler.channel_rules import RULES, Req, Rule, rule_for
+from spa_compiler.groups.rules import RULES, Req, Rule, rule_for
 from spa_compiler.errors import UsageError, ValidationError
-from spa_compiler.group_dims import DimSpace, Term
-from spa_compiler.group_shapes import Namer, ShapeEvaluator, element_source, rebuild
+from spa_compiler.groups.dims import DimSpace, Term
+from spa_compiler.groups.shape_eval import Namer, ShapeEvaluator, element_source, rebuild
 from spa_compiler.ir import ModelIR, constant_value
 
 logger = logging.getLogger(__name__)
@@ -371,7 +371,7 @@ def _ort_shapes(
     """Shapes and dtypes of `missing` from one ONNX Runtime run (`weights`: the initializers
     `proto` leaves out, see `ModelIR.to_proto_split`)."""
     try:
-        from spa_compiler.runtime import make_session, random_feeds
+        from spa_compiler.ort import make_session, random_feeds
 
         full = onnx.ModelProto()
         full.CopyFrom(proto)

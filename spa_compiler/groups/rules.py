@@ -5,7 +5,7 @@ A rule states, for one node, which axes of its inputs and outputs are the same i
 products), which are contracted by a weight (the *consumers* of a group: `ctx.contract`), which are
 reduced or mixed (`ctx.freeze`, `ctx.reduce`), and which shape-carrying inputs or attributes must
 be rewritten when sizes change (`ctx.slot`). Axis terms come from `ctx.inp(node, i)` /
-`ctx.out(node, j)`: one term per axis (see `group_dims`).
+`ctx.out(node, j)`: one term per axis (see `spa_compiler.groups.dims`).
 
 Keys are `op_type` for the default ONNX domain and `"domain:op_type"` otherwise. An op without a
 rule is *unknown*: every axis it touches is frozen with reason `unknown-op:<domain>:<op>` (the
@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx_graphsurgeon as gs
 
-from spa_compiler.group_dims import DimSpace, Term
+from spa_compiler.groups.dims import DimSpace, Term
 
 #: A size requirement: const + Σ coef · size(term).
 Req = tuple[int, tuple[tuple[int, Term], ...]]

@@ -22,7 +22,7 @@ several consumers (residual streams, concatenations) are pruned jointly: each gr
 the unit with the least summed OBS cost over every consumer and updates each consumer.
 
 Each GroupPath names where its consumers' second moments came from (`GroupPath.moments`):
-"calibration" (obs, wanda), "batchnorm" (obspa, closed form: `spa_compiler.moment_sources`),
+"calibration" (obs, wanda), "batchnorm" (obspa, closed form: `spa_compiler.criteria.moment_sources`),
 "random-input response" (obspa without a BN chain), or several joined by " + " when the
 consumers of one group differ.
 """
@@ -38,10 +38,10 @@ import numpy as np
 import numpy.typing as npt
 import onnx_graphsurgeon as gs
 
-from spa_compiler.channel_groups import ChannelGroup, Member
+from spa_compiler.groups.analysis import ChannelGroup, Member
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR, constant_value
-from spa_compiler.moment_sources import CALIBRATION, RESPONSE, SourcedMoments, batchnorm_moments
+from spa_compiler.criteria.moment_sources import CALIBRATION, RESPONSE, SourcedMoments, batchnorm_moments
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class LinearView:
         """Rows of input features (n, cols) from one captured activation."""
         if self.conv is None:
             return np.asarray(x, dtype=np.float64).reshape(-1, self.w2d.shape[1])
-        from spa_compiler.hessian import im2col
+        from spa_compiler.criteria.hessian import im2col
 
         cols = im2col(
             np.asarray(x, dtype=np.float64), self.conv["kernel"], strides=self.conv["strides"],
@@ -203,7 +203,7 @@ class GroupPath:
     def compensated(self, kept: int) -> dict[int, npt.NDArray[Any]]:
         """Per view index, the consumer weight re-fitted on the kept columns (full shape, removed
         columns zero); empty when the criterion does not compensate."""
-        from spa_compiler.obs import solve_kept
+        from spa_compiler.criteria.obs import solve_kept
 
         out: dict[int, npt.NDArray[Any]] = {}
         removed = set(self.removed(kept))
@@ -273,7 +273,7 @@ def collect_hessians(
     Memory: one accumulator (cols²) per view plus one feed's captured activations.
     """
     from spa_compiler.calibration import ActivationCollector
-    from spa_compiler.hessian import HessianAccumulator
+    from spa_compiler.criteria.hessian import HessianAccumulator
 
     if not views:
         return {}
@@ -299,7 +299,7 @@ def _relative_obs_path(
     n_remove: int,
 ) -> tuple[list[int], npt.NDArray[np.float64]]:
     """Joint greedy structured OBS over every consumer; errors relative to the output energy."""
-    from spa_compiler import obs
+    from spa_compiler.criteria import obs
 
     energy = sum(0.5 * float(np.einsum("ij,jk,ik->", v.w2d, h, v.w2d)) for v, h in zip(views, hessians))
     energy = energy if energy > 0 else 1.0
@@ -350,7 +350,7 @@ def group_paths(
         calibration: Feeds of real data (wanda, obs).
         synthetic_feeds: Feeds of random data (obspa, consumers without a closed form).
         closed_form: obspa only: synthesize the moments of consumers fed by BatchNormalization
-            (+ activation) in closed form (`spa_compiler.moment_sources`); False: the random-input
+            (+ activation) in closed form (`spa_compiler.criteria.moment_sources`); False: the random-input
             response for every consumer.
         norm: p of the magnitude norm.
         damp: Relative Hessian damping.
@@ -427,14 +427,14 @@ def group_paths(
                                     note=f"fallback: {notes.get(g.id, 'no linear consumer')}")
             continue
         if criterion == "wanda":
-            from spa_compiler.obs import wanda_scores
+            from spa_compiler.criteria.obs import wanda_scores
 
             scores = sum(wanda_scores(v.w2d, h, v.unit_cols) for v, h in zip(vs, hs))
             order, errs = _path_from_scores(np.asarray(scores, dtype=np.float64), n_remove)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "wanda", note=notes.get(g.id),
                                     view_moments=sources)
         else:
-            from spa_compiler.obs import prepare_hessian
+            from spa_compiler.criteria.obs import prepare_hessian
 
             hs = [prepare_hessian(h) for h in hs]
             order, errs = _relative_obs_path(vs, hs, g.n_units, n_remove)

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from spa_compiler.channel_groups import ALL_UNITS, analyze, masked_dense, prune_groups
+from spa_compiler.groups.analysis import ALL_UNITS, analyze, masked_dense, prune_groups
 from spa_compiler.ir import ModelIR
-from spa_compiler.runtime import run
+from spa_compiler.ort import run
 
 
 @dataclasses.dataclass(frozen=True)

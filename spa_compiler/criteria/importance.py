@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from spa_compiler.channel_groups import ChannelGroup, GroupAnalysis
+from spa_compiler.groups.analysis import ChannelGroup, GroupAnalysis
 from spa_compiler.context import CompileContext
 from spa_compiler.ir import ModelIR, constant_value
 

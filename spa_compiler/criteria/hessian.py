@@ -8,7 +8,7 @@ depend on the row. We accumulate the *per-sample mean* form
     H = (2 / n) * X X^T + damp * mean(diag((2 / n) X X^T)) * I,            H: (in, in)
 
 so that ``1/2 * dw H dw^T`` is the *mean* squared output error per sample (of one row), which keeps
-numbers of the same order whatever the amount of calibration data. ``spa_compiler.obs`` works with
+numbers of the same order whatever the amount of calibration data. ``spa_compiler.criteria.obs`` works with
 any positive multiple of ``2 X X^T``: the OBS update does not depend on the scale, and its errors
 come out in the units of ``1/2 * dw H dw^T`` (with this module's ``H``: mean squared error per
 sample, summed over output rows). Damping (``damp`` relative to the mean diagonal, SparseGPT's
@@ -265,7 +265,7 @@ def conv_channel_columns(
         kernel_shape: The Conv kernel's spatial shape.
 
     Returns:
-        ``groups[c] = c * prod(kernel) + arange(prod(kernel))``: ready for `spa_compiler.obs`.
+        ``groups[c] = c * prod(kernel) + arange(prod(kernel))``: ready for `spa_compiler.criteria.obs`.
     """
     kk = math.prod(int(v) for v in kernel_shape)
     return [np.arange(ch * kk, (ch + 1) * kk, dtype=np.intp) for ch in range(n_channels)]

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import onnx
 
 from spa_compiler.ir import ModelIR
-from spa_compiler.runtime import import_ort, make_session
+from spa_compiler.ort import import_ort, make_session
 
 
 def time_callables(
