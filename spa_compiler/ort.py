@@ -28,11 +28,6 @@ def import_ort() -> Any:
         ) from e
     return onnxruntime
 
-PROVIDERS = {
-    "ort-cpu": ["CPUExecutionProvider"],
-    "ort-cuda": ["CUDAExecutionProvider"],
-}
-
 
 def make_session(
     model: onnx.ModelProto | ModelIR | str,
@@ -139,7 +134,7 @@ def random_feeds(
                 feeds[t.name] = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
             else:
                 high = 32 if ("id" in name and "type" not in name) else 2
-                rows = _gather_rows(t)
+                rows = gather_rows(t)
                 if rows:  # indices into an embedding table: draw from all of its rows
                     high = rows
                 feeds[t.name] = rng.integers(0, high, size=shape).astype(dtype)
@@ -148,7 +143,7 @@ def random_feeds(
     return feeds
 
 
-def _gather_rows(t: Any) -> int | None:
+def gather_rows(t: Any) -> int | None:
     """Rows of the smallest constant table that a Gather (axis 0) indexes with `t`, if any."""
     from spa_compiler.ir import constant_value
 

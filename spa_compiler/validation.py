@@ -34,7 +34,7 @@ def check_model(
     Args:
         model: The model (a ModelIR is exported first, without its weights).
         base_dir: Folder of the model file, for external data references.
-        what: How to name the model in the message, e.g. "after pass 'prune-magnitude'".
+        what: How to name the model in the message, e.g. "after pass 'prune-uniform'".
         error: The exception class to raise (InvalidModelError for input, ValidationError after
             a pass).
     """
