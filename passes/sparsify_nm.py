@@ -216,7 +216,7 @@ class SparsifyNMPass(Pass):
             rec: dict[str, Any] = {"site": s.id, "node": s.label, "op": s.info["op"], "shape": s.info["shape"],
                                    "applied": v != "dense", "variant": v, "why": d["why"],
                                    "moments": method.moments.get(s.id)}
-            rec["error"] = {p: round(method.error(s, p), 6) for p in method.patterns[s.id]}
+            rec["error"] = {p: float(f"{method.error(s, p):.6g}") for p in method.patterns[s.id]}
             if "measured_gain_ms" in d:
                 rec["measured_gain_ms"] = d["measured_gain_ms"]
             if "form" in d:
