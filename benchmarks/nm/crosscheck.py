@@ -76,6 +76,9 @@ def sparsegpt_nm_reference(w: torch.Tensor, h: torch.Tensor, prunen: int, prunem
 
 
 def _feeds(spec: str, n: int | None) -> list[dict[str, np.ndarray]]:
+    if Path(spec).is_dir():  # a folder of .npz feeds (benchmarks.quality.run --write-calib)
+        files = sorted(Path(spec).glob("*.npz"))[: n or None]
+        return [dict(np.load(f)) for f in files]
     path, _, fn = spec.rpartition(":")
     sp = importlib.util.spec_from_file_location("calib_mod", path)
     mod = importlib.util.module_from_spec(sp)  # type: ignore[arg-type]
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--report", required=True)
-    p.add_argument("--calib", required=True, help="file.py:function yielding feeds")
+    p.add_argument("--calib", required=True, help="file.py:function yielding feeds, or a folder of .npz feeds")
     p.add_argument("--calib-n", type=int)
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--sites", default="", help="regex: only sites whose node name matches (default all)")

@@ -185,7 +185,10 @@ def nm_view(node: gs.Node, graph_outputs: frozenset[str] = frozenset()) -> tuple
         elif a_c is not None:
             return None, "both-inputs-constant"
         else:
-            idx, layout = 1, "right"
+            for t in node.inputs[:2]:
+                if t.inputs and t.inputs[0].op in ("DequantizeLinear", "DynamicQuantizeLinear"):
+                    return None, "weight-quantized"
+            return None, "no-constant-weight"  # activation x activation (attention scores, ...)
     elif op == "Gemm":
         idx = 1
         if constant_value(node.inputs[0]) is not None:
@@ -299,8 +302,8 @@ class NMMethod:
             ok = []
             for p in pats:
                 m = nmath.parse_pattern(p)[1]
-                divisor = m if v.op != "Conv" else m  # Conv: channels; else K
-                if (v.channels_in if v.op == "Conv" else v.reduction) % divisor:
+                # Conv: groups of m input channels at each kernel position; MatMul/Gemm: of K
+                if v.channels_in % m:
                     key = f"reduction-not-multiple-of-{m}"
                     skipped[key] = skipped.get(key, 0) + 1
                     continue
