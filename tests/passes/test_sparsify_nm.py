@@ -388,3 +388,58 @@ def test_conv_sparsegpt_error_is_the_measured_output_error(rng: np.random.Genera
         assert res.details[0]["error"]["2:4"] == pytest.approx(num / den, rel=1e-3)
         errs[crit] = num / den
     assert errs["sparsegpt"] < errs["magnitude"]
+
+
+class _ZerosAreFree:
+    """A measured provider whose latency is the share of non-zero weights (sparse runtimes' ideal)."""
+
+    kind = "measured"
+
+    class _T:
+        def __init__(self, ms: float) -> None:
+            self.ms = ms
+
+    def _ms(self, model: ModelIR) -> float:
+        ws = [np.asarray(t.values) for t in model.tensors().values() if hasattr(t, "values")]
+        return 1.0 + 10.0 * sum(int(np.count_nonzero(w)) for w in ws) / sum(w.size for w in ws)
+
+    def time(self, model: ModelIR, feeds: dict) -> "_ZerosAreFree._T":
+        return self._T(self._ms(model))
+
+    def time_many(self, models: list, feeds: dict) -> list:
+        return [self._T(self._ms(m)) for m in models]
+
+    def provenance(self) -> dict:
+        return {"device": "test", "runtime": "fake", "runtime_version": "1", "provider": "zeros-are-free"}
+
+
+def test_measured_gain_is_kept_and_the_budget_search_chooses_by_error(rng: np.random.Generator) -> None:
+    proto = _mlp(rng)
+    ctx = CompileContext(latency=_ZerosAreFree(), feeds={"x": np.zeros((4, 32), np.float32)}, input_shapes={"x": (4, 32)})
+    model = ModelIR.from_proto(proto)
+    res = SparsifyNMPass(criterion="magnitude", patterns=("2:4", "1:4")).run(model, ctx)
+    by = {d["site"]: d for d in res.details}
+    # w3 (8 x 4) saves 0.3% of the model: under min-gain 1% it stays dense, with the reason
+    assert not by["w3"]["applied"] and "not measured faster" in by["w3"]["why"]
+    model = ModelIR.from_proto(proto)
+    res = SparsifyNMPass(criterion="magnitude", patterns=("2:4", "1:4"), min_gain=0.001).run(model, ctx)
+    by = {d["site"]: d for d in res.details}
+    assert res.stats["decision"] == "measured" and all(d["applied"] for d in by.values())
+    assert all(d["variant"] == "2:4" for d in by.values())  # both pay; 2:4 has the smaller error
+    assert all(d["measured_gain_ms"]["1:4"] > d["measured_gain_ms"]["2:4"] > 0 for d in by.values())
+    # with a budget the search trades latency for error: a budget only 1:4 everywhere meets
+    dense_ms = _ZerosAreFree()._ms(ModelIR.from_proto(proto))
+    all_14 = ModelIR.from_proto(proto)
+    SparsifyNMPass(keep="all", criterion="magnitude", patterns=("1:4",)).run(all_14, CompileContext())
+    tight = _ZerosAreFree()._ms(all_14) * 1.01
+    model = ModelIR.from_proto(proto)
+    ctx.budget_ms, ctx.dense_ms = tight, dense_ms
+    res = SparsifyNMPass(criterion="magnitude", patterns=("2:4", "1:4")).run(model, ctx)
+    assert res.stats["mode"] == "latency-search" and res.stats["budget_met"]
+    assert sum(d["variant"] == "1:4" for d in res.details if "site" in d) >= 1
+    for d in (d for d in res.details if "site" in d):
+        w = _weight(model, d["site"])
+        if d["variant"] != "dense":
+            n, m = (int(v) for v in d["variant"].split(":"))
+            view = NMMethod.discover(ModelIR.from_proto(proto), [d["variant"]]).views[d["site"]]
+            assert satisfies_pattern(view.to_group_order(view.natural_2d(w)), n, m)
