@@ -6,6 +6,7 @@
 #   benchmarks/nm/run.sh minilm | efficientnet            (--quick sizes unless FULL=1)
 #   benchmarks/nm/run.sh crosscheck-smollm2 | crosscheck-minilm
 #   benchmarks/nm/run.sh latency-minilm                   (sparsify-nm{keep=measured} on ORT CPU)
+#   benchmarks/nm/run.sh tensorrt-minilm                  (--preset nm --target tensorrt: prior + TRT-RTX builds)
 # Results: benchmarks/nm/results/<what>.json (each with its commands).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -61,7 +62,7 @@ for what in "$@"; do
     efficientnet)
       M=$(export_dense efficientnet-lite0 torchscript)
       for crit in ${CRITERIA:-magnitude wanda sparsegpt}; do
-        compile_eval efficientnet "$M" "$crit" "$CAL:efficientnet_calibration"
+        compile_eval efficientnet "$M" "$crit" "$CAL:efficientnet_calibration" --input-shape input:1x3x224x224
       done ;;
     crosscheck-smollm2)
       M=$(export_dense smollm2-135m dynamo)
@@ -79,6 +80,12 @@ for what in "$@"; do
       cmd=(spa-compile "$M" -o "$W/minilm-measured.onnx" --report "$R/latency-minilm-ort-cpu.report.json"
            -p "cleanup,sparsify-nm{criterion=magnitude},cleanup" --input-shape input_ids:1x128
            --input-shape attention_mask:1x128 --input-shape token_type_ids:1x128)
+      echo "+ ${cmd[*]}" >&2; "${cmd[@]}" | tail -3 ;;
+    tensorrt-minilm)  # the preset on target tensorrt: the prior decides; deploy check = TensorRT-RTX builds
+      M=$(export_dense minilm-l6 torchscript)
+      cmd=(spa-compile "$M" -o "$W/minilm-trt.onnx" --report "$R/tensorrt-minilm.report.json" --preset nm
+           --target tensorrt --no-measure --input-shape input_ids:1x128 --input-shape attention_mask:1x128
+           --input-shape token_type_ids:1x128)
       echo "+ ${cmd[*]}" >&2; "${cmd[@]}" | tail -3 ;;
     *) echo "run.sh: unknown $what" >&2; exit 2 ;;
   esac
