@@ -480,7 +480,10 @@ class NMMethod:
             const = constant_value(t) if t is not None else None
             if const is None:
                 raise ValueError(f"nm: weight {sid!r} is not a constant of this model")
-            const.values = self.sparse_weight(sid, key, exact=exact)
+            new = self.sparse_weight(sid, key, exact=exact)
+            if exact and not pattern_holds(self.views[sid], new, key):  # a bug, never user input
+                raise RuntimeError(f"nm: weight {sid!r} does not satisfy {key} after sparsification")
+            const.values = new
             counts[key] = counts.get(key, 0) + 1
         return {"layers_sparsified": sum(counts.values()), **{f"layers_{k}": c for k, c in sorted(counts.items())}}
 
