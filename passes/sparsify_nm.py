@@ -60,7 +60,8 @@ class SparsifyNMPass(Pass):
         criterion: auto (sparsegpt with --calib, else magnitude), magnitude, wanda or sparsegpt.
         keep: measured (timed on the target; the prior where it cannot be timed), prior
             (TensorRT's rule: C_in and C_out >= min-channels) or all (every eligible site).
-        min_gain: measured: keep a variant only if it saves at least this share of the model's latency.
+        min_gain: measured: keep a variant only if it saves at least this share of the model's latency
+            (per layer kind in the table, then confirmed by timing the whole model against dense).
         min_channels: The prior's channel threshold.
         min_elements: Weights with fewer elements are left alone.
         form: dense (pattern in dense initializers) or op (NMSparseMatMul where the target has the kernel).
@@ -188,6 +189,7 @@ class SparsifyNMPass(Pass):
                 sig_sizes = _signature_sizes(method)
                 for s in sites:
                     decisions[s.id] = self._measured_choice(method, table, s.id, sig_sizes)
+                self._confirm(model, ctx, method, decisions, stats)
             stats["decision"] = "measured"
             stats["table_dense_ms"] = table.dense_ms
             for s in sites:
@@ -267,6 +269,25 @@ class SparsifyNMPass(Pass):
                     "why": f"not measured faster on the target (gain of the model: {', '.join(gains) or 'none'}; "
                            f"needs {self.min_gain:.1%})"}
         return {"variant": best[1], "why": f"measured faster ({', '.join(gains)} of the model)"}
+
+    def _confirm(self, model: ModelIR, ctx: CompileContext, method: NMMethod,
+                 decisions: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
+        """Time the model with every kept variant against dense (in alternation); when the whole
+        does not gain `min_gain`, the per-layer gains were timing noise: everything stays dense."""
+        plan = {sid: d["variant"] for sid, d in decisions.items() if d["variant"] != "dense"}
+        if not plan or ctx.latency is None:
+            return
+        clone = model.clone()
+        method.apply(clone, plan, exact=False, validate=False)
+        t_dense, t_cand = ctx.latency.time_many([model, clone], ctx.feeds or {})
+        ratio = t_cand.ms / t_dense.ms
+        stats["confirmed_ratio"] = round(ratio, 4)
+        if 1.0 - ratio >= self.min_gain:
+            return
+        for sid in plan:
+            decisions[sid]["variant"] = "dense"
+            decisions[sid]["why"] += (f"; not confirmed: the model with all {len(plan)} kept layers measured "
+                                      f"{ratio:.3f}x of dense (needs <= {1 - self.min_gain:.3f}x): timing noise")
 
     def _search(self, model: ModelIR, ctx: CompileContext, method: NMMethod,
                 table: Any) -> tuple[dict[str, Hashable], dict[str, Any], list[dict[str, Any]]]:

@@ -443,3 +443,27 @@ def test_measured_gain_is_kept_and_the_budget_search_chooses_by_error(rng: np.ra
             n, m = (int(v) for v in d["variant"].split(":"))
             view = NMMethod.discover(ModelIR.from_proto(proto), [d["variant"]]).views[d["site"]]
             assert satisfies_pattern(view.to_group_order(view.natural_2d(w)), n, m)
+
+
+class _NoisyTable(_ZerosAreFree):
+    """Says the sparse layer is faster while the table is profiled, and equal afterwards (noise)."""
+
+    def __init__(self, table_calls: int) -> None:
+        self.calls = 0
+        self.table_calls = table_calls
+
+    def time_many(self, models: list, feeds: dict) -> list:
+        self.calls += 1
+        if self.calls <= self.table_calls:
+            return [self._T(10.0), *(self._T(5.0) for _ in models[1:])]
+        return [self._T(10.0) for _ in models]
+
+
+def test_gains_the_whole_model_does_not_confirm_are_dropped(rng: np.random.Generator) -> None:
+    model = ModelIR.from_proto(_matmul(rng))
+    ctx = CompileContext(latency=_NoisyTable(table_calls=1), feeds={"x": np.zeros((8, 64), np.float32)},
+                         input_shapes={"x": (8, 64)})
+    res = SparsifyNMPass(criterion="magnitude").run(model, ctx)
+    (d,) = res.details
+    assert not d["applied"] and "not confirmed" in d["why"] and res.stats["confirmed_ratio"] == 1.0
+    assert not res.modified
