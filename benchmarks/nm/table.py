@@ -31,11 +31,13 @@ def quality() -> str:
                 dense = f"{q['dense_perplexity']:.2f}"
             elif model == "minilm":
                 fig = f"cosine to dense **{q['cosine_to_dense']:.4f}** (min {q['cosine_to_dense_min']:.3f}), probe {q['probe_accuracy']:.1%}"
-                dense = "cosine 1"
+                d = _load("minilm-dense-quick.json")
+                dense = "cosine 1" + (f", probe {d['results']['probe_accuracy']:.1%}" if d else "")
             else:
                 fig = (f"top-1 agreement **{q['top1_agreement']:.1%}**, logit cosine {q['logit_cosine_to_dense']:.3f}, "
                        f"probe {q['probe_accuracy']:.1%}")
-                dense = "agreement 100%"
+                d = _load("efficientnet-dense-quick.json")
+                dense = "agreement 100%" + (f", probe {d['results']['probe_accuracy']:.1%}" if d else "")
             data = "none" if c == "magnitude" else "calibration"
             kind = "weight energy" if r["stats"]["error_kind"] == "weight-energy" else "output"
             skipped = ", ".join(f"{k} {v}" for k, v in sorted(r["skipped"].items()))
