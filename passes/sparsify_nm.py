@@ -62,6 +62,8 @@ class SparsifyNMPass(Pass):
             (TensorRT's rule: C_in and C_out >= min-channels) or all (every eligible site).
         min_gain: measured: keep a variant only if it saves at least this share of the model's latency
             (per layer kind in the table, then confirmed by timing the whole model against dense).
+        confirm_rounds: measured: rounds of timing dense, candidate, dense again; the candidate must
+            beat both dense copies by min-gain in every round.
         min_channels: The prior's channel threshold.
         min_elements: Weights with fewer elements are left alone.
         form: dense (pattern in dense initializers) or op (NMSparseMatMul where the target has the kernel).
@@ -80,6 +82,7 @@ class SparsifyNMPass(Pass):
     criterion: str = "auto"
     keep: str = "measured"
     min_gain: float = 0.01
+    confirm_rounds: int = 3
     min_channels: int = 256
     min_elements: int = 0
     form: str = "dense"
@@ -279,15 +282,22 @@ class SparsifyNMPass(Pass):
             return
         clone = model.clone()
         method.apply(clone, plan, exact=False, validate=False)
-        t_dense, t_cand = ctx.latency.time_many([model, clone], ctx.feeds or {})
-        ratio = t_cand.ms / t_dense.ms
+        # the dense model twice: the candidate must beat both copies, every round (a null measurement
+        # of the noise; under load one paired timing of masked dense weights "gained" 3% on ORT CPU)
+        ratios = []
+        for _ in range(max(1, self.confirm_rounds)):
+            t_dense, t_cand, t_dense2 = ctx.latency.time_many([model, clone, model.clone()], ctx.feeds or {})
+            ratios.append(t_cand.ms / max(t_dense.ms, t_dense2.ms))
+        ratio = max(ratios)
         stats["confirmed_ratio"] = round(ratio, 4)
+        stats["confirm_ratios"] = [round(r, 4) for r in ratios]
         if 1.0 - ratio >= self.min_gain:
             return
         for sid in plan:
             decisions[sid]["variant"] = "dense"
             decisions[sid]["why"] += (f"; not confirmed: the model with all {len(plan)} kept layers measured "
-                                      f"{ratio:.3f}x of dense (needs <= {1 - self.min_gain:.3f}x): timing noise")
+                                      f"{ratio:.3f}x of the slower dense copy in the worst of "
+                                      f"{len(ratios)} rounds (needs <= {1 - self.min_gain:.3f}x)")
 
     def _search(self, model: ModelIR, ctx: CompileContext, method: NMMethod,
                 table: Any) -> tuple[dict[str, Hashable], dict[str, Any], list[dict[str, Any]]]:
