@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", help="named pipeline (see list-passes)")
     c.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
                    help="precision the target runs in (ort-cuda/tensorrt timing)")
+    c.add_argument("--lower", default="auto", choices=("auto", "none", "all"),
+                   help="target lowering (fused runtime ops): auto keeps what measures faster, "
+                        "none, or all that pass the numerical check")
+    c.add_argument("--budget-relative-to", default="given", choices=("given", "lowered"),
+                   help="a relative budget (0.6x) multiplies the model as given (default) or its lowered dense form")
+    c.add_argument("--fp16-io", action="store_true",
+                   help="with --precision fp16: float16 graph inputs/outputs too (default: float32 kept)")
     c.add_argument("--latency-table", help="a latency table from `spa-compile profile` (JSON)")
     c.add_argument("--max-error", type=float, default=None,
                    help="bound on the search's summed error (normalized); beyond it a budget is unreachable")
@@ -196,6 +203,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=progress,
             measure_latency=not args.no_measure,
+            lower=args.lower,
+            budget_relative_to=args.budget_relative_to,
+            fp16_io=args.fp16_io,
         )
     except SpaError as e:
         report.status, report.error = "failed", e.one_line()

@@ -1,0 +1,128 @@
+"""A lowering: the lossless rewrites of one model for one target, as one value.
+
+`Lowering(families, precision, fp16_io)` names what is applied; `lower(model, lowering, shapes)`
+applies it (ORT's fusions, then our attention fusion for the blocks ORT's script left, then the
+precision), and returns the exact ModelProto that is timed and written. Nothing here decides;
+`select.py` measures and chooses.
+
+Families:
+    attention         ORT's `Attention` fusion (BERT-style packed QKV), per-node head counts
+    mha               our `MultiHeadAttention` fusion of the attention blocks ORT's script misses
+                      (other exporters, causal/boolean masks, RoPE, grouped-query KV repeats)
+    layer_norm        LayerNormalization / SimplifiedLayerNormalization (RMSNorm) from primitives
+    skip_layer_norm   residual Add + norm -> SkipLayerNormalization / SkipSimplifiedLayerNormalization
+    gelu              Erf GELU -> Gelu, + bias -> BiasGelu (tanh GELU -> FastGelu)
+    embed_layer_norm  word + position (+ segment) embedding Gathers + LayerNorm
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+
+from spa_compiler.errors import UsageError
+from spa_compiler.lowering.ort_fusions import ORT_FAMILIES
+
+ALL_FAMILIES: tuple[str, ...] = (*ORT_FAMILIES, "mha")
+#: Families that apply per target (TensorRT fuses attention and norms itself: its lowering is
+#: the IR/opset, the precision and the builder flags).
+TARGET_FAMILIES: dict[str, tuple[str, ...]] = {
+    "ort-cpu": ALL_FAMILIES,
+    "ort-cuda": ALL_FAMILIES,
+    "tensorrt": (),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+    """What is applied to every model timed and written for one compile.
+
+    Attributes:
+        families: Graph rewrites (members of ALL_FAMILIES), applied in ALL_FAMILIES order.
+        precision: "fp32", or "fp16": the model is converted to float16 (the file written is fp16).
+        fp16_io: With fp16, graph inputs and outputs are float16 too (default: float32 kept,
+            behind Cast nodes, so the same feeds work).
+    """
+
+    families: tuple[str, ...] = ()
+    precision: str = "fp32"
+    fp16_io: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.families if f not in ALL_FAMILIES]
+        if bad:
+            raise UsageError(f"unknown lowering families {bad}", hint=f"use {', '.join(ALL_FAMILIES)}")
+        if self.precision not in ("fp32", "fp16"):
+            raise UsageError(f"precision {self.precision!r}", hint="use fp32 or fp16")
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.families and self.precision == "fp32"
+
+    def with_families(self, families: Sequence[str]) -> Lowering:
+        order = [f for f in ALL_FAMILIES if f in set(families)]
+        return dataclasses.replace(self, families=tuple(order))
+
+    def describe(self) -> str:
+        fam = "+".join(self.families) if self.families else "no graph rewrites"
+        prec = self.precision + (" (fp16 I/O)" if self.precision == "fp16" and self.fp16_io else "")
+        return f"{fam}, {prec}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"families": list(self.families), "precision": self.precision, "fp16_io": self.fp16_io}
+
+
+def _as_proto(model: Any) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return model.to_proto()  # ModelIR
+
+
+def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Static shape of every tensor at `input_shapes` (ONNX inference, then one ORT run)."""
+    from spa_compiler.groups.analysis import static_shapes
+    from spa_compiler.ir import ModelIR
+
+    shapes, _, _ = static_shapes(ModelIR.from_proto(model), input_shapes)
+    return shapes
+
+
+@dataclasses.dataclass
+class Lowered:
+    """The result of `lower`: the model as timed and written, and what each rewrite did."""
+
+    model: onnx.ModelProto
+    fused: dict[str, dict[str, int]]
+    skipped: dict[str, int]
+
+
+def lower(model: Any, lowering: Lowering, input_shapes: Mapping[str, Sequence[int]]) -> Lowered:
+    """Apply `lowering` to `model` (a ModelProto or ModelIR, not modified)."""
+    proto = _as_proto(model)
+    fused: dict[str, dict[str, int]] = {}
+    skipped: dict[str, int] = {}
+    ort_fams = [f for f in lowering.families if f in ORT_FAMILIES]
+    if ort_fams or "mha" in lowering.families:
+        from spa_compiler.lowering.ort_fusions import fuse
+
+        shapes = tensor_shapes(proto, input_shapes)
+        if ort_fams:
+            proto, counts = fuse(proto, ort_fams, shapes)
+            fused["ort"] = counts
+        if "mha" in lowering.families:
+            from spa_compiler.lowering.attention import fuse_mha
+
+            if ort_fams:
+                shapes = tensor_shapes(proto, input_shapes)
+            proto, counts, skipped = fuse_mha(proto, shapes)
+            fused["mha"] = counts
+    if lowering.precision == "fp16":
+        from spa_compiler.latency.ort_cuda import convert_float16
+
+        proto = convert_float16(proto, keep_io_types=not lowering.fp16_io)
+    elif proto is _as_proto(model) and isinstance(model, onnx.ModelProto):
+        pass
+    return Lowered(proto, fused, skipped)
