@@ -133,8 +133,12 @@ def _match(
     axis = int(_attr(sm, "axis", -1 if G.opset >= 13 else 1))
     if rank != 4 or axis not in (-1, 3):
         raise _Miss("softmax-not-last-axis-of-4d")
-    pv = G.only_consumer(sm.output[0])
-    if pv is None or pv.op_type != "MatMul" or pv.input[0] != sm.output[0]:
+    p = sm.output[0]
+    pv = G.only_consumer(p)
+    while pv is not None and pv.op_type == "Cast" and _attr(pv, "to") == onnx.TensorProto.FLOAT:
+        p = pv.output[0]  # softmax(..., dtype=float32).to(float32): a no-op on a float32 model
+        pv = G.only_consumer(p)
+    if pv is None or pv.op_type != "MatMul" or pv.input[0] != p:
         raise _Miss("softmax-not-into-matmul")
     # scores path: masks, then scale, then Q @ K^T
     biases: list[tuple[str, Any]] = []

@@ -147,6 +147,7 @@ def choose(
     provider: Any = None,
     check_seeds: int = 2,
     seed: int = 0,
+    check_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Decision:
     """Decide the lowering of `model` (the dense model as given) for `target`.
 
@@ -154,6 +155,8 @@ def choose(
         provider: A latency provider that times models exactly as given (no conversion of its
             own); None or analytic: nothing is chosen by measurement.
         mode: auto (measured), none (precision only), all (every family that passes the check).
+        check_shapes: Input shapes for the numerical check (default: `input_shapes`); the
+            rewrites keep symbolic shapes, so a large model can be checked at a smaller size.
     """
     base = Lowering(precision=precision, fp16_io=fp16_io)
     if mode == "none":
@@ -165,7 +168,9 @@ def choose(
     from spa_compiler.ort import random_feeds
 
     ir = ModelIR.from_proto(model)
-    check_feeds = [feeds] + [random_feeds(ir, input_shapes, seed=seed + 101 + i) for i in range(check_seeds - 1)]
+    cs = check_shapes or input_shapes
+    check_feeds = ([feeds] if not check_shapes else []) + [
+        random_feeds(ir, cs, seed=seed + 101 + i) for i in range(check_seeds - (0 if check_shapes else 1))]
     refs = [_run_cpu(model, f) for f in check_feeds]
     device = "cuda" if target == "ort-cuda" and getattr(provider, "kind", "") == "measured" else "cpu"
     plain16 = lower(model, base, input_shapes).model if precision == "fp16" and device == "cuda" else None
