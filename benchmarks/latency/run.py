@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "tag": tag, "budget": budget, "seconds": round(time.time() - t, 1),
             "dense_ms": p["dense_ms"], "compiled_ms": p["compiled_ms"], "latency_ratio": p["ratio"],
+            # the lowered dense model (fused runtime ops, same precision) is the second baseline
+            "lowered_dense_ms": p.get("lowered_dense_ms"), "latency_ratio_to_lowered": p.get("ratio_to_lowered"),
+            "lowering": rep.lowering.get("describe"),
             "mac_ratio": rep.after["macs"] / rep.before["macs"] if rep.before.get("macs") else None,
             "param_ratio": rep.after["params"] / rep.before["params"],
             "budget_met": rep.budget.get("met"), "kind": p["kind"],

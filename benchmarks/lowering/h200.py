@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/spa-lower")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--variants", default="", help="comma list of variant labels (default all)")
+    ap.add_argument("--quick", default="",
+                    help="families (a+b) to apply without the measured choice (large models: ORT's fusion "
+                         "script takes minutes on 30 layers); timed against the model as given, checked in fp32")
     ap.add_argument("--cpu", action="store_true", help="smoke test on ORT CPU fp32 (zoo:NAME models too)")
     args = ap.parse_args(argv)
 
@@ -151,9 +154,23 @@ def main(argv: list[str] | None = None) -> int:
             proto = model.to_proto()
             rec["export_s"] = round(time.time() - t0, 1)
             t0 = time.time()
+            if args.quick:
+                from spa_compiler.lowering.select import Decision, check
+
+                chosen = Lowering(families=tuple(args.quick.split("+")), precision=precision)
+                res = lower(proto, Lowering(families=chosen.families), check_shapes)
+                ck = check(res.model, proto, [random_feeds(model, check_shapes, seed=1)], precision="fp32",
+                           device="cpu")
+                decision = Decision("quick", chosen if ck.ok else Lowering(precision=precision),
+                                    tried=[{"family": args.quick, "fused": res.fused, "check_fp32": ck.to_json()}],
+                                    notes=["--quick: families applied without the measured choice"])
+                del res
+            else:
+                decision = None
             # patterns and head counts do not depend on batch or sequence: analyse at the check size
-            decision = choose(proto, target=target, precision=precision, fp16_io=False, mode="auto",
-                              input_shapes=check_shapes, feeds=feeds, provider=inner, check_shapes=check_shapes)
+            if decision is None:
+                decision = choose(proto, target=target, precision=precision, fp16_io=False, mode="auto",
+                                  input_shapes=check_shapes, feeds=feeds, provider=inner, check_shapes=check_shapes)
             rec["decision"] = decision.to_json()
             rec["decision_s"] = round(time.time() - t0, 1)
             chosen = decision.lowering
@@ -162,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                        if e.get("applicable") and e.get("why") != "dropped: failed the numerical check"]
             given = lower(proto, plain, check_shapes).model
             low = lower(proto, chosen, check_shapes).model
+            if args.quick:
+                t_given, t_low = inner.time_many([given, low], feeds)
+                decision.timings["paired_dense_ms"] = {"as_given": t_given.ms, "lowered": t_low.ms,
+                                                       "ratio": t_low.ms / t_given.ms}
+                rec["decision"] = decision.to_json()
             save()
             t0 = time.time()
             analysis = analyze(model, units=spec["units"], input_shapes=check_shapes)

@@ -82,12 +82,57 @@ def _as_proto(model: Any) -> onnx.ModelProto:
 
 
 def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
-    """Static shape of every tensor at `input_shapes` (ONNX inference, then one ORT run)."""
-    from spa_compiler.groups.analysis import static_shapes
-    from spa_compiler.ir import ModelIR
+    """Static shape of every tensor at `input_shapes`: ONNX shape inference on a weightless copy,
+    then one ONNX Runtime run for the tensors inference leaves without a static shape."""
+    from spa_compiler.groups.analysis import _collect_shapes, _fix_inputs, _strip
 
-    shapes, _, _ = static_shapes(ModelIR.from_proto(model), input_shapes)
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    fixed = _fix_inputs(light, input_shapes)
+    _strip(light)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # best effort: ORT fills the rest
+        inferred = light
+    shapes, dtypes = _collect_shapes(inferred)
+    missing = [o for n in model.graph.node for o in n.output if o and o not in shapes and n.op_type != "Constant"]
+    if missing:
+        _ort_shapes(model, fixed, missing, shapes)
     return shapes
+
+
+def _ort_shapes(
+    model: onnx.ModelProto, fixed: Mapping[str, tuple[int, ...]], missing: Sequence[str],
+    shapes: dict[str, tuple[int, ...]],
+) -> None:
+    """Shapes of `missing` from one ONNX Runtime run (zeros for integer inputs: shapes of the ops
+    lowering looks at do not depend on input values)."""
+    import numpy as np
+
+    from spa_compiler.ort import make_session
+
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    known = {o.name for o in full.graph.output}
+    for name in missing:
+        if name not in known:
+            full.graph.output.add(name=name)
+    inits = {t.name for t in full.graph.initializer}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for vi in full.graph.input:
+        if vi.name in inits:
+            continue
+        dt = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        shp = fixed[vi.name]
+        feeds[vi.name] = (rng.standard_normal(shp).astype(dt) if np.issubdtype(dt, np.floating)
+                          else np.zeros(shp, dtype=dt))
+    try:
+        sess = make_session(full, optimize=False)
+        for meta, val in zip(sess.get_outputs(), sess.run(None, feeds), strict=False):
+            shapes.setdefault(meta.name, tuple(int(d) for d in np.asarray(val).shape))
+    except Exception:  # a model ORT cannot run: the rewrites skip what they cannot size
+        pass
 
 
 @dataclasses.dataclass

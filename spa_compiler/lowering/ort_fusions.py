@@ -90,7 +90,11 @@ def fuse(
         return model, {}
     from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
 
-    work = copy.deepcopy(model)
+    # ORT's script copies tensors and re-runs shape inference many times: on large models it is
+    # run on a weightless copy (matrices stripped to their dims) unless a family reads weight
+    # values (the Attention fusion packs Q, K and V), then the arrays are put back by name.
+    strip = "attention" not in fams
+    work, held = _weightless(model) if strip else (copy.deepcopy(model), {})
     before = collections.Counter(n.op_type for n in work.graph.node if n.domain == "com.microsoft")
     with _quiet():
         bert = BertOnnxModel(work, num_heads=0, hidden_size=0)
@@ -107,6 +111,8 @@ def fuse(
         bert.optimize(_options(fams), add_dynamic_axes=False)
         bert.topological_sort()
     out = bert.model
+    if held:
+        _restore(out, held)
     after = collections.Counter(n.op_type for n in out.graph.node if n.domain == "com.microsoft")
     counts = {op: after[op] - before.get(op, 0) for op in after if after[op] > before.get(op, 0)}
     if counts and not any(o.domain == "com.microsoft" for o in out.opset_import):
@@ -114,3 +120,44 @@ def fuse(
     out.producer_name = model.producer_name
     out.producer_version = model.producer_version
     return out, counts
+
+
+_STRIP_MIN_ELEMENTS = 4096
+_STRIPPED = "__spa_lowering_stripped__"
+
+
+def _weightless(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """A copy of `model` whose large float initializers keep name, type and dims but no data."""
+    held: dict[str, onnx.TensorProto] = {}
+    keep = []
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and n >= _STRIP_MIN_ELEMENTS:
+            held[t.name] = t
+        else:
+            keep.append(t)
+    light = onnx.ModelProto()
+    graph = model.graph
+    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                                   producer_name=model.producer_name, metadata_props=model.metadata_props))
+    g = onnx.GraphProto()
+    g.CopyFrom(onnx.GraphProto(name=graph.name, node=graph.node, input=graph.input, output=graph.output,
+                               value_info=graph.value_info, initializer=keep))
+    for name, t in held.items():
+        stub = g.initializer.add(name=name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=_STRIPPED)
+    light.graph.CopyFrom(g)
+    return light, held
+
+
+def _restore(model: onnx.ModelProto, held: Mapping[str, onnx.TensorProto]) -> None:
+    """Put the stripped arrays back; an initializer ORT derived from a stripped one is an error."""
+    for i, t in enumerate(model.graph.initializer):
+        if t.data_location == onnx.TensorProto.EXTERNAL and any(
+                e.key == "location" and e.value == _STRIPPED for e in t.external_data):
+            if t.name not in held:
+                raise ValueError(f"ORT's fusion made {t.name!r} from a weight it was not given")
+            model.graph.initializer[i].CopyFrom(held[t.name])
