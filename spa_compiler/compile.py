@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from spa_compiler import __version__
-from spa_compiler.context import CompileContext, ProgressFn, _no_progress
+from spa_compiler._version import __version__
+from spa_compiler.context import CompileContext, ProgressFn, no_progress
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR, file_digest
+from spa_compiler.ort import random_feeds
 from spa_compiler.pass_manager import PassManager, Validate
 from spa_compiler.pipeline import DEFAULT_PRESET, parse, preset
 from spa_compiler.report import Report
-from spa_compiler.ort import random_feeds
 from spa_compiler.stats import model_stats
-from spa_compiler.targets import check_opset, get_target, output_ir_version
+from spa_compiler.targets import get_target
 
 logger = logging.getLogger(__name__)
 
@@ -132,34 +132,6 @@ def measure(
     return stats
 
 
-def deploy_check(path: Path, target: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
-    """Check the written model deploys on the target's toolchain as far as this machine allows.
-
-    tensorrt: parse and build an engine (ahead of time for SM 8.9 with TensorRT-RTX on a machine
-    without a GPU), dense and with the sparse-weights flag. ort-*: the session already loaded when
-    the output was timed.
-    """
-    if target != "tensorrt":
-        return {"checked": "onnxruntime session created and run on the output"}
-    from spa_compiler.errors import SpaError
-    from spa_compiler.latency.tensorrt import build_engine, describe, trt_module
-
-    try:
-        trt = trt_module()
-    except SpaError as e:
-        return {"checked": False, "why": e.one_line()}
-    out: dict[str, Any] = {"runtime": describe(trt)}
-    for label, sparse in (("dense", False), ("sparse_weights", True)):
-        res = build_engine(path, shapes={k: tuple(v) for k, v in shapes.items()}, sparse_weights=sparse,
-                           module=trt)
-        out[label] = {"ok": res.ok, "seconds": round(res.seconds, 3), "engine_bytes": res.engine_bytes,
-                      "compute_capability": res.compute_capability}
-        if not res.ok:
-            out[label]["log"] = res.log[-2000:]
-    out["checked"] = True
-    return out
-
-
 def compile_model(
     model_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -178,7 +150,7 @@ def compile_model(
     latency_table: Any = None,
     max_error: float | None = None,
     seed: int = 0,
-    progress: ProgressFn = _no_progress,
+    progress: ProgressFn = no_progress,
     measure_latency: bool = True,
     lower: str = "auto",
     budget_relative_to: str = "given",
@@ -214,7 +186,7 @@ def compile_model(
     model = ModelIR.load(src)
     digest = file_digest(src)
     report.input = {"path": str(src), "sha256": digest, "opset": model.opset, "ir_version": model.ir_version}
-    check_opset(model, tgt)
+    tgt.check_opset(model)
     progress("load", 1, 1)
 
     shapes = dict(input_shapes or {})
@@ -235,11 +207,7 @@ def compile_model(
     feeds = random_feeds(model, shapes, seed=seed)
     provider = None
     if measure_latency:
-        from spa_compiler.latency.provider import make_provider
-
-        provider = make_provider(
-            tgt.name, precision=precision, threads=threads, runs=measure_runs, input_shapes=shapes
-        )
+        provider = tgt.provider(precision=precision, threads=threads, runs=measure_runs, input_shapes=shapes)
 
     ctx = CompileContext(
         calibration=calibration,
@@ -257,7 +225,7 @@ def compile_model(
         from spa_compiler.latency.table import structure_fingerprint
 
         # tables are profiled on the input file; passes before the search may tidy the graph
-        ctx.options["input_fingerprint"] = structure_fingerprint(model)
+        ctx.input_fingerprint = structure_fingerprint(model)
     progress("lower", 0, 1)
     stage = LoweringStage.prepare(model.to_proto(), target=tgt.name, precision=precision, fp16_io=fp16_io,
                                   mode=lower, input_shapes=shapes, feeds=feeds, provider=provider, seed=seed)
@@ -270,7 +238,7 @@ def compile_model(
         report.before["latency_ms"] = stage.given_ms  # the paired timing of as-given vs lowered
         report.lowering["dense_ms"] = stage.lowered_ms
         # the search's reference is the lowered dense model: it times candidates lowered
-        ctx.options["dense_ms"] = stage.lowered_ms
+        ctx.dense_ms = stage.lowered_ms
         progress("measure dense", 1, 1)
         if provider.kind == "analytic":
             report.notes.append(
@@ -295,7 +263,6 @@ def compile_model(
         if budget.fraction is not None:
             report.budget["relative_to"] = "model as given" if budget_relative_to == "given" else "lowered dense model"
         ctx.budget_ms = budget_ms
-        ctx.options["budget_ms"] = budget_ms
         if stage.lowered_ms is not None and stage.lowered_ms <= budget_ms and provider.kind == "measured":
             lossy = [p.name for p in passes if is_lossy(p.name)]
             passes = [p for p in passes if not is_lossy(p.name)]
@@ -306,7 +273,7 @@ def compile_model(
 
     if passes:
         PassManager(passes, validate=validate).run(model, ctx)
-    ir_version = output_ir_version(model, tgt)
+    ir_version = tgt.output_ir_version(model)
     progress("save", 0, 1)
     from spa_compiler.ir import load_proto, save_proto
     from spa_compiler.lowering.provider import proto_digest
@@ -335,7 +302,7 @@ def compile_model(
         progress("measure compiled", 1, 1)
     else:
         report.after = model_stats(out, shapes)
-    report.output["deploy"] = deploy_check(dst, tgt.name, shapes)
+    report.output["deploy"] = tgt.deploy_check(dst, shapes)
     paired = report.after.get("paired")
     if report.budget.get("ms") is not None and paired:
         # a relative budget is judged on the paired ratio; an absolute one on the paired time

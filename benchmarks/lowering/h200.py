@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from spa_compiler.groups.analysis import analyze, prune_groups
     from spa_compiler.ir import ModelIR
-    from spa_compiler.latency.provider import OrtCudaProvider
+    from spa_compiler.latency.ort_cuda import OrtCudaProvider
     from spa_compiler.lowering import Lowering, choose, lower
     from spa_compiler.ort import random_feeds
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.cpu:
-        from spa_compiler.latency.provider import OrtCpuProvider
+        from spa_compiler.latency.ort_cpu import OrtCpuProvider
 
         inner = OrtCpuProvider(threads=1, runs=args.runs)
     else:

@@ -84,12 +84,10 @@ def _as_proto(model: Any) -> onnx.ModelProto:
 def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
     """Static shape of every tensor at `input_shapes`: ONNX shape inference on a weightless copy,
     then one ONNX Runtime run for the tensors inference leaves without a static shape."""
-    from spa_compiler.groups.analysis import _collect_shapes, _fix_inputs, _strip
-
     light = onnx.ModelProto()
     light.CopyFrom(model)
     fixed = _fix_inputs(light, input_shapes)
-    _strip(light)
+    _strip_weights(light)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:  # best effort: ORT fills the rest
@@ -171,3 +169,49 @@ def lower(model: Any, lowering: Lowering, input_shapes: Mapping[str, Sequence[in
     elif proto is _as_proto(model) and isinstance(model, onnx.ModelProto):
         pass
     return Lowered(proto, fused, skipped)
+
+
+def _fix_inputs(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Give every graph input static dims (`input_shapes`, else the model's; symbolic -> 1)."""
+    inits = {t.name for t in proto.graph.initializer}
+    fixed: dict[str, tuple[int, ...]] = {}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        given = input_shapes.get(vi.name)
+        out = []
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            v = int(given[k]) if given is not None and k < len(given) else (
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1)
+            d.Clear()
+            d.dim_value = v
+            out.append(v)
+        fixed[vi.name] = tuple(out)
+    return fixed
+
+
+def _strip_weights(proto: onnx.ModelProto) -> None:
+    """Large float initializers keep dims but no data (shape inference needs dims only)."""
+    for t in proto.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE) and n > 64:
+            t.ClearField("raw_data")
+            t.ClearField("float_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            t.external_data.add(key="location", value="__stripped__")
+
+
+def _collect_shapes(proto: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    g = proto.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape") and all(
+                d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+    for t in g.initializer:
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+    return shapes, {}

@@ -193,9 +193,9 @@ def test_lowered_provider_times_the_lowered_form() -> None:
 
 
 def _compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: Any, **kw: Any) -> Any:
-    import spa_compiler.latency.provider as lp
+    from spa_compiler.targets import Target
 
-    monkeypatch.setattr(lp, "make_provider", lambda *a, **k: provider)
+    monkeypatch.setattr(Target, "provider", lambda self, **k: provider)
     src = models_zoo.build("tiny_bert", "torchscript")
     return compile_model(src, tmp_path / "out.onnx", input_shapes=models_zoo.DEFAULT_SHAPES["tiny_bert"],
                          validate="end", **kw)
