@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--groups", action="store_true", help="list the coupled-channel groups (prunable or frozen, why)")
+    i.add_argument("--lower", action="store_true",
+                   help="what lowering would do: each fusion family's fused ops and numerical check (not timed)")
+    i.add_argument("--target", default="ort-cpu", help="target for --lower (ort-cpu, ort-cuda, tensorrt)")
     _add_shapes(i)
     _add_common(i)
 
@@ -245,6 +248,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         analysis = analyze(ModelIR.load(args.model), input_shapes=parse_input_shapes(args.input_shape))
         print(json.dumps(groups_to_json(analysis), indent=2) if args.json else format_groups(analysis))
+        return EXIT_OK
+    if args.lower:
+        from spa_compiler.lowering.inspect import format_lowering, inspect_lowering
+
+        res = inspect_lowering(args.model, target=args.target, input_shapes=parse_input_shapes(args.input_shape))
+        print(json.dumps(res, indent=2) if args.json else format_lowering(res))
         return EXIT_OK
     info = inspect_model(args.model, parse_input_shapes(args.input_shape))
     if args.json:

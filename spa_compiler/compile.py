@@ -303,6 +303,11 @@ def compile_model(
     else:
         report.after = model_stats(out, shapes)
     report.output["deploy"] = tgt.deploy_check(dst, shapes)
+    if tgt.name == "tensorrt":  # the builder settings the deploy check applied, for deployment
+        report.output["deploy"]["builder_settings"] = {
+            "precision": f"{precision} (from the file's tensor types: the written model is {precision})",
+            "sparse_weights": "built without and with BuilderFlag.SPARSE_WEIGHTS",
+            "ir_version": report.output["ir_version"], "opset": report.output["opset"]}
     paired = report.after.get("paired")
     if report.budget.get("ms") is not None and paired:
         # a relative budget is judged on the paired ratio; an absolute one on the paired time

@@ -36,6 +36,11 @@ MODELS = {
                                                  "position_ids": (8, 512)},
                     check={"input_ids": (2, 64), "attention_mask": (2, 64), "position_ids": (2, 64)},
                     units=("head", "neuron")),
+    # ORT CPU, 1 thread (ALGORITHMS.md §7 measured BERT-style encoders at 4 x 128 there)
+    "minilm-cpu": dict(dims="minilm-dims", shapes={"input_ids": (4, 128), "attention_mask": (4, 128),
+                                                   "token_type_ids": (4, 128)},
+                       check={"input_ids": (2, 128), "attention_mask": (2, 128), "token_type_ids": (2, 128)},
+                       units=("head", "neuron")),
     "resnet50": dict(tv="resnet50", shapes={"input": (64, 3, 224, 224)}, check={"input": (2, 3, 224, 224)},
                      units=("channel",)),
     "efficientnet": dict(tv="efficientnet_b0", shapes={"input": (64, 3, 224, 224)},

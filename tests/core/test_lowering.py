@@ -249,3 +249,13 @@ def test_cli_rejects_unknown_lower_mode(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["compile", "x.onnx", "--lower", "fast"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--lower" in err and len(err.splitlines()) == 1
+
+
+def test_inspect_lower_shows_each_family(capsys: pytest.CaptureFixture[str]) -> None:
+    from spa_compiler.cli import main
+
+    path = models_zoo.build("tiny_llama", "dynamo")
+    assert main(["inspect", "--lower", str(path), "--input-shape", "input_ids:2x16"]) == 0
+    out = capsys.readouterr().out
+    assert "MultiHeadAttention x2" in out and "SkipSimplifiedLayerNormalization x4" in out
+    assert "not timed" in out
