@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="the table (JSON)")
     pr.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
     pr.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    pr.add_argument("--lower", default="auto", choices=("auto", "none", "all"),
+                    help="time the variants lowered for the target, as compile does (default auto)")
     pr.add_argument("--units", default="channel,head,neuron", help="unit kinds to profile")
     pr.add_argument("--round-to", type=int, default=0,
                     help="hardware-friendly width multiple (default 0: the target's, 8 or 16)")
@@ -329,6 +331,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     analysis = analyze(model, units=units, input_shapes=shapes)
     groups = analysis.prunable
     provider = tgt.provider(precision=args.precision, threads=args.threads, runs=args.runs, input_shapes=shapes)
+    if provider.kind == "measured":  # the table's variants are timed as compile times candidates: lowered
+        from spa_compiler.lowering.stage import LoweringStage
+
+        feeds = random_feeds(model, shapes)
+        stage = LoweringStage.prepare(model.to_proto(), target=tgt.name, precision=args.precision, fp16_io=False,
+                                      mode=args.lower, input_shapes=shapes, feeds=feeds, provider=provider)
+        provider = stage.lowered
+        print(f"lowering: {stage.decision.lowering.describe()} ({args.lower})")
     progress = _Progress(enabled=True)
     try:
         table = profile_pruning(model, tgt.name, provider, random_feeds(model, shapes), units=units,

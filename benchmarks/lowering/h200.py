@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     target, precision = ("ort-cpu", "fp32") if args.cpu else ("ort-cuda", "fp16")
     out: dict[str, Any] = {"command": " ".join(["python -m benchmarks.lowering.h200", *(argv or sys.argv[1:])]),
                            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                           "provenance": inner.provenance(), "models": {}}
+                           # the provider times models as given to it: the lowering makes them fp16
+                           "provenance": {**inner.provenance(), "precision": precision}, "models": {}}
 
     def save() -> None:
         Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")

@@ -47,7 +47,8 @@ class LoweredProvider:
         return self.time_many([model], feeds)[0]
 
     def time_many(self, models: Sequence[Any], feeds: Mapping[str, Any]) -> list[Any]:
-        if self.lowering.is_identity:
+        if self.lowering.is_identity or self.inner.kind == "analytic":
+            # analytic estimates model the runtime on the unlowered graph (and its precision)
             return self.inner.time_many(list(models), feeds)  # ModelIRs go as they are (no copy)
         protos = [self.lowered(m) for m in models]
         self.last_digest = proto_digest(protos[-1])
