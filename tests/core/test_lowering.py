@@ -112,10 +112,14 @@ class CostProvider:
     default: float = 1.0
     kind: str = "measured"
     timed: list[str] = dataclasses.field(default_factory=list)
+    #: (parameter count, fused attention present) of every model timed
+    seen: list[tuple[int, bool]] = dataclasses.field(default_factory=list)
 
     def _ms(self, model: Any) -> float:
         proto = model if isinstance(model, onnx.ModelProto) else model.to_proto(weights=False)
         self.timed.append(proto_digest(proto))
+        params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+        self.seen.append((params, bool(ATTENTION_OPS & {n.op_type for n in proto.graph.node})))
         return sum(self.cost.get(n.op_type, self.default) for n in proto.graph.node) * 0.01
 
     def time(self, model: Any, feeds: Any) -> Timing:
@@ -210,6 +214,10 @@ def test_written_file_is_the_timed_file(tmp_path: Path, monkeypatch: pytest.Monk
     # same bytes as what the search timed for this structure and what the verdict timed
     assert rep.output["sha256_lowered"] == rep.output["sha256_timed"] == proto_digest(written)
     assert provider.timed[-1] == proto_digest(written)  # the last model timed is the file as read back
+    # every pruned candidate the search timed was timed in lowered form
+    dense_params = max(p for p, _ in provider.seen)
+    pruned = [fused for p, fused in provider.seen if p < dense_params]
+    assert len(pruned) >= 2 and all(pruned)
     paired = rep.after["paired"]
     assert {"dense_ms", "lowered_dense_ms", "compiled_ms", "ratio", "ratio_to_lowered"} <= set(paired)
     assert paired["lowered_dense_ms"] < paired["dense_ms"]
