@@ -170,6 +170,8 @@ def compile_model(
 
     if lower not in MODES:
         raise UsageError(f"--lower {lower!r}", hint=f"use one of {', '.join(MODES)}")
+    if fp16_io and precision != "fp16":
+        raise UsageError("--fp16-io needs --precision fp16")
     if budget_relative_to not in REFERENCES:
         raise UsageError(f"--budget-relative-to {budget_relative_to!r}", hint=f"use {' or '.join(REFERENCES)}")
     report = report if report is not None else Report()
@@ -278,7 +280,10 @@ def compile_model(
     from spa_compiler.ir import load_proto, save_proto
     from spa_compiler.lowering.provider import proto_digest
 
-    written = stage.written_form(model, ir_version)
+    written = stage.written_form(model, ir_version, feeds)
+    if stage.final_check is not None:
+        report.lowering["check_compiled"] = stage.final_check
+    report.lowering["notes"] = stage.decision.notes
     save_proto(written, dst)
     progress("save", 1, 1)
     report.output = {"path": str(dst), "ir_version": written.ir_version, "opset": model.opset,

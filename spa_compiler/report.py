@@ -95,7 +95,8 @@ class Report:
         if self.budget:
             met = self.budget.get("met")
             verdict = "met" if met else "NOT met" if met is False else "not checked"
-            lines.append(f"budget  {self.budget.get('requested')} = {self.budget.get('ms', 0):.3f} ms: {verdict}")
+            rel = f" ({self.budget['relative_to']})" if self.budget.get("relative_to") else ""
+            lines.append(f"budget  {self.budget.get('requested')}{rel} = {self.budget.get('ms', 0):.3f} ms: {verdict}")
         for p in self.passes:
             line = f"pass {p.name}: {'modified' if p.modified else 'no change'} in {p.seconds:.2f}s"
             if p.stats:

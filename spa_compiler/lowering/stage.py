@@ -44,6 +44,7 @@ class LoweringStage:
     inner: Any
     given_ms: float | None = None
     lowered_ms: float | None = None
+    final_check: dict[str, Any] | None = None
 
     @classmethod
     def prepare(
@@ -81,10 +82,27 @@ class LoweringStage:
         """The dense latency a relative budget multiplies."""
         return self.given_ms if relative_to == "given" else self.lowered_ms
 
-    def written_form(self, model: Any, ir_version: int) -> onnx.ModelProto:
-        """The lowered model as it is written (and as the search timed its candidates)."""
+    def written_form(self, model: Any, ir_version: int, feeds: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+        """The lowered model as it is written (and as the search timed its candidates).
+
+        The graph rewrites were checked on the dense model; the compiled model is checked again
+        (fp32, CPU provider, `feeds`) and written with the precision alone if it fails.
+        """
         low = self.decision.lowering
-        proto = self.lowered.lowered(model) if low.is_identity else _lower(model, low, self.lowered.input_shapes)
+        if low.families and feeds is not None:
+            from spa_compiler.lowering.select import check
+
+            plain = model if isinstance(model, onnx.ModelProto) else model.to_proto()
+            graph_only = _lower(plain, Lowering(families=low.families), self.lowered.input_shapes)
+            ck = check(graph_only, plain, [feeds], precision="fp32", device="cpu")
+            self.final_check = ck.to_json()
+            del graph_only
+            if not ck.ok:
+                self.decision.notes.append(
+                    f"the compiled model failed the lowering check ({ck.why}, rel. error {ck.error:.3g}): "
+                    "written with the precision alone, not as the search timed it")
+                low = Lowering(precision=low.precision, fp16_io=low.fp16_io)
+        proto = _lower(model, low, self.lowered.input_shapes)
         proto.ir_version = min(proto.ir_version, ir_version)
         return proto
 
