@@ -270,3 +270,25 @@ def test_inspect_lower_shows_each_family(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "MultiHeadAttention x2" in out and "SkipSimplifiedLayerNormalization x4" in out
     assert "not timed" in out
+
+
+def test_compiled_model_failing_the_check_is_written_unlowered(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rewrites are checked on the dense model when chosen and on the compiled model before it is
+    written; a failure there writes the model with the precision alone and says so."""
+    from spa_compiler.lowering import select
+
+    real = select.check
+
+    def fails_on_compiled(lowered: Any, reference: Any, feeds: Any, **kw: Any) -> Any:
+        res = real(lowered, reference, feeds, **kw)
+        if len(feeds) == 1:  # the compiled model's check (the dense model's uses two feeds)
+            return dataclasses.replace(res, ok=False, why="forced by the test")
+        return res
+
+    monkeypatch.setattr(select, "check", fails_on_compiled)
+    rep = _compile(tmp_path, monkeypatch, CostProvider(), preset_name="none")
+    assert rep.lowering["chosen"]["families"]  # chosen on the dense model
+    assert rep.lowering["check_compiled"]["ok"] is False
+    assert any("precision alone" in n for n in rep.lowering["notes"])
+    assert not ATTENTION_OPS & set(_ops(load_proto(tmp_path / "out.onnx")))
