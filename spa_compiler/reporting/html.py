@@ -482,7 +482,7 @@ def _rounds_section(r: Mapping[str, Any]) -> str:
         # rounds are in the latency table's milliseconds; the user's are table x dense_now / table_dense
         t_dense, now = _num(stats.get("table_dense_ms")), _num(stats.get("dense_ms"))
         scale = now / t_dense if t_dense and now else 1.0
-        unit = "ms" if scale != 1.0 or not t_dense else "ms (latency table's units)"
+        unit = "ms" if t_dense and now else "ms (latency table's units)"
         pred = [(float(x.get("round", i + 1)), float(x["predicted_ms"]) * scale) for i, x in enumerate(rounds)
                 if _num(x.get("predicted_ms")) is not None]
         meas = [(float(x.get("round", i + 1)), float(x["measured_ms"]) * scale) for i, x in enumerate(rounds)

@@ -54,6 +54,15 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def tick_label(t: float, ticks: Sequence[float]) -> str:
+    """A tick's text with as many decimals as the tick step needs (0, 0.05, 0.10 ...)."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(t) or 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if round(step * 10**decimals, 6) % 1:  # 2.5 x 10^k
+        decimals += 1
+    return f"{t:.{decimals}f}"
+
+
 def _open(width: int, height: int, title: str) -> list[str]:
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
@@ -90,8 +99,8 @@ def bar_chart(bars: Sequence[Bar], *, title: str, unit: str = "ms", budget: floa
     for t in ticks:
         out.append(f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{height - 26}" stroke="{GRID}"/>')
         out.append(f'<text x="{x(t):.1f}" y="{height - 10}" text-anchor="middle" fill="{MUTED}">'
-                   f"{esc(fmt_num(t))}</text>")
-    out.append(f'<text x="{left - 8}" y="{height - 10}" text-anchor="end" fill="{MUTED}">{esc(unit)}</text>')
+                   f"{esc(tick_label(t, ticks))}</text>")
+    out.append(f'<text x="{x(ticks[-1]) + 22:.1f}" y="{height - 10}" fill="{MUTED}">{esc(unit)}</text>')
     for i, b in enumerate(bars):
         y = top + i * row
         out.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" fill="{INK}">{esc(b.label)}</text>')
@@ -160,24 +169,25 @@ def xy_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str
     out = _open(width, height, title)
     for t in yt:
         out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" stroke="{GRID}"/>')
-        out.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end" fill="{MUTED}">{esc(fmt_num(t))}</text>')
+        out.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end" fill="{MUTED}">{esc(tick_label(t, yt))}</text>')
     xt = (list(range(math.ceil(x_lo), math.floor(x_hi) + 1)) if x_integer
           else [t for t in nice_ticks(x_lo, x_hi) if x_lo <= t <= x_hi])
     for t in xt:
         out.append(f'<line x1="{px(t):.1f}" y1="{top + ph}" x2="{px(t):.1f}" y2="{top + ph + 5}" stroke="{MUTED}"/>')
         out.append(f'<text x="{px(t):.1f}" y="{top + ph + 18}" text-anchor="middle" fill="{MUTED}">'
-                   f"{esc(t if x_integer else fmt_num(t))}</text>")
+                   f"{esc(t if x_integer else tick_label(t, xt))}</text>")
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{width - right}" y2="{top + ph}" stroke="{MUTED}"/>')
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="{MUTED}"/>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="{INK}">{esc(x_label)}</text>')
     out.append(f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" fill="{INK}" '
                f'transform="rotate(-90 14 {top + ph / 2:.1f})">{esc(y_label)}</text>')
-    for value, label, colour in hlines:
+    for i, (value, label, colour) in enumerate(hlines):
         y = py(value)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="{colour}" '
                    'stroke-width="1.5" stroke-dasharray="6 3"/>')
-        out.append(f'<text x="{width - right - 4}" y="{y - 5:.1f}" text-anchor="end" fill="{colour}">'
-                   f"{esc(label)}</text>")
+        # labels alternate right and left, so two close lines keep legible labels
+        tx, anchor = (width - right - 4, "end") if i % 2 == 0 else (left + 6, "start")
+        out.append(f'<text x="{tx}" y="{y - 5:.1f}" text-anchor="{anchor}" fill="{colour}">{esc(label)}</text>')
     lx = left + 8
     for s in series:
         pts = sorted(s.points) if not x_integer else list(s.points)
@@ -191,7 +201,11 @@ def xy_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str
             out.append(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="4.5" fill="{fill}" stroke="{s.colour}" '
                        f'stroke-width="2"><title>{esc(tip)}</title></circle>')
             if j < len(s.labels) and s.labels[j]:
-                out.append(f'<text x="{px(a) + 7:.1f}" y="{py(b) - 7:.1f}" fill="{s.colour}">{esc(s.labels[j])}</text>')
+                near_right = px(a) > width - right - 60
+                anchor = "end" if near_right else "start"
+                tx = px(a) - 7 if near_right else px(a) + 7
+                out.append(f'<text x="{tx:.1f}" y="{py(b) - 7:.1f}" text-anchor="{anchor}" fill="{s.colour}">'
+                           f"{esc(s.labels[j])}</text>")
         # legend along the top
         dash = ' stroke-dasharray="5 4"' if s.dashed else ""
         out.append(f'<line x1="{lx}" y1="{top - 16}" x2="{lx + 18}" y2="{top - 16}" stroke="{s.colour}" '
