@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
     from spa_compiler import __version__
-    from spa_compiler.groups.analysis import analyze
     from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
+    from spa_compiler.groups.analysis import analyze
     from spa_compiler.ir import ModelIR
     from spa_compiler.latency.profile import profile_pruning
-    from spa_compiler.latency.provider import make_provider
-    from spa_compiler.report import Report
     from spa_compiler.ort import random_feeds
+    from spa_compiler.report import Report
+    from spa_compiler.targets import make_provider
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -175,7 +175,7 @@ def _tensor_info(proto: onnx.ModelProto) -> dict[str, tuple[list[int | None], in
 def _infer(
     proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
 ) -> onnx.ModelProto:
-    from spa_compiler.ir import _stripped_large_tensors
+    from spa_compiler.protos import stripped_large_tensors
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString()) if input_shapes else proto
     if input_shapes:
@@ -189,7 +189,7 @@ def _infer(
                 del dims[:]
                 for v in input_shapes[vi.name]:
                     dims.add().dim_value = int(v)
-    with _stripped_large_tensors(proto) as small:
+    with stripped_large_tensors(proto) as small:
         try:
             return onnx.shape_inference.infer_shapes(small, data_prop=True)
         except Exception:  # best effort: unknown shapes are counted, not fatal
@@ -340,7 +340,7 @@ def analytic_table(
     `total_ms` is the model's analytic (or measured) dense latency; the base is what the groups'
     dense contributions leave of it (at least 0).
     """
-    from spa_compiler import __version__
+    from spa_compiler._version import __version__
     from spa_compiler.latency.table import GroupLatency, LatencyTable, LevelLatency, Provenance
 
     dev = get_device(device) if isinstance(device, str) else device
@@ -379,7 +379,7 @@ def analytic_table(
 
 
 def _tool_version() -> str:
-    from spa_compiler import __version__
+    from spa_compiler._version import __version__
 
     return __version__
 
