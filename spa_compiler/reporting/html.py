@@ -62,7 +62,8 @@ th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line
 th { background: var(--panel); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td code, li code, p code, dd code { font-size: 13px; }
-code { background: var(--panel); padding: 1px 4px; border-radius: 4px; word-break: break-all; }
+code { background: var(--panel); padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+code.name { overflow-wrap: normal; }
 .pill { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
 .pill.ok { background: #d7f0dd; color: var(--ok); } .pill.bad { background: #f9d8d6; color: var(--bad); }
 .pill.warn { background: #fbefc9; color: var(--warn); } .pill.muted { background: #eceff1; color: var(--muted); }
@@ -114,6 +115,14 @@ def _value(v: Any) -> str:
 def _kv(pairs: Iterable[tuple[str, Any]], *, one_column: bool = False) -> str:
     rows = "".join(f"<dt>{esc(k)}</dt><dd>{_value(v)}</dd>" for k, v in pairs if v not in (None, "", {}, []))
     return f'<dl class="kv{" one" if one_column else ""}">{rows}</dl>' if rows else ""
+
+
+def _name(x: Any) -> str:
+    """A graph name, escaped, with line-break opportunities after its separators."""
+    text = esc(x)
+    for sep in ("/", ":", "."):
+        text = text.replace(sep, sep + "<wbr>")
+    return text
 
 
 def _pill(text: str, kind: str) -> str:
@@ -357,23 +366,25 @@ def _pruning_table(records: Sequence[Mapping[str, Any]], dense_ms: float | None)
         err = _num(d.get("error"))
         lat = _num(d.get("latency_ms"))
         dense_c = _num(d.get("latency_dense_ms"))
+        # the table's contributions are above its base (the rest of the model), so the saving
+        # (dense contribution - chosen) is what a reader can compare across groups
         lat_txt = "–"
-        if lat is not None:
-            lat_txt = _ms(lat)
-            if dense_ms:
-                lat_txt += f" ({lat / dense_ms:.1%})"
-            if dense_c is not None:
-                lat_txt += f"<br><span class='muted'>dense {esc(_ms(dense_c))}, saves {esc(_ms(dense_c - lat))}</span>"
+        if lat is not None and dense_c is not None:
+            saved = dense_c - lat
+            lat_txt = esc(_ms(saved)) + (f" ({saved / dense_ms:.1%})" if dense_ms else "")
+            lat_txt += f"<br><span class='muted'>contribution {esc(_ms(lat))} of {esc(_ms(dense_c))} dense</span>"
+        elif lat is not None:
+            lat_txt = f"<span class='muted'>contribution {esc(_ms(lat))}</span>"
         extra = ", ".join(str(d[x]) for x in ("moments", "note") if d.get(x))
         rows.append(
-            f"<tr><td><code>{esc(d.get('group'))}</code></td><td>{state} {esc(done)}</td>"
+            f"<tr><td><code class='name'>{_name(d.get('group'))}</code></td><td>{state} {esc(done)}</td>"
             f"<td class='num'>{meter(share or 0.0, colour=PALETTE[0], width=60) if share is not None else ''}"
             f"{f'{share:.0%}' if share is not None else '–'}</td>"
             f"<td class='num'>{meter((err or 0.0) / max_err, colour=PALETTE[5], width=60) if err is not None else ''}"
             f"{esc(fmt_num(err, 3)) if err is not None else '–'}</td>"
             f"<td class='num'>{lat_txt}</td><td class='muted'>{esc(extra)}</td></tr>")
     return ("<table><tr><th>group</th><th>what was done</th><th class='num'>kept</th><th class='num'>error</th>"
-            "<th class='num'>latency in context (share of dense)</th><th>notes</th></tr>" + "".join(rows) + "</table>")
+            "<th class='num'>measured saving in context (share of dense)</th><th>notes</th></tr>" + "".join(rows) + "</table>")
 
 
 def _site_table(records: Sequence[Mapping[str, Any]], dense_ms: float | None) -> str:
@@ -393,7 +404,7 @@ def _site_table(records: Sequence[Mapping[str, Any]], dense_ms: float | None) ->
         where = d.get("node") or ""
         op = " ".join(str(x) for x in (d.get("op"), d.get("shape")) if x)
         rows.append(
-            f"<tr><td><code>{esc(d.get('site'))}</code>"
+            f"<tr><td><code class='name'>{_name(d.get('site'))}</code>"
             + (f"<br><span class='muted'>{esc(where)} {esc(op)}</span>" if where or op else "")
             + f"</td><td>{state} {esc(done)}</td><td class='num'>{esc(fmt_num(err, 3)) if err is not None else '–'}</td>"
             f"<td class='num'>{gain_txt}</td><td class='muted'>{esc(d.get('why') or '')}</td></tr>")
@@ -427,8 +438,8 @@ def _passes_section(r: Mapping[str, Any]) -> str:
     dense = latencies(r)["given"]
     out = ["<h2>What each pass did</h2>",
            "<p class='muted'>Per layer or group: what was done, the error the criterion estimates for it "
-           "(relative output error of that layer; 0 = unchanged) and its latency measured in context on the "
-           "target (from the latency table).</p>"]
+           "(relative output error of that layer; 0 = unchanged) and the latency it saves, measured in context "
+           "on the target (the latency table: the model timed with the group at each level).</p>"]
     for p in passes:
         name = p.get("name", "?")
         state = (_pill("failed", "bad") if p.get("error") else _pill("modified", "warn") if p.get("modified")
@@ -589,8 +600,9 @@ load affects both alike; the verdict uses it.</dd>
 the paired measurement of the written file is within it.</dd>
 <dt>error</dt><dd>The criterion's estimate of the relative output error of a layer or group after its change
 (0 = unchanged; 0.1 = outputs off by about 10% in norm). The mean error is the average over groups.</dd>
-<dt>latency in context</dt><dd>A group's contribution to the whole model's latency at the chosen level,
-measured on the target with the rest of the model around it (the latency table).</dd>
+<dt>measured saving in context</dt><dd>How much the whole model's latency drops when this group or site
+alone changes to the chosen level, measured on the target with the rest of the model around it (the
+latency table); the share is of the dense model's latency. Savings add up only roughly.</dd>
 <dt>search round</dt><dd>One choice of levels from the table (predicted), then a measurement of the whole
 rewritten model; the next round corrects the aim.</dd>
 </dl>

@@ -91,6 +91,7 @@ def bar_chart(bars: Sequence[Bar], *, title: str, unit: str = "ms", budget: floa
     ticks = nice_ticks(0.0, hi * 1.05)
     span = ticks[-1] or 1.0
     plot_w = width - left - right
+    value_labels: list[str] = []  # drawn last, haloed, so the budget line never hides a value
 
     def x(v: float) -> float:
         return left + plot_w * v / span
@@ -111,13 +112,15 @@ def bar_chart(bars: Sequence[Bar], *, title: str, unit: str = "ms", budget: floa
         out.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row - 10}" rx="2" fill="{b.colour}">'
                    f"<title>{esc(b.label)}: {esc(fmt_num(b.value, 4))} {esc(unit)}</title></rect>")
         label = f"{fmt_num(b.value, 4)} {unit}" + (f"  {b.note}" if b.note else "")
-        out.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}" fill="{INK}">{esc(label)}</text>')
+        value_labels.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}" fill="{INK}" paint-order="stroke" '
+                            f'stroke="#fff" stroke-width="4" stroke-linejoin="round">{esc(label)}</text>')
     if budget:
         bx = x(budget)
         out.append(f'<line x1="{bx:.1f}" y1="{top - 10}" x2="{bx:.1f}" y2="{height - 26}" '
                    f'stroke="{BUDGET_COLOUR}" stroke-width="2" stroke-dasharray="6 3"/>')
         out.append(f'<text x="{bx:.1f}" y="{top - 13}" text-anchor="middle" fill="{BUDGET_COLOUR}" '
                    f'font-weight="600">{esc(budget_label)} {esc(fmt_num(budget, 4))} {esc(unit)}</text>')
+    out.extend(value_labels)
     out.append("</svg>")
     return "\n".join(out)
 
