@@ -68,8 +68,10 @@ class Result:
 
     def _single(self, what: str) -> Run:
         if len(self.runs) != 1:
-            raise AttributeError(f"this compile wrote {len(self.runs)} models (one per budget): "
-                                 f"use result.runs[i].{what}")
+            raise AttributeError(
+                f"this compile wrote {len(self.runs)} models (one per budget): "
+                f"use result.runs[i].{what}"
+            )
         return self.runs[0]
 
     @property
@@ -106,7 +108,12 @@ class Result:
         else:
             lines = []
             for r in self.runs:
-                lines += [f"== budget {r.budget}: {r.verdict}", r.report.summary(), f"wrote {r.output}", ""]
+                lines += [
+                    f"== budget {r.budget}: {r.verdict}",
+                    r.report.summary(),
+                    f"wrote {r.output}",
+                    "",
+                ]
             lines.append(comparison_table(self.runs))
         lines += [f"wrote {p}" for p in (self.report_path, self.report_html_path) if p is not None]
         return "\n".join(lines)
@@ -122,9 +129,13 @@ def comparison_table(runs: Sequence[Run]) -> str:
         d = r.report.to_dict()
         lat, q = latencies(d), quality(d)
         ms = f"{lat['compiled']:.4g}" if lat["compiled"] is not None else "-"
-        ratio = f"{lat['compiled'] / lat['given']:.3f}x" if lat["compiled"] and lat["given"] else "-"
+        ratio = (
+            f"{lat['compiled'] / lat['given']:.3f}x" if lat["compiled"] and lat["given"] else "-"
+        )
         err = f"{q['mean error']:.4g}" if "mean error" in q else "-"
-        rows.append(f"{r.budget or '-':>10}  {ms:>11}  {ratio:>8}  {r.verdict:<11}  {err:>10}  {r.output}")
+        rows.append(
+            f"{r.budget or '-':>10}  {ms:>11}  {ratio:>8}  {r.verdict:<11}  {err:>10}  {r.output}"
+        )
     return "\n".join(rows)
 
 
@@ -150,13 +161,17 @@ def parse_budgets(budget: BudgetLike | Sequence[BudgetLike] | None) -> list[tupl
         if isinstance(item, Budget):
             b = item
         elif isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise UsageError(f"cannot read the latency budget {item!r}",
-                             hint="give milliseconds (12.5 or 12.5ms) or a fraction of dense latency (0.6x)")
+            raise UsageError(
+                f"cannot read the latency budget {item!r}",
+                hint="give milliseconds (12.5 or 12.5ms) or a fraction of dense latency (0.6x)",
+            )
         else:
             b = parse_budget(str(item))
         tag = f"{b.fraction:g}x" if b.fraction is not None else f"{b.ms:g}ms"
         if any(tag == t for t, _ in out):
-            raise UsageError(f"the latency budget {tag} is given twice", hint="give each budget once")
+            raise UsageError(
+                f"the latency budget {tag} is given twice", hint="give each budget once"
+            )
         out.append((tag, b))
     return out
 
@@ -173,7 +188,9 @@ def default_output(model: PathLike) -> Path:
     return p.with_name(p.stem + ".spa.onnx")
 
 
-def _shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+def _shapes(
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None,
+) -> dict[str, tuple[int, ...]]:
     from spa_compiler.compile import parse_input_shapes
 
     if input_shapes is None:
@@ -214,14 +231,25 @@ def _table(latency_table: Any) -> Any:
     return LatencyTable.load(latency_table)
 
 
-def _report_paths(report: PathLike | None, report_html: PathLike | None) -> tuple[Path | None, Path | None]:
+def _report_paths(
+    report: PathLike | None, report_html: PathLike | None
+) -> tuple[Path | None, Path | None]:
     json_path = Path(report) if report is not None else None
     html_path = Path(report_html) if report_html is not None else None
     if html_path is not None and html_path.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"the HTML report {html_path} should end in .html", hint="e.g. --report-html report.html")
-    if json_path is not None and html_path is not None and json_path.resolve() == html_path.resolve():
-        raise UsageError(f"--report and --report-html are the same file {json_path}",
-                         hint="give them different names, e.g. report.json and report.html")
+        raise UsageError(
+            f"the HTML report {html_path} should end in .html",
+            hint="e.g. --report-html report.html",
+        )
+    if (
+        json_path is not None
+        and html_path is not None
+        and json_path.resolve() == html_path.resolve()
+    ):
+        raise UsageError(
+            f"--report and --report-html are the same file {json_path}",
+            hint="give them different names, e.g. report.json and report.html",
+        )
     return json_path, html_path
 
 
@@ -276,7 +304,9 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
     from spa_compiler.compile import compile_model
 
     if passes is not None and preset is not None:
-        raise UsageError("give passes or preset, not both", hint="a preset is a named pipeline spec")
+        raise UsageError(
+            "give passes or preset, not both", hint="a preset is a named pipeline spec"
+        )
     report_path, html_path = _report_paths(report, report_html)
     dst = Path(output) if output is not None else default_output(model)
     reports: list[Report] = []
@@ -288,18 +318,37 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
         shapes = _shapes(input_shapes)
         calibration = _calibration(model, calib)
         table = _table(latency_table)
-        plan = [(None, None, dst)] if not budgets else (
-            [(budgets[0][0], budgets[0][1], dst)] if len(budgets) == 1
-            else [(tag, b, budget_output(dst, tag)) for tag, b in budgets])
+        plan = (
+            [(None, None, dst)]
+            if not budgets
+            else (
+                [(budgets[0][0], budgets[0][1], dst)]
+                if len(budgets) == 1
+                else [(tag, b, budget_output(dst, tag)) for tag, b in budgets]
+            )
+        )
         for tag, b, out in plan:
             rep = Report()
             reports.append(rep)
             try:
                 compile_model(
-                    model, out, pipeline=passes, preset_name=preset, target=target, budget=b,
-                    input_shapes=shapes, calibration=calibration, report=rep, validate=validate,  # type: ignore[arg-type]
-                    measure_runs=runs, threads=threads, precision=precision, latency_table=table,
-                    max_error=max_error, seed=seed, progress=progress or _no_progress,
+                    model,
+                    out,
+                    pipeline=passes,
+                    preset_name=preset,
+                    target=target,
+                    budget=b,
+                    input_shapes=shapes,
+                    calibration=calibration,
+                    report=rep,
+                    validate=validate,  # type: ignore[arg-type]
+                    measure_runs=runs,
+                    threads=threads,
+                    precision=precision,
+                    latency_table=table,
+                    max_error=max_error,
+                    seed=seed,
+                    progress=progress or _no_progress,
                     measure_latency=measure,
                 )
             except SpaError as e:
@@ -327,8 +376,9 @@ def _no_progress(task: str, done: int, total: int) -> None:
     del task, done, total
 
 
-def _write_reports(reports: Sequence[Report], json_path: Path | None, html_path: Path | None, *,
-                   several: bool) -> None:
+def _write_reports(
+    reports: Sequence[Report], json_path: Path | None, html_path: Path | None, *, several: bool
+) -> None:
     """The JSON and HTML reports (a comparison with several budgets); a write failure is logged
     (the run's own outcome stands)."""
     if json_path is None and html_path is None:
@@ -423,12 +473,26 @@ def profile(
     ir = ModelIR.load(model)
     missing = sorted(set(ir.symbolic_inputs()) - set(shapes))
     if missing:
-        raise UsageError(f"inputs {missing} have symbolic dimensions", hint="pass --input-shape NAME:DxD")
-    unit_list = tuple(u.strip() for u in (units.split(",") if isinstance(units, str) else units) if u.strip())
+        raise UsageError(
+            f"inputs {missing} have symbolic dimensions", hint="pass --input-shape NAME:DxD"
+        )
+    unit_list = tuple(
+        u.strip() for u in (units.split(",") if isinstance(units, str) else units) if u.strip()
+    )
     analysis = analyze(ir, units=unit_list, input_shapes=shapes)
     provider = tgt.provider(precision=precision, threads=threads, runs=runs, input_shapes=shapes)
-    table = profile_pruning(ir, tgt.name, provider, random_feeds(ir, shapes), units=unit_list,
-                            input_shapes=shapes, round_to=round_to, max_ratio=max_ratio, levels=levels,
-                            progress=progress or _no_progress, analysis=analysis)
+    table = profile_pruning(
+        ir,
+        tgt.name,
+        provider,
+        random_feeds(ir, shapes),
+        units=unit_list,
+        input_shapes=shapes,
+        round_to=round_to,
+        max_ratio=max_ratio,
+        levels=levels,
+        progress=progress or _no_progress,
+        analysis=analysis,
+    )
     table.save(out)
     return table

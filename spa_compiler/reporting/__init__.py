@@ -13,10 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from spa_compiler.errors import UsageError
-from spa_compiler.reporting.html import COMPARE_SCHEMA, comparison, render, render_comparison, render_report
+from spa_compiler.reporting.html import (
+    COMPARE_SCHEMA,
+    comparison,
+    render,
+    render_comparison,
+    render_report,
+)
 
-__all__ = ["COMPARE_SCHEMA", "comparison", "load_report", "render", "render_comparison", "render_report",
-           "write_html"]
+__all__ = [
+    "COMPARE_SCHEMA",
+    "comparison",
+    "load_report",
+    "render",
+    "render_comparison",
+    "render_report",
+    "write_html",
+]
 
 
 def write_html(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
@@ -34,12 +47,21 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise UsageError(f"the report {p} does not exist", hint="give the JSON written by --report") from e
+        raise UsageError(
+            f"the report {p} does not exist", hint="give the JSON written by --report"
+        ) from e
     except IsADirectoryError as e:
-        raise UsageError(f"the report {p} is a directory", hint="give the JSON written by --report") from e
+        raise UsageError(
+            f"the report {p} is a directory", hint="give the JSON written by --report"
+        ) from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read the report {p}: {e}", hint="give the JSON written by --report") from e
-    if not isinstance(data, dict) or not (data.get("schema") == COMPARE_SCHEMA or "passes" in data
-                                          or "status" in data):
-        raise UsageError(f"{p} is not a spa-compiler report", hint="give the JSON written by --report")
+        raise UsageError(
+            f"cannot read the report {p}: {e}", hint="give the JSON written by --report"
+        ) from e
+    if not isinstance(data, dict) or not (
+        data.get("schema") == COMPARE_SCHEMA or "passes" in data or "status" in data
+    ):
+        raise UsageError(
+            f"{p} is not a spa-compiler report", hint="give the JSON written by --report"
+        )
     return data

@@ -96,7 +96,13 @@ def _ms(x: Any, digits: int = 4) -> str:
 
 
 def _int(x: Any) -> str:
-    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else esc(x) if x is not None else "–"
+    return (
+        f"{x:,}"
+        if isinstance(x, int) and not isinstance(x, bool)
+        else esc(x)
+        if x is not None
+        else "–"
+    )
 
 
 def _value(v: Any) -> str:
@@ -113,7 +119,9 @@ def _value(v: Any) -> str:
 
 
 def _kv(pairs: Iterable[tuple[str, Any]], *, one_column: bool = False) -> str:
-    rows = "".join(f"<dt>{esc(k)}</dt><dd>{_value(v)}</dd>" for k, v in pairs if v not in (None, "", {}, []))
+    rows = "".join(
+        f"<dt>{esc(k)}</dt><dd>{_value(v)}</dd>" for k, v in pairs if v not in (None, "", {}, [])
+    )
     return f'<dl class="kv{" one" if one_column else ""}">{rows}</dl>' if rows else ""
 
 
@@ -142,12 +150,22 @@ def latencies(r: Mapping[str, Any]) -> dict[str, Any]:
     paired = after.get("paired") or {}
     lowering = r.get("lowering") or {}
     if paired:
-        return {"given": _num(paired.get("dense_ms")), "lowered": _num(paired.get("lowered_dense_ms")),
-                "compiled": _num(paired.get("compiled_ms")), "paired": True, "kind": paired.get("kind"),
-                "runs": paired.get("runs")}
-    return {"given": _num(before.get("latency_ms")), "lowered": _num(lowering.get("dense_ms")),
-            "compiled": _num(after.get("latency_ms")), "paired": False,
-            "kind": after.get("latency_kind") or before.get("latency_kind"), "runs": after.get("latency_runs")}
+        return {
+            "given": _num(paired.get("dense_ms")),
+            "lowered": _num(paired.get("lowered_dense_ms")),
+            "compiled": _num(paired.get("compiled_ms")),
+            "paired": True,
+            "kind": paired.get("kind"),
+            "runs": paired.get("runs"),
+        }
+    return {
+        "given": _num(before.get("latency_ms")),
+        "lowered": _num(lowering.get("dense_ms")),
+        "compiled": _num(after.get("latency_ms")),
+        "paired": False,
+        "kind": after.get("latency_kind") or before.get("latency_kind"),
+        "runs": after.get("latency_runs"),
+    }
 
 
 def verdict(r: Mapping[str, Any]) -> tuple[str, str]:
@@ -213,21 +231,29 @@ def _verdict_block(r: Mapping[str, Any]) -> str:
     if r.get("status") in ("failed", "interrupted"):
         parts.append(f"<b>{esc(word)}</b>: {esc(r.get('error') or 'no reason recorded')}")
     elif b:
-        parts.append(f"Budget <b>{esc(b.get('requested'))}</b> = {esc(_ms(b.get('ms')))}: <b>{esc(word)}</b>")
+        parts.append(
+            f"Budget <b>{esc(b.get('requested'))}</b> = {esc(_ms(b.get('ms')))}: <b>{esc(word)}</b>"
+        )
     else:
         parts.append("<b>No latency budget</b> was given: the pipeline ran as specified.")
     sub = []
     if lat["compiled"] is not None and lat["given"]:
         how = "timed in alternation with the dense model" if lat["paired"] else "timed separately"
-        sub.append(f"compiled {esc(_ms(lat['compiled']))} = {lat['compiled'] / lat['given']:.3f}x of the model as "
-                   f"given ({esc(_ms(lat['given']))}), {how}"
-                   + (f", {esc(lat['runs'])} runs" if lat.get("runs") else ""))
+        sub.append(
+            f"compiled {esc(_ms(lat['compiled']))} = {lat['compiled'] / lat['given']:.3f}x of the model as "
+            f"given ({esc(_ms(lat['given']))}), {how}"
+            + (f", {esc(lat['runs'])} runs" if lat.get("runs") else "")
+        )
     if _num(b.get("measured_fraction")) is not None and b.get("relative_to"):
-        sub.append(f"budget relative to the {esc(b['relative_to'])}: measured {b['measured_fraction']:.3f}x")
+        sub.append(
+            f"budget relative to the {esc(b['relative_to'])}: measured {b['measured_fraction']:.3f}x"
+        )
     if b.get("met_by_lowering_alone"):
         sub.append("lowering alone met the budget: nothing lossy was done")
     if lat.get("kind") == "analytic":
-        sub.append("latencies are ANALYTIC estimates, not measurements (no target device on this machine)")
+        sub.append(
+            "latencies are ANALYTIC estimates, not measurements (no target device on this machine)"
+        )
     sub_html = "".join(f'<div class="sub">{s}</div>' for s in sub)
     return f'<div class="verdict {cls}">{"".join(parts)}{sub_html}</div>'
 
@@ -238,20 +264,28 @@ def _cards(r: Mapping[str, Any]) -> str:
     cards = []
 
     def card(k: str, v: str, s: str = "") -> None:
-        cards.append(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{v}</div>'
-                     f'<div class="s">{s}</div></div>')
+        cards.append(
+            f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{v}</div>'
+            f'<div class="s">{s}</div></div>'
+        )
 
     if lat["given"] is not None:
         card("latency as given", esc(_ms(lat["given"])), "the input model")
     if lat["lowered"] is not None:
-        s = f"{lat['lowered'] / lat['given']:.3f}x of as given" if lat["given"] else "lossless rewrites only"
+        s = (
+            f"{lat['lowered'] / lat['given']:.3f}x of as given"
+            if lat["given"]
+            else "lossless rewrites only"
+        )
         card("lowered dense", esc(_ms(lat["lowered"])), esc(s))
     if lat["compiled"] is not None:
         s = f"{lat['compiled'] / lat['given']:.3f}x of as given" if lat["given"] else ""
         card("compiled", esc(_ms(lat["compiled"])), esc(s))
     for key, label in (("params", "parameters"), ("macs", "MACs")):
         if before.get(key) is not None and after.get(key) is not None and before.get(key):
-            card(label, _int(after[key]), f"of {_int(before[key])} ({after[key] / before[key]:.3f}x)")
+            card(
+                label, _int(after[key]), f"of {_int(before[key])} ({after[key] / before[key]:.3f}x)"
+            )
     return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
 
 
@@ -260,20 +294,39 @@ def _latency_section(r: Mapping[str, Any]) -> str:
     b = r.get("budget") or {}
     if all(lat[k] is None for k in ("given", "lowered", "compiled")):
         return ""
-    bars = [Bar("as given", lat["given"], PALETTE[4]), Bar("lowered dense", lat["lowered"], PALETTE[2]),
-            Bar("compiled", lat["compiled"], PALETTE[0])]
+    bars = [
+        Bar("as given", lat["given"], PALETTE[4]),
+        Bar("lowered dense", lat["lowered"], PALETTE[2]),
+        Bar("compiled", lat["compiled"], PALETTE[0]),
+    ]
     if lat["lowered"] is None:
         bars = [bars[0], bars[2]]
     given = lat["given"]
-    bars = [Bar(x.label, x.value, x.colour, f"({x.value / given:.3f}x)" if given and x.value and x is not bars[0]
-                else "") for x in bars]
+    bars = [
+        Bar(
+            x.label,
+            x.value,
+            x.colour,
+            f"({x.value / given:.3f}x)" if given and x.value and x is not bars[0] else "",
+        )
+        for x in bars
+    ]
     unit = "ms (analytic estimate)" if lat.get("kind") == "analytic" else "ms"
-    chart = bar_chart(bars, title="Latency: as given, lowered dense, compiled", unit=unit,
-                      budget=_num(b.get("ms")), budget_label="budget", width=900)
+    chart = bar_chart(
+        bars,
+        title="Latency: as given, lowered dense, compiled",
+        unit=unit,
+        budget=_num(b.get("ms")),
+        budget_label="budget",
+        width=900,
+    )
     n = sum(1 for x in bars if x.value is not None)
-    how = (f"{'All three' if n == 3 else 'Both'} were timed in one alternating run (dense and compiled interleaved), so a change "
-           "of machine load affects them alike." if lat["paired"] else
-           "These latencies were timed separately (no paired run in this report).")
+    how = (
+        f"{'All three' if n == 3 else 'Both'} were timed in one alternating run (dense and compiled interleaved), so a change "
+        "of machine load affects them alike."
+        if lat["paired"]
+        else "These latencies were timed separately (no paired run in this report)."
+    )
     table = _before_after_table(r)
     lowering = _lowering_block(r)
     return f"<h2>Latency</h2>{chart}<p class='muted'>{how}</p>{table}{lowering}"
@@ -284,21 +337,39 @@ def _before_after_table(r: Mapping[str, Any]) -> str:
     if not before:
         return ""
     rows = []
-    for key, label in (("params", "parameters"), ("macs", "MACs"), ("nodes", "nodes"),
-                       ("latency_ms", "latency, timed alone (median)")):
+    for key, label in (
+        ("params", "parameters"),
+        ("macs", "MACs"),
+        ("nodes", "nodes"),
+        ("latency_ms", "latency, timed alone (median)"),
+    ):
         b, a = before.get(key), after.get(key)
         if b is None and a is None:
             continue
         ratio = f"{a / b:.3f}x" if _num(a) is not None and _num(b) else ""
         fmt = _ms if key == "latency_ms" else _int
-        rows.append(f"<tr><td>{esc(label)}</td><td class='num'>{esc(fmt(b)) if key == 'latency_ms' else fmt(b)}</td>"
-                    f"<td class='num'>{esc(fmt(a)) if key == 'latency_ms' else fmt(a)}</td><td class='num'>{ratio}</td></tr>")
+        rows.append(
+            f"<tr><td>{esc(label)}</td><td class='num'>{esc(fmt(b)) if key == 'latency_ms' else fmt(b)}</td>"
+            f"<td class='num'>{esc(fmt(a)) if key == 'latency_ms' else fmt(a)}</td><td class='num'>{ratio}</td></tr>"
+        )
     prov = before.get("latency_provider")
-    where = ", ".join(str(x) for x in (prov, before.get("latency_device"), before.get("runtime"),
-                                       before.get("precision")) if x)
+    where = ", ".join(
+        str(x)
+        for x in (
+            prov,
+            before.get("latency_device"),
+            before.get("runtime"),
+            before.get("precision"),
+        )
+        if x
+    )
     cap = f"<p class='muted'>Timed with {esc(where)}.</p>" if where else ""
-    return ("<table><tr><th></th><th class='num'>before</th><th class='num'>after</th><th class='num'>ratio</th></tr>"
-            + "".join(rows) + "</table>" + cap)
+    return (
+        "<table><tr><th></th><th class='num'>before</th><th class='num'>after</th><th class='num'>ratio</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + cap
+    )
 
 
 def _lowering_block(r: Mapping[str, Any]) -> str:
@@ -309,17 +380,40 @@ def _lowering_block(r: Mapping[str, Any]) -> str:
     for t in low.get("tried") or []:
         if not isinstance(t, Mapping):
             continue
-        state = (_pill("kept", "ok") if t.get("kept") else _pill("not applicable", "muted")
-                 if t.get("applicable") is False else _pill("not kept", "warn"))
+        state = (
+            _pill("kept", "ok")
+            if t.get("kept")
+            else _pill("not applicable", "muted")
+            if t.get("applicable") is False
+            else _pill("not kept", "warn")
+        )
         rest = {k: v for k, v in t.items() if k not in ("family", "kept", "applicable")}
-        rows.append(f"<tr><td>{esc(t.get('family', '?'))}</td><td>{state}</td><td>{_value(rest) if rest else ''}</td></tr>")
-    table = ("<table><tr><th>rewrite</th><th>outcome</th><th>details</th></tr>" + "".join(rows) + "</table>"
-             if rows else "")
+        rows.append(
+            f"<tr><td>{esc(t.get('family', '?'))}</td><td>{state}</td><td>{_value(rest) if rest else ''}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>rewrite</th><th>outcome</th><th>details</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        if rows
+        else ""
+    )
     notes = "".join(f"<li>{esc(n)}</li>" for n in low.get("notes") or [])
-    return (f"<h3>Lowering (lossless rewrites for the target)</h3>"
-            + _kv([("chosen", low.get("describe")), ("mode", low.get("mode")), ("lowered dense", _ms(low.get("dense_ms"))
-                   if low.get("dense_ms") is not None else None)])
-            + table + (f"<ul class='notes'>{notes}</ul>" if notes else ""))
+    return (
+        "<h3>Lowering (lossless rewrites for the target)</h3>"
+        + _kv(
+            [
+                ("chosen", low.get("describe")),
+                ("mode", low.get("mode")),
+                (
+                    "lowered dense",
+                    _ms(low.get("dense_ms")) if low.get("dense_ms") is not None else None,
+                ),
+            ]
+        )
+        + table
+        + (f"<ul class='notes'>{notes}</ul>" if notes else "")
+    )
 
 
 def _error_of(d: Mapping[str, Any], variant: Any) -> float | None:
@@ -382,9 +476,14 @@ def _pruning_table(records: Sequence[Mapping[str, Any]], dense_ms: float | None)
             f"{f'{share:.0%}' if share is not None else '–'}</td>"
             f"<td class='num'>{meter((err or 0.0) / max_err, colour=PALETTE[5], width=60) if err is not None else ''}"
             f"{esc(fmt_num(err, 3)) if err is not None else '–'}</td>"
-            f"<td class='num'>{lat_txt}</td><td class='muted'>{esc(extra)}</td></tr>")
-    return ("<table><tr><th>group</th><th>what was done</th><th class='num'>kept</th><th class='num'>error</th>"
-            "<th class='num'>measured saving in context (share of dense)</th><th>notes</th></tr>" + "".join(rows) + "</table>")
+            f"<td class='num'>{lat_txt}</td><td class='muted'>{esc(extra)}</td></tr>"
+        )
+    return (
+        "<table><tr><th>group</th><th>what was done</th><th class='num'>kept</th><th class='num'>error</th>"
+        "<th class='num'>measured saving in context (share of dense)</th><th>notes</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _site_table(records: Sequence[Mapping[str, Any]], dense_ms: float | None) -> str:
@@ -392,7 +491,7 @@ def _site_table(records: Sequence[Mapping[str, Any]], dense_ms: float | None) ->
     for d in records:
         v = d.get("variant")
         applied = d.get("applied", v not in (None, "dense"))
-        done = (f"{v}" if applied else "kept dense")
+        done = f"{v}" if applied else "kept dense"
         if applied and d.get("form"):
             done += f" ({d['form']})"
         state = _pill("applied", "warn") if applied else _pill("kept", "muted")
@@ -407,9 +506,14 @@ def _site_table(records: Sequence[Mapping[str, Any]], dense_ms: float | None) ->
             f"<tr><td><code class='name'>{_name(d.get('site'))}</code>"
             + (f"<br><span class='muted'>{esc(where)} {esc(op)}</span>" if where or op else "")
             + f"</td><td>{state} {esc(done)}</td><td class='num'>{esc(fmt_num(err, 3)) if err is not None else '–'}</td>"
-            f"<td class='num'>{gain_txt}</td><td class='muted'>{esc(d.get('why') or '')}</td></tr>")
-    return ("<table><tr><th>site</th><th>what was done</th><th class='num'>error</th>"
-            "<th class='num'>measured saving (share of dense)</th><th>why</th></tr>" + "".join(rows) + "</table>")
+            f"<td class='num'>{gain_txt}</td><td class='muted'>{esc(d.get('why') or '')}</td></tr>"
+        )
+    return (
+        "<table><tr><th>site</th><th>what was done</th><th class='num'>error</th>"
+        "<th class='num'>measured saving (share of dense)</th><th>why</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _generic_table(records: Sequence[Mapping[str, Any]]) -> str:
@@ -417,16 +521,26 @@ def _generic_table(records: Sequence[Mapping[str, Any]]) -> str:
     for d in records:
         keys.extend(k for k in d if k not in keys)
     head = "".join(f"<th>{esc(k)}</th>" for k in keys)
-    rows = "".join("<tr>" + "".join(f"<td>{_value(d.get(k))}</td>" for k in keys) + "</tr>" for d in records)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_value(d.get(k))}</td>" for k in keys) + "</tr>" for d in records
+    )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 #: Stats shown first, in words, when a pass has them.
 _STAT_LABELS = {
-    "mode": "mode", "criterion": "criterion", "groups_pruned": "groups pruned", "units_removed": "units removed",
-    "budget_ms": "budget (ms)", "predicted_ms": "predicted (ms)", "measured_ms": "measured by the search (ms)",
-    "mean_error": "mean layer error", "mean_error_applied": "mean error of applied sites",
-    "max_mean_error": "error bound", "search_rounds": "search rounds", "budget_met": "budget met by the search",
+    "mode": "mode",
+    "criterion": "criterion",
+    "groups_pruned": "groups pruned",
+    "units_removed": "units removed",
+    "budget_ms": "budget (ms)",
+    "predicted_ms": "predicted (ms)",
+    "measured_ms": "measured by the search (ms)",
+    "mean_error": "mean layer error",
+    "mean_error_applied": "mean error of applied sites",
+    "max_mean_error": "error bound",
+    "search_rounds": "search rounds",
+    "budget_met": "budget met by the search",
     "unreachable": "unreachable because",
 }
 
@@ -436,17 +550,26 @@ def _passes_section(r: Mapping[str, Any]) -> str:
     if not passes:
         return ""
     dense = latencies(r)["given"]
-    out = ["<h2>What each pass did</h2>",
-           "<p class='muted'>Per layer or group: what was done, the error the criterion estimates for it "
-           "(relative output error of that layer; 0 = unchanged) and the latency it saves, measured in context "
-           "on the target (the latency table: the model timed with the group at each level).</p>"]
+    out = [
+        "<h2>What each pass did</h2>",
+        "<p class='muted'>Per layer or group: what was done, the error the criterion estimates for it "
+        "(relative output error of that layer; 0 = unchanged) and the latency it saves, measured in context "
+        "on the target (the latency table: the model timed with the group at each level).</p>",
+    ]
     for p in passes:
         name = p.get("name", "?")
-        state = (_pill("failed", "bad") if p.get("error") else _pill("modified", "warn") if p.get("modified")
-                 else _pill("no change", "muted"))
+        state = (
+            _pill("failed", "bad")
+            if p.get("error")
+            else _pill("modified", "warn")
+            if p.get("modified")
+            else _pill("no change", "muted")
+        )
         secs = _num(p.get("seconds"))
-        out.append(f"<h3><code>{esc(name)}</code> {state} <span class='muted'>"
-                   f"{'' if secs is None else f'{secs:.2f} s'}</span></h3>")
+        out.append(
+            f"<h3><code>{esc(name)}</code> {state} <span class='muted'>"
+            f"{'' if secs is None else f'{secs:.2f} s'}</span></h3>"
+        )
         if p.get("error"):
             out.append(f"<div class='error'>{esc(p['error'])}</div>")
         stats = dict(p.get("stats") or {})
@@ -465,12 +588,18 @@ def _passes_section(r: Mapping[str, Any]) -> str:
             out.append(_generic_table(other))
         skipped = p.get("skipped") or {}
         if skipped:
-            items = "".join(f"<li>{_int(n)} × <code>{esc(reason)}</code></li>"
-                            for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
-            out.append(f"<p><b>Skipped candidates</b> (left unchanged, with the reason):</p><ul class='notes'>{items}</ul>")
+            items = "".join(
+                f"<li>{_int(n)} × <code>{esc(reason)}</code></li>"
+                for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+            )
+            out.append(
+                f"<p><b>Skipped candidates</b> (left unchanged, with the reason):</p><ul class='notes'>{items}</ul>"
+            )
         opts = p.get("options") or {}
         if opts:
-            out.append(f"<details><summary class='muted'>options</summary>{_kv(opts.items())}</details>")
+            out.append(
+                f"<details><summary class='muted'>options</summary>{_kv(opts.items())}</details>"
+            )
     return "".join(out)
 
 
@@ -494,40 +623,73 @@ def _rounds_section(r: Mapping[str, Any]) -> str:
         t_dense, now = _num(stats.get("table_dense_ms")), _num(stats.get("dense_ms"))
         scale = now / t_dense if t_dense and now else 1.0
         unit = "ms" if t_dense and now else "ms (latency table's units)"
-        pred = [(float(x.get("round", i + 1)), float(x["predicted_ms"]) * scale) for i, x in enumerate(rounds)
-                if _num(x.get("predicted_ms")) is not None]
-        meas = [(float(x.get("round", i + 1)), float(x["measured_ms"]) * scale) for i, x in enumerate(rounds)
-                if _num(x.get("measured_ms")) is not None]
+        pred = [
+            (float(x.get("round", i + 1)), float(x["predicted_ms"]) * scale)
+            for i, x in enumerate(rounds)
+            if _num(x.get("predicted_ms")) is not None
+        ]
+        meas = [
+            (float(x.get("round", i + 1)), float(x["measured_ms"]) * scale)
+            for i, x in enumerate(rounds)
+            if _num(x.get("measured_ms")) is not None
+        ]
         budget = _num(stats.get("budget_ms")) or _num((r.get("budget") or {}).get("ms"))
         hlines = [(budget, f"budget {fmt_num(budget, 4)} ms", BUDGET_COLOUR)] if budget else []
         aimed = _num(stats.get("aimed_ms"))
         if aimed:
             hlines.append((aimed, f"aimed {fmt_num(aimed, 4)} ms", "#888"))
-        chart = xy_chart([Series("predicted (table)", pred, PALETTE[1], dashed=True, filled=False),
-                          Series("measured (whole model)", meas, PALETTE[0])],
-                         title=f"{p.get('name')}: predicted against measured latency per search round",
-                         x_label="search round", y_label=f"latency ({unit})", hlines=hlines, x_integer=True,
-                         width=900, height=300)
+        chart = xy_chart(
+            [
+                Series("predicted (table)", pred, PALETTE[1], dashed=True, filled=False),
+                Series("measured (whole model)", meas, PALETTE[0]),
+            ],
+            title=f"{p.get('name')}: predicted against measured latency per search round",
+            x_label="search round",
+            y_label=f"latency ({unit})",
+            hlines=hlines,
+            x_integer=True,
+            width=900,
+            height=300,
+        )
         rows = []
         for x in rounds:
             pm, mm = _num(x.get("predicted_ms")), _num(x.get("measured_ms"))
             dev = f"{mm / pm - 1:+.1%}" if pm and mm is not None else "–"
-            extra = {k: v for k, v in x.items() if k not in ("round", "predicted_ms", "measured_ms", "mean_error",
-                                                                "status", "internal_budget_ms")}
-            rows.append(f"<tr><td class='num'>{esc(x.get('round'))}</td>"
-                        f"<td class='num'>{esc(_ms(x.get('internal_budget_ms') * scale)) if _num(x.get('internal_budget_ms')) is not None else '–'}</td>"
-                        f"<td class='num'>{esc(_ms(pm * scale)) if pm is not None else '–'}</td>"
-                        f"<td class='num'>{esc(_ms(mm * scale)) if mm is not None else '–'}</td><td class='num'>{dev}</td>"
-                        f"<td class='num'>{esc(fmt_num(x['mean_error'], 3)) if _num(x.get('mean_error')) is not None else '–'}</td>"
-                        f"<td>{esc(x.get('status', ''))}{' ' + _value(extra) if extra else ''}</td></tr>")
-        table = ("<table><tr><th class='num'>round</th><th class='num'>aimed at</th><th class='num'>predicted</th>"
-                 "<th class='num'>measured</th><th class='num'>measured vs predicted</th><th class='num'>mean error</th>"
-                 "<th>status</th></tr>" + "".join(rows) + "</table>")
-        why = ("Each round chooses one level per group from the latency table (predicted), rewrites the model "
-               "and times it whole on the target (measured), then corrects the aim until the measurement lands "
-               "just under the budget.")
+            extra = {
+                k: v
+                for k, v in x.items()
+                if k
+                not in (
+                    "round",
+                    "predicted_ms",
+                    "measured_ms",
+                    "mean_error",
+                    "status",
+                    "internal_budget_ms",
+                )
+            }
+            rows.append(
+                f"<tr><td class='num'>{esc(x.get('round'))}</td>"
+                f"<td class='num'>{esc(_ms(x.get('internal_budget_ms') * scale)) if _num(x.get('internal_budget_ms')) is not None else '–'}</td>"
+                f"<td class='num'>{esc(_ms(pm * scale)) if pm is not None else '–'}</td>"
+                f"<td class='num'>{esc(_ms(mm * scale)) if mm is not None else '–'}</td><td class='num'>{dev}</td>"
+                f"<td class='num'>{esc(fmt_num(x['mean_error'], 3)) if _num(x.get('mean_error')) is not None else '–'}</td>"
+                f"<td>{esc(x.get('status', ''))}{' ' + _value(extra) if extra else ''}</td></tr>"
+            )
+        table = (
+            "<table><tr><th class='num'>round</th><th class='num'>aimed at</th><th class='num'>predicted</th>"
+            "<th class='num'>measured</th><th class='num'>measured vs predicted</th><th class='num'>mean error</th>"
+            "<th>status</th></tr>" + "".join(rows) + "</table>"
+        )
+        why = (
+            "Each round chooses one level per group from the latency table (predicted), rewrites the model "
+            "and times it whole on the target (measured), then corrects the aim until the measurement lands "
+            "just under the budget."
+        )
         units = f" {esc(d.get('search_units'))}." if d.get("search_units") else ""
-        out.append(f"<h3><code>{esc(p.get('name'))}</code></h3>{chart}{table}<p class='muted'>{why}{units}</p>")
+        out.append(
+            f"<h3><code>{esc(p.get('name'))}</code></h3>{chart}{table}<p class='muted'>{why}{units}</p>"
+        )
     return ("<h2>Search rounds</h2>" + "".join(out)) if out else ""
 
 
@@ -537,14 +699,33 @@ def _provenance_section(r: Mapping[str, Any]) -> str:
         lt = d.get("latency_table")
         if not isinstance(lt, Mapping):
             continue
-        order = ["kind", "device", "provider", "runtime", "runtime_version", "precision", "threads", "input_shapes",
-                 "methods", "date", "tool_version", "model_name", "model_fingerprint", "notes"]
+        order = [
+            "kind",
+            "device",
+            "provider",
+            "runtime",
+            "runtime_version",
+            "precision",
+            "threads",
+            "input_shapes",
+            "methods",
+            "date",
+            "tool_version",
+            "model_name",
+            "model_fingerprint",
+            "notes",
+        ]
         pairs = [(k.replace("_", " "), lt[k]) for k in order if k in lt]
         pairs += [(k.replace("_", " "), v) for k, v in lt.items() if k not in order]
         kind = lt.get("kind")
-        warn = ("<p><span class='pill warn'>analytic</span> this table is an estimate, not a measurement.</p>"
-                if kind == "analytic" else "")
-        out.append(f"<h3>used by <code>{esc(p.get('name'))}</code></h3>{warn}{_kv(pairs, one_column=True)}")
+        warn = (
+            "<p><span class='pill warn'>analytic</span> this table is an estimate, not a measurement.</p>"
+            if kind == "analytic"
+            else ""
+        )
+        out.append(
+            f"<h3>used by <code>{esc(p.get('name'))}</code></h3>{warn}{_kv(pairs, one_column=True)}"
+        )
     return ("<h2>Latency table provenance</h2>" + "".join(out)) if out else ""
 
 
@@ -565,13 +746,17 @@ def _skipped_summary(r: Mapping[str, Any]) -> str:
     rows = []
     for p in r.get("passes") or []:
         for reason, n in sorted((p.get("skipped") or {}).items()):
-            rows.append(f"<tr><td><code>{esc(p.get('name'))}</code></td><td><code>{esc(reason)}</code></td>"
-                        f"<td class='num'>{_int(n)}</td></tr>")
+            rows.append(
+                f"<tr><td><code>{esc(p.get('name'))}</code></td><td><code>{esc(reason)}</code></td>"
+                f"<td class='num'>{_int(n)}</td></tr>"
+            )
     if not rows:
         return ""
-    return ("<h2>Skipped candidates</h2><p class='muted'>Candidates a pass could not rewrite safely are left "
-            "unchanged; declining is not failing.</p><table><tr><th>pass</th><th>reason</th><th class='num'>count</th>"
-            "</tr>" + "".join(rows) + "</table>")
+    return (
+        "<h2>Skipped candidates</h2><p class='muted'>Candidates a pass could not rewrite safely are left "
+        "unchanged; declining is not failing.</p><table><tr><th>pass</th><th>reason</th><th class='num'>count</th>"
+        "</tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _run_section(r: Mapping[str, Any]) -> str:
@@ -579,13 +764,26 @@ def _run_section(r: Mapping[str, Any]) -> str:
     deploy = out.get("deploy")
     dep = None
     if isinstance(deploy, Mapping):
-        dep = deploy.get("checked") if isinstance(deploy.get("checked"), str) else (
-            "checked" if deploy.get("checked") else None)
-    pairs = [("input", inp.get("path")), ("input sha256", inp.get("sha256")), ("output", out.get("path")),
-             ("target", r.get("target")), ("pipeline", r.get("pipeline")),
-             ("output IR / opset", f"{out.get('ir_version')} / {out.get('opset')}" if out.get("ir_version") else None),
-             ("deploy check", dep), ("tool version", r.get("tool_version")), ("created", r.get("created")),
-             ("status", r.get("status"))]
+        dep = (
+            deploy.get("checked")
+            if isinstance(deploy.get("checked"), str)
+            else ("checked" if deploy.get("checked") else None)
+        )
+    pairs = [
+        ("input", inp.get("path")),
+        ("input sha256", inp.get("sha256")),
+        ("output", out.get("path")),
+        ("target", r.get("target")),
+        ("pipeline", r.get("pipeline")),
+        (
+            "output IR / opset",
+            f"{out.get('ir_version')} / {out.get('opset')}" if out.get("ir_version") else None,
+        ),
+        ("deploy check", dep),
+        ("tool version", r.get("tool_version")),
+        ("created", r.get("created")),
+        ("status", r.get("status")),
+    ]
     return "<h2>The run</h2>" + _kv(pairs, one_column=True)
 
 
@@ -613,35 +811,60 @@ def _body(r: Mapping[str, Any], *, glossary: bool = True) -> str:
     err = ""
     if r.get("error") and r.get("status") not in ("failed", "interrupted"):
         err = f"<div class='error'>{esc(r['error'])}</div>"
-    return "".join([
-        _verdict_block(r), err, _cards(r), _latency_section(r), _passes_section(r), _rounds_section(r),
-        _provenance_section(r), _notes_section(r), _skipped_summary(r), _run_section(r),
-        GLOSSARY if glossary else "",
-    ])
+    return "".join(
+        [
+            _verdict_block(r),
+            err,
+            _cards(r),
+            _latency_section(r),
+            _passes_section(r),
+            _rounds_section(r),
+            _provenance_section(r),
+            _notes_section(r),
+            _skipped_summary(r),
+            _run_section(r),
+            GLOSSARY if glossary else "",
+        ]
+    )
 
 
 def _page(title: str, body: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{body}"
-            "<footer>Written by spa-compiler. This page is self-contained: no scripts, no network.</footer>"
-            "</main></body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{body}"
+        "<footer>Written by spa-compiler. This page is self-contained: no scripts, no network.</footer>"
+        "</main></body></html>\n"
+    )
 
 
 # ------------------------------------------------------------------------------------ public API
 def render_report(r: Mapping[str, Any]) -> str:
     """The HTML page of one compile report (a `Report.to_dict()` or a loaded report.json)."""
-    src, dst = _short((r.get("input") or {}).get("path")), _short((r.get("output") or {}).get("path"))
-    head = (f"<h1>spa-compiler report</h1><p class='lead'><code>{esc(src)}</code> → <code>{esc(dst)}</code>"
-            f" on <b>{esc(r.get('target') or '?')}</b></p>")
+    src, dst = (
+        _short((r.get("input") or {}).get("path")),
+        _short((r.get("output") or {}).get("path")),
+    )
+    head = (
+        f"<h1>spa-compiler report</h1><p class='lead'><code>{esc(src)}</code> → <code>{esc(dst)}</code>"
+        f" on <b>{esc(r.get('target') or '?')}</b></p>"
+    )
     return _page(f"spa-compiler: {src} → {dst}", head + _body(r))
 
 
 def comparison(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The multi-budget comparison report: {"schema", "runs": [{"budget", "output", "report"}]}."""
-    return {"schema": COMPARE_SCHEMA,
-            "runs": [{"budget": (x.get("budget") or {}).get("requested"), "output": (x.get("output") or {}).get("path"),
-                      "report": dict(x)} for x in runs]}
+    return {
+        "schema": COMPARE_SCHEMA,
+        "runs": [
+            {
+                "budget": (x.get("budget") or {}).get("requested"),
+                "output": (x.get("output") or {}).get("path"),
+                "report": dict(x),
+            }
+            for x in runs
+        ],
+    }
 
 
 def render_comparison(data: Mapping[str, Any]) -> str:
@@ -649,45 +872,69 @@ def render_comparison(data: Mapping[str, Any]) -> str:
     runs = [x.get("report") or {} for x in data.get("runs") or []]
     src = _short(((runs[0] if runs else {}).get("input") or {}).get("path"))
     target = (runs[0] if runs else {}).get("target") or "?"
-    head = (f"<h1>spa-compiler: {len(runs)} budgets compared</h1><p class='lead'><code>{esc(src)}</code> on "
-            f"<b>{esc(target)}</b></p>")
+    head = (
+        f"<h1>spa-compiler: {len(runs)} budgets compared</h1><p class='lead'><code>{esc(src)}</code> on "
+        f"<b>{esc(target)}</b></p>"
+    )
     rows, labels = [], []
     for i, r in enumerate(runs):
         lat, b = latencies(r), r.get("budget") or {}
         word, cls = verdict(r)
         q = quality(r)
         after, before = r.get("after") or {}, r.get("before") or {}
-        pr = (f"{after['params'] / before['params']:.3f}x" if _num(after.get("params")) and _num(before.get("params"))
-              else "–")
-        ratio = f"{lat['compiled'] / lat['given']:.3f}x" if lat["compiled"] and lat["given"] else "–"
+        pr = (
+            f"{after['params'] / before['params']:.3f}x"
+            if _num(after.get("params")) and _num(before.get("params"))
+            else "–"
+        )
+        ratio = (
+            f"{lat['compiled'] / lat['given']:.3f}x" if lat["compiled"] and lat["given"] else "–"
+        )
         labels.append(str(b.get("requested") or f"run {i + 1}").replace(" of dense", ""))
-        rows.append(f"<tr><td><a href='#run{i}'>{esc(b.get('requested') or '–')}</a></td>"
-                    f"<td class='num'>{esc(_ms(b.get('ms')))}</td><td class='num'>{esc(_ms(lat['compiled']))}</td>"
-                    f"<td class='num'>{ratio}</td><td>{_pill(word, cls)}</td>"
-                    f"<td class='num'>{esc(fmt_num(q['mean error'], 3)) if 'mean error' in q else '–'}</td>"
-                    f"<td class='num'>{pr}</td><td><code>{esc(_short((r.get('output') or {}).get('path')))}</code></td></tr>")
-    table = ("<table><tr><th>budget</th><th class='num'>budget ms</th><th class='num'>compiled (paired)</th>"
-             "<th class='num'>of as given</th><th>verdict</th><th class='num'>mean error</th><th class='num'>params</th>"
-             "<th>model written</th></tr>" + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td><a href='#run{i}'>{esc(b.get('requested') or '–')}</a></td>"
+            f"<td class='num'>{esc(_ms(b.get('ms')))}</td><td class='num'>{esc(_ms(lat['compiled']))}</td>"
+            f"<td class='num'>{ratio}</td><td>{_pill(word, cls)}</td>"
+            f"<td class='num'>{esc(fmt_num(q['mean error'], 3)) if 'mean error' in q else '–'}</td>"
+            f"<td class='num'>{pr}</td><td><code>{esc(_short((r.get('output') or {}).get('path')))}</code></td></tr>"
+        )
+    table = (
+        "<table><tr><th>budget</th><th class='num'>budget ms</th><th class='num'>compiled (paired)</th>"
+        "<th class='num'>of as given</th><th>verdict</th><th class='num'>mean error</th><th class='num'>params</th>"
+        "<th>model written</th></tr>" + "".join(rows) + "</table>"
+    )
     plots = _quality_plots(runs, labels)
     sections = []
     for i, r in enumerate(runs):
         word, cls = verdict(r)
         b = (r.get("budget") or {}).get("requested") or f"run {i + 1}"
-        sections.append(f"<details class='run' id='run{i}'{' open' if i == 0 else ''}><summary>Budget {esc(b)} "
-                        f"{_pill(word, cls)} <span class='muted'>→ {esc(_short((r.get('output') or {}).get('path')))}"
-                        f"</span></summary>{_body(r, glossary=False)}</details>")
-    body = (head + "<h2>Latency against quality</h2>" + plots + table
-            + "<p class='muted'>Each budget was compiled from the same input model; every latency is the paired "
-              "measurement of the written file against the dense model.</p>"
-            + "<h2>Each budget</h2>" + "".join(sections) + GLOSSARY)
+        sections.append(
+            f"<details class='run' id='run{i}'{' open' if i == 0 else ''}><summary>Budget {esc(b)} "
+            f"{_pill(word, cls)} <span class='muted'>→ {esc(_short((r.get('output') or {}).get('path')))}"
+            f"</span></summary>{_body(r, glossary=False)}</details>"
+        )
+    body = (
+        head
+        + "<h2>Latency against quality</h2>"
+        + plots
+        + table
+        + "<p class='muted'>Each budget was compiled from the same input model; every latency is the paired "
+        "measurement of the written file against the dense model.</p>"
+        + "<h2>Each budget</h2>"
+        + "".join(sections)
+        + GLOSSARY
+    )
     return _page(f"spa-compiler: {src}, {len(runs)} budgets", body)
 
 
 def _quality_plots(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
     metrics: list[str] = []
     for r in runs:
-        metrics.extend(k for k in quality(r) if k not in metrics and (k == "mean error" or k.startswith("fidelity")))
+        metrics.extend(
+            k
+            for k in quality(r)
+            if k not in metrics and (k == "mean error" or k.startswith("fidelity"))
+        )
     if not metrics:
         return "<p class='muted'>No quality figures in these reports.</p>"
     out = []
@@ -702,10 +949,28 @@ def _quality_plots(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> 
             continue
         given = [latencies(r)["given"] for r in runs if latencies(r)["given"]]
         series = [Series(m, pts, PALETTE[0], labels=lab)]
-        if given and m == "mean error":  # the dense model has no layer error; other figures are unknown
-            series.append(Series("dense (as given)", [(sum(given) / len(given), 0.0)], PALETTE[4], labels=["dense"]))
-        out.append(xy_chart(series, title=f"measured latency against {m}", x_label="compiled latency, paired (ms)",
-                            y_label=m, y_from_zero=True, width=900, height=360))
+        if (
+            given and m == "mean error"
+        ):  # the dense model has no layer error; other figures are unknown
+            series.append(
+                Series(
+                    "dense (as given)",
+                    [(sum(given) / len(given), 0.0)],
+                    PALETTE[4],
+                    labels=["dense"],
+                )
+            )
+        out.append(
+            xy_chart(
+                series,
+                title=f"measured latency against {m}",
+                x_label="compiled latency, paired (ms)",
+                y_label=m,
+                y_from_zero=True,
+                width=900,
+                height=360,
+            )
+        )
     return "".join(out)
 
 

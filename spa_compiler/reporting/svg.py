@@ -82,12 +82,21 @@ class Bar:
     note: str = ""
 
 
-def bar_chart(bars: Sequence[Bar], *, title: str, unit: str = "ms", budget: float | None = None,
-              budget_label: str = "budget", width: int = 640) -> str:
+def bar_chart(
+    bars: Sequence[Bar],
+    *,
+    title: str,
+    unit: str = "ms",
+    budget: float | None = None,
+    budget_label: str = "budget",
+    width: int = 640,
+) -> str:
     """Horizontal bars with their values written at the end, and an optional budget line."""
     row, top, left, right = 30, 26, 150, 150
     height = top + row * len(bars) + 30
-    hi = max([b.value for b in bars if b.value is not None] + ([budget] if budget else []) + [1e-12])
+    hi = max(
+        [b.value for b in bars if b.value is not None] + ([budget] if budget else []) + [1e-12]
+    )
     ticks = nice_ticks(0.0, hi * 1.05)
     span = ticks[-1] or 1.0
     plot_w = width - left - right
@@ -98,28 +107,44 @@ def bar_chart(bars: Sequence[Bar], *, title: str, unit: str = "ms", budget: floa
 
     out = _open(width, height, title)
     for t in ticks:
-        out.append(f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{height - 26}" stroke="{GRID}"/>')
-        out.append(f'<text x="{x(t):.1f}" y="{height - 10}" text-anchor="middle" fill="{MUTED}">'
-                   f"{esc(tick_label(t, ticks))}</text>")
-    out.append(f'<text x="{x(ticks[-1]) + 22:.1f}" y="{height - 10}" fill="{MUTED}">{esc(unit)}</text>')
+        out.append(
+            f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{height - 26}" stroke="{GRID}"/>'
+        )
+        out.append(
+            f'<text x="{x(t):.1f}" y="{height - 10}" text-anchor="middle" fill="{MUTED}">'
+            f"{esc(tick_label(t, ticks))}</text>"
+        )
+    out.append(
+        f'<text x="{x(ticks[-1]) + 22:.1f}" y="{height - 10}" fill="{MUTED}">{esc(unit)}</text>'
+    )
     for i, b in enumerate(bars):
         y = top + i * row
-        out.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" fill="{INK}">{esc(b.label)}</text>')
+        out.append(
+            f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" fill="{INK}">{esc(b.label)}</text>'
+        )
         if b.value is None:
             out.append(f'<text x="{left + 4}" y="{y + 15}" fill="{MUTED}">not measured</text>')
             continue
         w = max(1.0, x(b.value) - left)
-        out.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row - 10}" rx="2" fill="{b.colour}">'
-                   f"<title>{esc(b.label)}: {esc(fmt_num(b.value, 4))} {esc(unit)}</title></rect>")
+        out.append(
+            f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row - 10}" rx="2" fill="{b.colour}">'
+            f"<title>{esc(b.label)}: {esc(fmt_num(b.value, 4))} {esc(unit)}</title></rect>"
+        )
         label = f"{fmt_num(b.value, 4)} {unit}" + (f"  {b.note}" if b.note else "")
-        value_labels.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}" fill="{INK}" paint-order="stroke" '
-                            f'stroke="#fff" stroke-width="4" stroke-linejoin="round">{esc(label)}</text>')
+        value_labels.append(
+            f'<text x="{left + w + 6:.1f}" y="{y + 15}" fill="{INK}" paint-order="stroke" '
+            f'stroke="#fff" stroke-width="4" stroke-linejoin="round">{esc(label)}</text>'
+        )
     if budget:
         bx = x(budget)
-        out.append(f'<line x1="{bx:.1f}" y1="{top - 10}" x2="{bx:.1f}" y2="{height - 26}" '
-                   f'stroke="{BUDGET_COLOUR}" stroke-width="2" stroke-dasharray="6 3"/>')
-        out.append(f'<text x="{bx:.1f}" y="{top - 13}" text-anchor="middle" fill="{BUDGET_COLOUR}" '
-                   f'font-weight="600">{esc(budget_label)} {esc(fmt_num(budget, 4))} {esc(unit)}</text>')
+        out.append(
+            f'<line x1="{bx:.1f}" y1="{top - 10}" x2="{bx:.1f}" y2="{height - 26}" '
+            f'stroke="{BUDGET_COLOUR}" stroke-width="2" stroke-dasharray="6 3"/>'
+        )
+        out.append(
+            f'<text x="{bx:.1f}" y="{top - 13}" text-anchor="middle" fill="{BUDGET_COLOUR}" '
+            f'font-weight="600">{esc(budget_label)} {esc(fmt_num(budget, 4))} {esc(unit)}</text>'
+        )
     out.extend(value_labels)
     out.append("</svg>")
     return "\n".join(out)
@@ -137,9 +162,18 @@ class Series:
     labels: Sequence[str] = ()
 
 
-def xy_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str,
-             hlines: Sequence[tuple[float, str, str]] = (), width: int = 640, height: int = 300,
-             x_integer: bool = False, y_from_zero: bool = False) -> str:
+def xy_chart(
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    hlines: Sequence[tuple[float, str, str]] = (),
+    width: int = 640,
+    height: int = 300,
+    x_integer: bool = False,
+    y_from_zero: bool = False,
+) -> str:
     """Points joined by lines, one colour per series, a legend, and horizontal reference lines
     (value, label, colour), e.g. the budget."""
     left, right, top, bottom = 64, 24, 34, 48
@@ -171,50 +205,81 @@ def xy_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str
 
     out = _open(width, height, title)
     for t in yt:
-        out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" stroke="{GRID}"/>')
-        out.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end" fill="{MUTED}">{esc(tick_label(t, yt))}</text>')
-    xt = (list(range(math.ceil(x_lo), math.floor(x_hi) + 1)) if x_integer
-          else [t for t in nice_ticks(x_lo, x_hi) if x_lo <= t <= x_hi])
+        out.append(
+            f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" stroke="{GRID}"/>'
+        )
+        out.append(
+            f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end" fill="{MUTED}">{esc(tick_label(t, yt))}</text>'
+        )
+    xt = (
+        list(range(math.ceil(x_lo), math.floor(x_hi) + 1))
+        if x_integer
+        else [t for t in nice_ticks(x_lo, x_hi) if x_lo <= t <= x_hi]
+    )
     for t in xt:
-        out.append(f'<line x1="{px(t):.1f}" y1="{top + ph}" x2="{px(t):.1f}" y2="{top + ph + 5}" stroke="{MUTED}"/>')
-        out.append(f'<text x="{px(t):.1f}" y="{top + ph + 18}" text-anchor="middle" fill="{MUTED}">'
-                   f"{esc(t if x_integer else tick_label(t, xt))}</text>")
-    out.append(f'<line x1="{left}" y1="{top + ph}" x2="{width - right}" y2="{top + ph}" stroke="{MUTED}"/>')
+        out.append(
+            f'<line x1="{px(t):.1f}" y1="{top + ph}" x2="{px(t):.1f}" y2="{top + ph + 5}" stroke="{MUTED}"/>'
+        )
+        out.append(
+            f'<text x="{px(t):.1f}" y="{top + ph + 18}" text-anchor="middle" fill="{MUTED}">'
+            f"{esc(t if x_integer else tick_label(t, xt))}</text>"
+        )
+    out.append(
+        f'<line x1="{left}" y1="{top + ph}" x2="{width - right}" y2="{top + ph}" stroke="{MUTED}"/>'
+    )
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="{MUTED}"/>')
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="{INK}">{esc(x_label)}</text>')
-    out.append(f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" fill="{INK}" '
-               f'transform="rotate(-90 14 {top + ph / 2:.1f})">{esc(y_label)}</text>')
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="{INK}">{esc(x_label)}</text>'
+    )
+    out.append(
+        f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" fill="{INK}" '
+        f'transform="rotate(-90 14 {top + ph / 2:.1f})">{esc(y_label)}</text>'
+    )
     for i, (value, label, colour) in enumerate(hlines):
         y = py(value)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="{colour}" '
-                   'stroke-width="1.5" stroke-dasharray="6 3"/>')
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="{colour}" '
+            'stroke-width="1.5" stroke-dasharray="6 3"/>'
+        )
         # labels alternate right and left, so two close lines keep legible labels
         tx, anchor = (width - right - 4, "end") if i % 2 == 0 else (left + 6, "start")
-        out.append(f'<text x="{tx}" y="{y - 5:.1f}" text-anchor="{anchor}" fill="{colour}">{esc(label)}</text>')
+        out.append(
+            f'<text x="{tx}" y="{y - 5:.1f}" text-anchor="{anchor}" fill="{colour}">{esc(label)}</text>'
+        )
     lx = left + 8
     for s in series:
         pts = sorted(s.points) if not x_integer else list(s.points)
         if len(pts) > 1:
             path = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in pts)
             dash = ' stroke-dasharray="5 4"' if s.dashed else ""
-            out.append(f'<polyline points="{path}" fill="none" stroke="{s.colour}" stroke-width="2"{dash}/>')
+            out.append(
+                f'<polyline points="{path}" fill="none" stroke="{s.colour}" stroke-width="2"{dash}/>'
+            )
         for j, (a, b) in enumerate(s.points):
             fill = s.colour if s.filled else "#fff"
             tip = f"{s.name}: x {fmt_num(a, 4)}, y {fmt_num(b, 4)}"
-            out.append(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="4.5" fill="{fill}" stroke="{s.colour}" '
-                       f'stroke-width="2"><title>{esc(tip)}</title></circle>')
+            out.append(
+                f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="4.5" fill="{fill}" stroke="{s.colour}" '
+                f'stroke-width="2"><title>{esc(tip)}</title></circle>'
+            )
             if j < len(s.labels) and s.labels[j]:
                 near_right = px(a) > width - right - 60
                 anchor = "end" if near_right else "start"
                 tx = px(a) - 7 if near_right else px(a) + 7
-                out.append(f'<text x="{tx:.1f}" y="{py(b) - 7:.1f}" text-anchor="{anchor}" fill="{s.colour}">'
-                           f"{esc(s.labels[j])}</text>")
+                out.append(
+                    f'<text x="{tx:.1f}" y="{py(b) - 7:.1f}" text-anchor="{anchor}" fill="{s.colour}">'
+                    f"{esc(s.labels[j])}</text>"
+                )
         # legend along the top
         dash = ' stroke-dasharray="5 4"' if s.dashed else ""
-        out.append(f'<line x1="{lx}" y1="{top - 16}" x2="{lx + 18}" y2="{top - 16}" stroke="{s.colour}" '
-                   f'stroke-width="2"{dash}/>')
-        out.append(f'<circle cx="{lx + 9}" cy="{top - 16}" r="3.5" fill="{s.colour if s.filled else "#fff"}" '
-                   f'stroke="{s.colour}" stroke-width="2"/>')
+        out.append(
+            f'<line x1="{lx}" y1="{top - 16}" x2="{lx + 18}" y2="{top - 16}" stroke="{s.colour}" '
+            f'stroke-width="2"{dash}/>'
+        )
+        out.append(
+            f'<circle cx="{lx + 9}" cy="{top - 16}" r="3.5" fill="{s.colour if s.filled else "#fff"}" '
+            f'stroke="{s.colour}" stroke-width="2"/>'
+        )
         out.append(f'<text x="{lx + 24}" y="{top - 12}" fill="{INK}">{esc(s.name)}</text>')
         lx += 36 + 7 * len(s.name)
     out.append("</svg>")
@@ -224,6 +289,8 @@ def xy_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str
 def meter(fraction: float, *, colour: str = PALETTE[0], width: int = 90) -> str:
     """A tiny inline bar for table cells (0..1), with the value kept as text beside it by callers."""
     f = 0.0 if fraction is None or not math.isfinite(fraction) else min(1.0, max(0.0, fraction))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="meter" width="{width}" height="10" '
-            f'viewBox="0 0 {width} 10" aria-hidden="true"><rect width="{width}" height="10" rx="2" fill="{GRID}"/>'
-            f'<rect width="{max(0.0, f * width):.1f}" height="10" rx="2" fill="{colour}"/></svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="meter" width="{width}" height="10" '
+        f'viewBox="0 0 {width} 10" aria-hidden="true"><rect width="{width}" height="10" rx="2" fill="{GRID}"/>'
+        f'<rect width="{max(0.0, f * width):.1f}" height="10" rx="2" fill="{colour}"/></svg>'
+    )

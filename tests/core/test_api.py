@@ -41,8 +41,14 @@ def test_public_names() -> None:
 
 def test_compile_one_budget(tmp_path: Path, chain_path: Path) -> None:
     out = tmp_path / "small.onnx"
-    result = spa_compiler.compile(chain_path, output=out, budget="0.7x", runs=5, report=tmp_path / "r.json",
-                                  report_html=tmp_path / "r.html")
+    result = spa_compiler.compile(
+        chain_path,
+        output=out,
+        budget="0.7x",
+        runs=5,
+        report=tmp_path / "r.json",
+        report_html=tmp_path / "r.html",
+    )
     assert result.output == out and out.is_file()
     assert result.written == (out, tmp_path / "r.json", tmp_path / "r.html")
     assert result.verdict in ("met", "NOT met") and result.met is (result.verdict == "met")
@@ -54,14 +60,31 @@ def test_compile_one_budget(tmp_path: Path, chain_path: Path) -> None:
     assert "wrote" in result.summary()
 
 
-def test_several_budgets_write_one_model_each_and_a_comparison(tmp_path: Path, chain_path: Path, capsys) -> None:
+def test_several_budgets_write_one_model_each_and_a_comparison(
+    tmp_path: Path, chain_path: Path, capsys
+) -> None:
     out = tmp_path / "small.onnx"
-    code = main([str(chain_path), "-o", str(out), "--latency-budget", "0.8x,0.6x", "--runs", "5",
-                 "--report", str(tmp_path / "cmp.json"), "--report-html", str(tmp_path / "cmp.html")])
+    code = main(
+        [
+            str(chain_path),
+            "-o",
+            str(out),
+            "--latency-budget",
+            "0.8x,0.6x",
+            "--runs",
+            "5",
+            "--report",
+            str(tmp_path / "cmp.json"),
+            "--report-html",
+            str(tmp_path / "cmp.html"),
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {"model.onnx", "small.0.8x.onnx", "small.0.6x.onnx", "cmp.json", "cmp.html"}, names
+    assert names == {"model.onnx", "small.0.8x.onnx", "small.0.6x.onnx", "cmp.json", "cmp.html"}, (
+        names
+    )
     for tag in ("0.8x", "0.6x"):
         onnx.checker.check_model(str(tmp_path / f"small.{tag}.onnx"), full_check=True)
         assert f"small.{tag}.onnx" in stdout
@@ -74,7 +97,9 @@ def test_several_budgets_write_one_model_each_and_a_comparison(tmp_path: Path, c
     assert "2 budgets compared" in page and "measured latency against mean error" in page
     assert re.search(r"budget\s+compiled ms\s+of dense\s+verdict", stdout)
     # the API gives the same shape of result
-    res = spa_compiler.compile(chain_path, output=tmp_path / "api.onnx", budget=["0.8x", 0.5], runs=5)
+    res = spa_compiler.compile(
+        chain_path, output=tmp_path / "api.onnx", budget=["0.8x", 0.5], runs=5
+    )
     assert [r.budget for r in res.runs] == ["0.8x", "0.5ms"]
     assert [r.output.name for r in res.runs] == ["api.0.8x.onnx", "api.0.5ms.onnx"]
     with pytest.raises(AttributeError, match="one per budget"):
@@ -98,14 +123,19 @@ BAD = [
 
 
 @pytest.mark.parametrize(("argv", "kwargs"), BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_errors_are_the_cli_errors(tmp_path: Path, chain_path: Path, capsys, argv: list[str],
-                                   kwargs: dict) -> None:
+def test_errors_are_the_cli_errors(
+    tmp_path: Path, chain_path: Path, capsys, argv: list[str], kwargs: dict
+) -> None:
     argv = [a.replace("OUT", str(tmp_path)) for a in argv]
-    kwargs = {k: v.replace("OUT", str(tmp_path)) if isinstance(v, str) else v for k, v in kwargs.items()}
+    kwargs = {
+        k: v.replace("OUT", str(tmp_path)) if isinstance(v, str) else v for k, v in kwargs.items()
+    }
     code = main([str(chain_path), "-o", str(tmp_path / "o.onnx"), "--no-measure", *argv])
     err = capsys.readouterr().err
     with pytest.raises(SpaError) as info:
-        spa_compiler.compile(chain_path, **{"output": tmp_path / "o.onnx", "measure": False, **kwargs})
+        spa_compiler.compile(
+            chain_path, **{"output": tmp_path / "o.onnx", "measure": False, **kwargs}
+        )
     assert err.strip() == f"spa-compile: error: {info.value.one_line()}"
     assert code == info.value.exit_code != 0
     assert not (tmp_path / "o.onnx").exists()
@@ -117,13 +147,21 @@ def test_missing_model_same_error(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     with pytest.raises(SpaError) as info:
         spa_compiler.compile(missing)
-    assert err.strip() == f"spa-compile: error: {info.value.one_line()}" and code == info.value.exit_code == 3
+    assert (
+        err.strip() == f"spa-compile: error: {info.value.one_line()}"
+        and code == info.value.exit_code == 3
+    )
 
 
 def test_report_written_on_failure(tmp_path: Path, chain_path: Path) -> None:
     with pytest.raises(SpaError):
-        spa_compiler.compile(chain_path, output=tmp_path / "o.onnx", budget="0.8x,nope",
-                             report=tmp_path / "r.json", report_html=tmp_path / "r.html")
+        spa_compiler.compile(
+            chain_path,
+            output=tmp_path / "o.onnx",
+            budget="0.8x,nope",
+            report=tmp_path / "r.json",
+            report_html=tmp_path / "r.html",
+        )
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["status"] == "failed" and "cannot read the latency budget 'nope'" in data["error"]
     assert "FAILED" in (tmp_path / "r.html").read_text()
@@ -162,8 +200,17 @@ def test_readme_python_example_runs(tmp_path: Path, rng: np.random.Generator) ->
     """The README's example, as written, in a fresh interpreter, beside a model.onnx."""
     onnx.save(conv_chain_model(rng), tmp_path / "model.onnx")
     (tmp_path / "example.py").write_text(_readme_python())
-    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("small.onnx", "report.json", "report.html", "small.0.8x.onnx", "small.0.6x.onnx", "sweep.html"):
+    for name in (
+        "small.onnx",
+        "report.json",
+        "report.html",
+        "small.0.8x.onnx",
+        "small.0.6x.onnx",
+        "sweep.html",
+    ):
         assert (tmp_path / name).is_file(), name
     assert "cannot read the latency budget" in proc.stdout

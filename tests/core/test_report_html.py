@@ -27,63 +27,203 @@ from tests.helpers import conv_chain_model
 def full_report() -> dict[str, Any]:
     """A report with every kind of record the renderer knows, and one it does not."""
     rounds = [
-        {"round": 1, "internal_budget_ms": 5.2, "predicted_ms": 5.0, "measured_ms": 6.1, "mean_error": 0.08,
-         "status": "ok"},
-        {"round": 2, "internal_budget_ms": 4.3, "predicted_ms": 4.2, "measured_ms": 5.3, "mean_error": 0.12,
-         "status": "ok"},
-        {"round": 3, "uniform_share": 0.4, "predicted_ms": 4.0, "measured_ms": 5.05, "mean_error": 0.15,
-         "status": "joint-fallback"},
+        {
+            "round": 1,
+            "internal_budget_ms": 5.2,
+            "predicted_ms": 5.0,
+            "measured_ms": 6.1,
+            "mean_error": 0.08,
+            "status": "ok",
+        },
+        {
+            "round": 2,
+            "internal_budget_ms": 4.3,
+            "predicted_ms": 4.2,
+            "measured_ms": 5.3,
+            "mean_error": 0.12,
+            "status": "ok",
+        },
+        {
+            "round": 3,
+            "uniform_share": 0.4,
+            "predicted_ms": 4.0,
+            "measured_ms": 5.05,
+            "mean_error": 0.15,
+            "status": "joint-fallback",
+        },
     ]
     return {
-        "tool_version": "0.1.0", "created": "2026-12-01T16:00:00+00:00",
+        "tool_version": "0.1.0",
+        "created": "2026-12-01T16:00:00+00:00",
         "input": {"path": "/data/model.onnx", "sha256": "ab" * 32, "opset": 17, "ir_version": 8},
-        "output": {"path": "/data/small.onnx", "ir_version": 8, "opset": 17,
-                   "deploy": {"checked": "onnxruntime session created and run on the output"}},
-        "pipeline": "cleanup,prune-to-budget,sparsify-nm", "target": "ort-cpu",
-        "budget": {"requested": "0.6x of dense", "ms": 5.4321, "measured_fraction": 0.5803, "measured_ms": 5.2222,
-                   "met": True, "relative_to": "model as given"},
-        "before": {"params": 1000, "macs": 500000, "nodes": 30, "latency_ms": 9.1, "latency_kind": "measured",
-                   "latency_runs": 30, "latency_provider": "CPUExecutionProvider", "latency_device": "x86_64 CPU",
-                   "runtime": "onnxruntime 1.32.0", "precision": "fp32"},
-        "after": {"params": 600, "macs": 280000, "nodes": 30, "latency_ms": 5.3, "latency_kind": "measured",
-                  "paired": {"dense_ms": 8.9987, "lowered_dense_ms": 7.7654, "compiled_ms": 5.2222,
-                             "ratio": 0.5803, "ratio_to_lowered": 0.6725, "runs": 31, "kind": "measured"}},
-        "lowering": {"mode": "auto", "describe": "ort-fusions", "dense_ms": 7.7654,
-                     "tried": [{"family": "attention", "applicable": True, "kept": True, "gain": 0.13},
-                               {"family": "gelu", "applicable": False}],
-                     "notes": ["fp16 not checked on CPU"]},
-        "status": "ok", "error": None,
+        "output": {
+            "path": "/data/small.onnx",
+            "ir_version": 8,
+            "opset": 17,
+            "deploy": {"checked": "onnxruntime session created and run on the output"},
+        },
+        "pipeline": "cleanup,prune-to-budget,sparsify-nm",
+        "target": "ort-cpu",
+        "budget": {
+            "requested": "0.6x of dense",
+            "ms": 5.4321,
+            "measured_fraction": 0.5803,
+            "measured_ms": 5.2222,
+            "met": True,
+            "relative_to": "model as given",
+        },
+        "before": {
+            "params": 1000,
+            "macs": 500000,
+            "nodes": 30,
+            "latency_ms": 9.1,
+            "latency_kind": "measured",
+            "latency_runs": 30,
+            "latency_provider": "CPUExecutionProvider",
+            "latency_device": "x86_64 CPU",
+            "runtime": "onnxruntime 1.32.0",
+            "precision": "fp32",
+        },
+        "after": {
+            "params": 600,
+            "macs": 280000,
+            "nodes": 30,
+            "latency_ms": 5.3,
+            "latency_kind": "measured",
+            "paired": {
+                "dense_ms": 8.9987,
+                "lowered_dense_ms": 7.7654,
+                "compiled_ms": 5.2222,
+                "ratio": 0.5803,
+                "ratio_to_lowered": 0.6725,
+                "runs": 31,
+                "kind": "measured",
+            },
+        },
+        "lowering": {
+            "mode": "auto",
+            "describe": "ort-fusions",
+            "dense_ms": 7.7654,
+            "tried": [
+                {"family": "attention", "applicable": True, "kept": True, "gain": 0.13},
+                {"family": "gelu", "applicable": False},
+            ],
+            "notes": ["fp16 not checked on CPU"],
+        },
+        "status": "ok",
+        "error": None,
         "notes": ["a note from the compile <b>bold?</b>"],
         "passes": [
-            {"name": "cleanup", "options": {}, "modified": False, "seconds": 0.01, "stats": {"nodes_removed": 0},
-             "skipped": {}, "details": [], "error": None},
-            {"name": "prune-to-budget", "options": {"criterion": "obspa"}, "modified": True, "seconds": 3.5,
-             "stats": {"mode": "latency-search", "criterion": "obspa", "budget_ms": 5.4321, "aimed_ms": 5.35,
-                       "dense_ms": 9.1, "table_dense_ms": 9.1, "mean_error": 0.1234, "search_rounds": 3},
-             "skipped": {"frozen:graph-output": 2, "frozen:graph-input": 1},
-             "details": [
-                 {"group": "/layer1/conv1:channel", "unit": "channel", "units": 64, "kept": 40, "unit_size": 1,
-                  "error": 0.2468, "criterion": "obspa", "latency_ms": 1.25, "latency_dense_ms": 2.0,
-                  "moments": "batchnorm"},
-                 {"group": "/layer2/conv1:channel", "unit": "channel", "units": 128, "kept": 128, "unit_size": 1,
-                  "error": 0.0, "criterion": "obspa", "latency_ms": 3.0},
-                 {"search_rounds": rounds, "search_units": "latency-table ms",
-                  "latency_table": {"device": "x86_64 CPU", "runtime": "onnxruntime", "runtime_version": "1.32.0",
-                                    "precision": "fp32", "date": "2026-12-01", "kind": "measured",
-                                    "dense_ms": 9.1, "methods": ["pruning"]}},
-             ], "error": None, "notes": []},
-            {"name": "sparsify-nm", "options": {}, "modified": True, "seconds": 1.0,
-             "stats": {"mean_error_applied": 0.0321},
-             "skipped": {"axis-not-divisible-by-4": 1},
-             "details": [
-                 {"site": "fc1", "node": "/fc1/MatMul", "op": "MatMul", "shape": [256, 512], "applied": True,
-                  "variant": "2:4", "why": "measured faster", "error": {"2:4": 0.0321, "1:4": 0.2},
-                  "measured_gain_ms": {"2:4": 0.456}, "form": "dense pattern"},
-                 {"site": "fc2", "node": "/fc2/MatMul", "op": "MatMul", "shape": [512, 256], "applied": False,
-                  "variant": "dense", "why": "not measured faster on the target", "error": {"2:4": 0.05}},
-             ], "error": None},
-            {"name": "monarch-like", "options": {}, "modified": True, "seconds": 0.5, "stats": {},
-             "skipped": {}, "details": [{"layer": "qkv", "blocks": 4, "rank_kept": 0.5}], "error": None},
+            {
+                "name": "cleanup",
+                "options": {},
+                "modified": False,
+                "seconds": 0.01,
+                "stats": {"nodes_removed": 0},
+                "skipped": {},
+                "details": [],
+                "error": None,
+            },
+            {
+                "name": "prune-to-budget",
+                "options": {"criterion": "obspa"},
+                "modified": True,
+                "seconds": 3.5,
+                "stats": {
+                    "mode": "latency-search",
+                    "criterion": "obspa",
+                    "budget_ms": 5.4321,
+                    "aimed_ms": 5.35,
+                    "dense_ms": 9.1,
+                    "table_dense_ms": 9.1,
+                    "mean_error": 0.1234,
+                    "search_rounds": 3,
+                },
+                "skipped": {"frozen:graph-output": 2, "frozen:graph-input": 1},
+                "details": [
+                    {
+                        "group": "/layer1/conv1:channel",
+                        "unit": "channel",
+                        "units": 64,
+                        "kept": 40,
+                        "unit_size": 1,
+                        "error": 0.2468,
+                        "criterion": "obspa",
+                        "latency_ms": 1.25,
+                        "latency_dense_ms": 2.0,
+                        "moments": "batchnorm",
+                    },
+                    {
+                        "group": "/layer2/conv1:channel",
+                        "unit": "channel",
+                        "units": 128,
+                        "kept": 128,
+                        "unit_size": 1,
+                        "error": 0.0,
+                        "criterion": "obspa",
+                        "latency_ms": 3.0,
+                    },
+                    {
+                        "search_rounds": rounds,
+                        "search_units": "latency-table ms",
+                        "latency_table": {
+                            "device": "x86_64 CPU",
+                            "runtime": "onnxruntime",
+                            "runtime_version": "1.32.0",
+                            "precision": "fp32",
+                            "date": "2026-12-01",
+                            "kind": "measured",
+                            "dense_ms": 9.1,
+                            "methods": ["pruning"],
+                        },
+                    },
+                ],
+                "error": None,
+                "notes": [],
+            },
+            {
+                "name": "sparsify-nm",
+                "options": {},
+                "modified": True,
+                "seconds": 1.0,
+                "stats": {"mean_error_applied": 0.0321},
+                "skipped": {"axis-not-divisible-by-4": 1},
+                "details": [
+                    {
+                        "site": "fc1",
+                        "node": "/fc1/MatMul",
+                        "op": "MatMul",
+                        "shape": [256, 512],
+                        "applied": True,
+                        "variant": "2:4",
+                        "why": "measured faster",
+                        "error": {"2:4": 0.0321, "1:4": 0.2},
+                        "measured_gain_ms": {"2:4": 0.456},
+                        "form": "dense pattern",
+                    },
+                    {
+                        "site": "fc2",
+                        "node": "/fc2/MatMul",
+                        "op": "MatMul",
+                        "shape": [512, 256],
+                        "applied": False,
+                        "variant": "dense",
+                        "why": "not measured faster on the target",
+                        "error": {"2:4": 0.05},
+                    },
+                ],
+                "error": None,
+            },
+            {
+                "name": "monarch-like",
+                "options": {},
+                "modified": True,
+                "seconds": 0.5,
+                "stats": {},
+                "skipped": {},
+                "details": [{"layer": "qkv", "blocks": 4, "rank_kept": 0.5}],
+                "error": None,
+            },
         ],
     }
 
@@ -105,26 +245,60 @@ def test_every_section_renders_its_numbers() -> None:
     # the verdict with the budget
     assert "Budget 0.6x of dense = 5.432 ms: met" in text
     # the three latencies, paired
-    for needle in ("latency as given", "8.999 ms", "lowered dense", "7.765 ms", "0.863x of as given",
-                   "compiled", "5.222 ms", "0.580x of as given", "All three were timed in one alternating run"):
+    for needle in (
+        "latency as given",
+        "8.999 ms",
+        "lowered dense",
+        "7.765 ms",
+        "0.863x of as given",
+        "compiled",
+        "5.222 ms",
+        "0.580x of as given",
+        "All three were timed in one alternating run",
+    ):
         assert needle in text, needle
     # what each pass did: pruning groups, N:M sites, an unknown record kind as a table
-    for needle in ("pruned to 40 of 64 channels", "kept dense (128 channels)", "0.247", "0.7500 ms (8.2%)",
-                   "contribution 1.250 ms of 2.000 ms dense", "contribution 3.000 ms", "2:4 (dense pattern)", "kept dense", "0.4560 ms (5.1%)", "not measured faster",
-                   "rank_kept", "qkv"):
+    for needle in (
+        "pruned to 40 of 64 channels",
+        "kept dense (128 channels)",
+        "0.247",
+        "0.7500 ms (8.2%)",
+        "contribution 1.250 ms of 2.000 ms dense",
+        "contribution 3.000 ms",
+        "2:4 (dense pattern)",
+        "kept dense",
+        "0.4560 ms (5.1%)",
+        "not measured faster",
+        "rank_kept",
+        "qkv",
+    ):
         assert needle in text, needle
     # search rounds: the chart and the table
     assert "predicted (table)" in page and "measured (whole model)" in page
     assert "+22.0%" in text and "joint-fallback" in text
     # provenance, lowering, notes, skipped, the run
-    for needle in ("Latency table provenance", "onnxruntime", "1.32.0", "ort-fusions", "attention", "not applicable",
-                   "Notes and warnings", "a note from the compile <b>bold?</b>", "frozen:graph-output",
-                   "axis-not-divisible-by-4", "ababab", "Reading this report"):
+    for needle in (
+        "Latency table provenance",
+        "onnxruntime",
+        "1.32.0",
+        "ort-fusions",
+        "attention",
+        "not applicable",
+        "Notes and warnings",
+        "a note from the compile <b>bold?</b>",
+        "frozen:graph-output",
+        "axis-not-divisible-by-4",
+        "ababab",
+        "Reading this report",
+    ):
         assert needle in text, needle
 
 
 def test_page_is_self_contained_and_svg_well_formed() -> None:
-    for page in (render_report(full_report()), render_comparison(comparison([full_report(), full_report()]))):
+    for page in (
+        render_report(full_report()),
+        render_comparison(comparison([full_report(), full_report()])),
+    ):
         lowered = page.lower()
         for banned in ("<script", "<link", "src=", "url(", "@import", "<iframe", "<img"):
             assert banned not in lowered, banned
@@ -146,14 +320,20 @@ def test_user_text_is_escaped() -> None:
 
 
 def test_minimal_and_failed_reports_render() -> None:
-    page = render_report({"status": "failed", "error": "cannot read the latency budget 'fast'", "passes": []})
+    page = render_report(
+        {"status": "failed", "error": "cannot read the latency budget 'fast'", "passes": []}
+    )
     assert "FAILED" in page and "cannot read the latency budget" in page
     # no lowering, no pairing: two latencies, timed separately
     r = full_report()
     del r["after"]["paired"], r["lowering"]
     page = render_report(r)
     text = _text(page)
-    assert '<div class="k">lowered dense' not in page and "timed separately" in text and "5.300 ms" in text
+    assert (
+        '<div class="k">lowered dense' not in page
+        and "timed separately" in text
+        and "5.300 ms" in text
+    )
     # no budget
     r = full_report()
     r["budget"] = {}
@@ -162,7 +342,11 @@ def test_minimal_and_failed_reports_render() -> None:
 
 def test_comparison_plots_latency_against_quality() -> None:
     runs = []
-    for req, ms, err in (("0.8x of dense", 7.2, 0.05), ("0.6x of dense", 5.2, 0.12), ("0.4x of dense", 3.9, 0.31)):
+    for req, ms, err in (
+        ("0.8x of dense", 7.2, 0.05),
+        ("0.6x of dense", 5.2, 0.12),
+        ("0.4x of dense", 3.9, 0.31),
+    ):
         r = copy.deepcopy(full_report())
         r["budget"]["requested"] = req
         r["after"]["paired"]["compiled_ms"] = ms
@@ -172,8 +356,9 @@ def test_comparison_plots_latency_against_quality() -> None:
         r["output"]["path"] = f"/data/small.{req.split()[0]}.onnx"
         runs.append(r)
     data = comparison(runs)
-    assert data["schema"] == "spa-compare/1" and [x["budget"] for x in data["runs"]] == [r["budget"]["requested"]
-                                                                                          for r in runs]
+    assert data["schema"] == "spa-compare/1" and [x["budget"] for x in data["runs"]] == [
+        r["budget"]["requested"] for r in runs
+    ]
     page = render(json.loads(json.dumps(data)))
     text = _text(page)
     assert "3 budgets compared" in text
@@ -203,7 +388,11 @@ def test_report_verb_renders_a_saved_report(tmp_path: Path, capsys) -> None:
     assert code == 0 and "report.html" in out
     assert "pruned to 40 of 64 channels" in (tmp_path / "report.html").read_text()
     code, _, err = _report_verb(capsys, str(tmp_path / "missing.json"))
-    assert code == 2 and err.startswith("spa-compile: error: the report") and len(err.splitlines()) == 1
+    assert (
+        code == 2
+        and err.startswith("spa-compile: error: the report")
+        and len(err.splitlines()) == 1
+    )
     (tmp_path / "junk.json").write_text("{not json")
     code, _, err = _report_verb(capsys, str(tmp_path / "junk.json"))
     assert code == 2 and "cannot read the report" in err
@@ -229,8 +418,8 @@ def png_pixels(path: Path) -> np.ndarray:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, header = 8, b"", None
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
@@ -267,7 +456,9 @@ def png_pixels(path: Path) -> np.ndarray:
     return out.reshape(height, width, channels)
 
 
-@pytest.mark.skipif(_chromium() is None, reason="needs headless Chromium (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    _chromium() is None, reason="needs headless Chromium (Debian: apt-get install chromium)"
+)
 def test_report_in_headless_chromium(tmp_path: Path, rng: np.random.Generator) -> None:
     """A real compile's report, opened in a browser: the screenshot is not blank and the page text
     has the verdict and the numbers of the JSON report."""
@@ -275,24 +466,43 @@ def test_report_in_headless_chromium(tmp_path: Path, rng: np.random.Generator) -
 
     model = tmp_path / "model.onnx"
     onnx.save(conv_chain_model(rng), model)
-    result = spa_compiler.compile(model, output=tmp_path / "small.onnx", budget="0.7x", runs=5,
-                                  report=tmp_path / "report.json", report_html=tmp_path / "report.html")
+    result = spa_compiler.compile(
+        model,
+        output=tmp_path / "small.onnx",
+        budget="0.7x",
+        runs=5,
+        report=tmp_path / "report.json",
+        report_html=tmp_path / "report.html",
+    )
     data = json.loads((tmp_path / "report.json").read_text())
     chromium = _chromium()
     assert chromium is not None
-    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}"]
+    base = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     url = (tmp_path / "report.html").as_uri()
     shot = tmp_path / "shot.png"
-    subprocess.run([*base, "--window-size=1200,1600", f"--screenshot={shot}", url], check=True, timeout=120,
-                   capture_output=True)
+    subprocess.run(
+        [*base, "--window-size=1200,1600", f"--screenshot={shot}", url],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     pixels = png_pixels(shot)
     assert pixels.shape[0] == 1600 and pixels.shape[1] == 1200
     rgb = pixels[..., :3]
     assert rgb.std() > 10, "the screenshot is blank"
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20, "too few colours: nothing rendered"
     assert (rgb < 100).all(axis=-1).mean() > 0.005, "no dark text on the page"
-    dom = subprocess.run([*base, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True).stdout
+    dom = subprocess.run(
+        [*base, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True
+    ).stdout
     text = _text(dom)
     paired = data["after"]["paired"]
     assert f"{result.verdict}" in text
