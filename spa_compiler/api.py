@@ -357,6 +357,9 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
             except Exception as e:
                 rep.status, rep.error = "failed", f"{type(e).__name__}: {e}"
                 raise
+            except KeyboardInterrupt:  # Ctrl-C or a signal the CLI turned into one
+                rep.status, rep.error = "interrupted", "stopped (interrupted) before the compile finished"
+                raise
             done.append(Run(tag, Path(rep.output.get("path") or out), rep))
     except SpaError as e:
         if not reports:  # failed before any compile: the report says why
