@@ -42,42 +42,52 @@ body { margin: 0; background: var(--bg); color: var(--ink); font: 15px/1.5 syste
        "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
 main { max-width: 1080px; margin: 0 auto; padding: 24px 28px 64px; }
 h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 20px; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h2 { font-size: 20px; margin: 36px 0 8px; padding-bottom: 4px;
+  border-bottom: 1px solid var(--line); }
 h3 { font-size: 16px; margin: 22px 0 6px; }
 p.lead { color: var(--muted); margin: 0 0 16px; word-break: break-all; }
-.verdict { border-radius: 10px; padding: 14px 18px; margin: 16px 0 8px; font-size: 18px; border: 2px solid; }
+.verdict { border-radius: 10px; padding: 14px 18px; margin: 16px 0 8px; font-size: 18px;
+  border: 2px solid; }
 .verdict.ok { border-color: var(--ok); background: #e9f5ec; }
 .verdict.bad { border-color: var(--bad); background: #fcebea; }
 .verdict.none { border-color: var(--line); background: var(--panel); }
 .verdict b { font-size: 21px; }
 .verdict .sub { font-size: 14px; color: var(--muted); margin-top: 4px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 14px 0; }
-.card { flex: 1 1 180px; background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
+.card { flex: 1 1 180px; background: var(--panel); border: 1px solid var(--line);
+        border-radius: 8px;
         padding: 10px 14px; }
 .card .k { color: var(--muted); font-size: 13px; }
 .card .v { font-size: 22px; font-weight: 600; }
 .card .s { color: var(--muted); font-size: 13px; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 12px; font-size: 14px; }
-th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
+  vertical-align: top; }
 th { background: var(--panel); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td code, li code, p code, dd code { font-size: 13px; }
 code { background: var(--panel); padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
 code.name { overflow-wrap: normal; }
-.pill { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
-.pill.ok { background: #d7f0dd; color: var(--ok); } .pill.bad { background: #f9d8d6; color: var(--bad); }
-.pill.warn { background: #fbefc9; color: var(--warn); } .pill.muted { background: #eceff1; color: var(--muted); }
+.pill { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px;
+  font-weight: 600; }
+.pill.ok { background: #d7f0dd; color: var(--ok); }
+.pill.bad { background: #f9d8d6; color: var(--bad); }
+.pill.warn { background: #fbefc9; color: var(--warn); }
+.pill.muted { background: #eceff1; color: var(--muted); }
 .muted { color: var(--muted); }
 ul.notes li { margin: 3px 0; }
-dl.kv { display: grid; grid-template-columns: max-content 1fr max-content 1fr; gap: 2px 16px; margin: 6px 0;
+dl.kv { display: grid; grid-template-columns: max-content 1fr max-content 1fr; gap: 2px 16px;
+         margin: 6px 0;
          font-size: 14px; }
 dl.kv.one { grid-template-columns: max-content 1fr; }
 dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; word-break: break-all; }
-details.run { border: 1px solid var(--line); border-radius: 8px; padding: 6px 14px; margin: 12px 0; }
+details.run { border: 1px solid var(--line); border-radius: 8px; padding: 6px 14px;
+  margin: 12px 0; }
 details.run > summary { cursor: pointer; font-weight: 600; font-size: 17px; padding: 4px 0; }
 svg.chart { max-width: 100%; height: auto; display: block; margin: 6px 0; }
 svg.meter { vertical-align: middle; margin-right: 6px; }
-.error { border-left: 4px solid var(--bad); background: #fcebea; padding: 8px 12px; margin: 10px 0; }
+.error { border-left: 4px solid var(--bad); background: #fcebea; padding: 8px 12px;
+  margin: 10px 0; }
 .glossary dt { font-weight: 600; } .glossary dd { margin: 0 0 8px 0; color: var(--muted); }
 footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
 """
@@ -322,8 +332,8 @@ def _latency_section(r: Mapping[str, Any]) -> str:
     )
     n = sum(1 for x in bars if x.value is not None)
     how = (
-        f"{'All three' if n == 3 else 'Both'} were timed in one alternating run (dense and compiled interleaved), so a change "
-        "of machine load affects them alike."
+        f"{'All three' if n == 3 else 'Both'} were timed in one alternating run (dense and "
+        "compiled interleaved), so a change of machine load affects them alike."
         if lat["paired"]
         else "These latencies were timed separately (no paired run in this report)."
     )
@@ -668,13 +678,18 @@ def _rounds_section(r: Mapping[str, Any]) -> str:
                     "internal_budget_ms",
                 )
             }
+            aim, err = _num(x.get("internal_budget_ms")), _num(x.get("mean_error"))
+            cells = [
+                esc(x.get("round")),
+                esc(_ms(aim * scale)) if aim is not None else "–",
+                esc(_ms(pm * scale)) if pm is not None else "–",
+                esc(_ms(mm * scale)) if mm is not None else "–",
+                dev,
+                esc(fmt_num(err, 3)) if err is not None else "–",
+            ]
+            status = f"{esc(x.get('status', ''))}{' ' + _value(extra) if extra else ''}"
             rows.append(
-                f"<tr><td class='num'>{esc(x.get('round'))}</td>"
-                f"<td class='num'>{esc(_ms(x.get('internal_budget_ms') * scale)) if _num(x.get('internal_budget_ms')) is not None else '–'}</td>"
-                f"<td class='num'>{esc(_ms(pm * scale)) if pm is not None else '–'}</td>"
-                f"<td class='num'>{esc(_ms(mm * scale)) if mm is not None else '–'}</td><td class='num'>{dev}</td>"
-                f"<td class='num'>{esc(fmt_num(x['mean_error'], 3)) if _num(x.get('mean_error')) is not None else '–'}</td>"
-                f"<td>{esc(x.get('status', ''))}{' ' + _value(extra) if extra else ''}</td></tr>"
+                "<tr>" + "".join(f"<td class='num'>{c}</td>" for c in cells) + f"<td>{status}</td></tr>"
             )
         table = (
             "<table><tr><th class='num'>round</th><th class='num'>aimed at</th><th class='num'>predicted</th>"
