@@ -52,6 +52,7 @@ p.lead { color: var(--muted); margin: 0 0 16px; word-break: break-all; }
 .verdict.bad { border-color: var(--bad); background: #fcebea; }
 .verdict.none { border-color: var(--line); background: var(--panel); }
 .verdict b { font-size: 21px; }
+p.story { font-size: 16px; margin: 10px 0; }
 .verdict .sub { font-size: 14px; color: var(--muted); margin-top: 4px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 14px 0; }
 .card { flex: 1 1 180px; background: var(--panel); border: 1px solid var(--line);
@@ -266,6 +267,60 @@ def _verdict_block(r: Mapping[str, Any]) -> str:
         )
     sub_html = "".join(f'<div class="sub">{s}</div>' for s in sub)
     return f'<div class="verdict {cls}">{"".join(parts)}{sub_html}</div>'
+
+
+def story(r: Mapping[str, Any]) -> str:
+    """What happened, in a few plain sentences (text, no markup)."""
+    sentences = []
+    for p in r.get("passes") or []:
+        details = [d for d in p.get("details") or [] if isinstance(d, Mapping)]
+        groups = [d for d in details if classify(d) == "pruning"]
+        sites = [d for d in details if classify(d) == "site"]
+        name = p.get("name", "?")
+        if groups:
+            pruned = [
+                d
+                for d in groups
+                if isinstance(d.get("kept"), int) and d["kept"] < d.get("units", 0)
+            ]
+            removed = sum(d["units"] - d["kept"] for d in pruned)
+            sentences.append(
+                f"{name} pruned {len(pruned)} of {len(groups)} prunable groups "
+                f"({removed} units removed) and kept the others dense."
+            )
+        if sites:
+            applied = [
+                d for d in sites if d.get("applied", d.get("variant") not in (None, "dense"))
+            ]
+            kinds = sorted({str(d.get("variant")) for d in applied})
+            sentences.append(
+                f"{name} changed {len(applied)} of {len(sites)} sites"
+                + (f" ({', '.join(kinds)})" if kinds else "")
+                + "."
+            )
+        skipped = sum(int(n) for n in (p.get("skipped") or {}).values() if isinstance(n, int))
+        if skipped and (groups or sites):
+            sentences.append(f"It left {skipped} candidates alone (reasons below).")
+    before, after = r.get("before") or {}, r.get("after") or {}
+    if _num(before.get("params")) and _num(after.get("params")) is not None:
+        s = f"Parameters are {after['params'] / before['params']:.0%} of the original"
+        if _num(before.get("macs")) and _num(after.get("macs")) is not None:
+            s += f", MACs {after['macs'] / before['macs']:.0%}"
+        sentences.append(s + ".")
+    lat = latencies(r)
+    if lat["compiled"] is not None and lat["given"]:
+        sentences.append(
+            f"The written model runs in {fmt_num(lat['compiled'], 4)} ms, "
+            f"{lat['compiled'] / lat['given']:.0%} of the {fmt_num(lat['given'], 4)} ms the model as "
+            "given takes" + (" (timed in alternation)." if lat["paired"] else ".")
+        )
+    word, _ = verdict(r)
+    b = r.get("budget") or {}
+    if b and word in ("met", "NOT met"):
+        sentences.append(
+            f"The budget of {fmt_num(b.get('ms'), 4)} ms ({b.get('requested')}) is {word}."
+        )
+    return " ".join(sentences)
 
 
 def _cards(r: Mapping[str, Any]) -> str:
@@ -689,7 +744,9 @@ def _rounds_section(r: Mapping[str, Any]) -> str:
             ]
             status = f"{esc(x.get('status', ''))}{' ' + _value(extra) if extra else ''}"
             rows.append(
-                "<tr>" + "".join(f"<td class='num'>{c}</td>" for c in cells) + f"<td>{status}</td></tr>"
+                "<tr>"
+                + "".join(f"<td class='num'>{c}</td>" for c in cells)
+                + f"<td>{status}</td></tr>"
             )
         table = (
             "<table><tr><th class='num'>round</th><th class='num'>aimed at</th><th class='num'>predicted</th>"
@@ -829,6 +886,7 @@ def _body(r: Mapping[str, Any], *, glossary: bool = True) -> str:
     return "".join(
         [
             _verdict_block(r),
+            f"<p class='story'>{esc(story(r))}</p>" if story(r) else "",
             err,
             _cards(r),
             _latency_section(r),

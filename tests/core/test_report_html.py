@@ -244,6 +244,11 @@ def test_every_section_renders_its_numbers() -> None:
     text = _text(page)
     # the verdict with the budget
     assert "Budget 0.6x of dense = 5.432 ms: met" in text
+    # what happened, in words
+    for needle in ("prune-to-budget pruned 1 of 2 prunable groups (24 units removed)",
+                   "sparsify-nm changed 1 of 2 sites (2:4)", "Parameters are 60% of the original, MACs 56%",
+                   "The budget of 5.432 ms (0.6x of dense) is met."):
+        assert needle in text, needle
     # the three latencies, paired
     for needle in (
         "latency as given",
