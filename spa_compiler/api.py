@@ -275,6 +275,7 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
     report: PathLike | None = None,
     report_html: PathLike | None = None,
     progress: ProgressCallback | None = None,
+    **options: Any,
 ) -> Result:
     """Compile `model` (an .onnx path, never modified) like `spa-compile compile`.
 
@@ -294,6 +295,8 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
         report_html: Write the HTML report here (also on failure); with several budgets, the
             comparison page.
         progress: `callback(task, done, total)`.
+        **options: Further keyword arguments of `compile_model` (new compile options reach the API
+            and the CLI through here without a second copy of the signature).
 
     Returns:
         A `Result`: the runs (file, report, verdict), the report files written.
@@ -307,6 +310,9 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
         raise UsageError(
             "give passes or preset, not both", hint="a preset is a named pipeline spec"
         )
+    unknown = sorted(set(options) - _extra_options(compile_model))
+    if unknown:
+        raise TypeError(f"compile() got unexpected keyword arguments {unknown}")
     report_path, html_path = _report_paths(report, report_html)
     dst = Path(output) if output is not None else default_output(model)
     reports: list[Report] = []
@@ -350,6 +356,7 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
                     seed=seed,
                     progress=progress or _no_progress,
                     measure_latency=measure,
+                    **options,
                 )
             except SpaError as e:
                 rep.status, rep.error = "failed", e.one_line()
@@ -358,7 +365,10 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
                 rep.status, rep.error = "failed", f"{type(e).__name__}: {e}"
                 raise
             except KeyboardInterrupt:  # Ctrl-C or a signal the CLI turned into one
-                rep.status, rep.error = "interrupted", "stopped (interrupted) before the compile finished"
+                rep.status, rep.error = (
+                    "interrupted",
+                    "stopped (interrupted) before the compile finished",
+                )
                 raise
             done.append(Run(tag, Path(rep.output.get("path") or out), rep))
     except SpaError as e:
@@ -373,6 +383,33 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
     finally:
         _write_reports(reports, report_path, html_path, several=several)
     return Result(tuple(done), report_path, html_path)
+
+
+def _extra_options(fn: Callable[..., Any]) -> set[str]:
+    """`compile_model`'s keyword arguments that `compile` does not set itself."""
+    import inspect as _inspect
+
+    own = {
+        "model_path",
+        "output_path",
+        "pipeline",
+        "preset_name",
+        "target",
+        "budget",
+        "input_shapes",
+        "calibration",
+        "report",
+        "validate",
+        "measure_runs",
+        "threads",
+        "precision",
+        "latency_table",
+        "max_error",
+        "seed",
+        "progress",
+        "measure_latency",
+    }
+    return set(_inspect.signature(fn).parameters) - own
 
 
 def _no_progress(task: str, done: int, total: int) -> None:

@@ -37,6 +37,8 @@ def test_public_names() -> None:
     from spa_compiler.inspect import inspect_model
 
     assert compile_model is spa_compiler.compile_model and callable(inspect_model)
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        spa_compiler.compile("model.onnx", no_such_option=1)
 
 
 def test_compile_one_budget(tmp_path: Path, chain_path: Path) -> None:
