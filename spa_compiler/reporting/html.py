@@ -1038,11 +1038,16 @@ def _quality_plots(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> 
                 series,
                 title=f"measured latency against {m}",
                 x_label="compiled latency, paired (ms)",
-                y_label=m,
+                y_label="mean layer error (criterion's estimate)" if m == "mean error" else m,
                 y_from_zero=True,
                 width=900,
                 height=360,
             )
+        )
+    if out:
+        out.append(
+            "<p class='muted'>Each point is one budget's written model: further left is faster, lower "
+            "is closer to the dense model (for error; for fidelity figures, higher is closer).</p>"
         )
     return "".join(out)
 
