@@ -417,6 +417,14 @@ def _before_after_table(r: Mapping[str, Any]) -> str:
             f"<tr><td>{esc(label)}</td><td class='num'>{esc(fmt(b)) if key == 'latency_ms' else fmt(b)}</td>"
             f"<td class='num'>{esc(fmt(a)) if key == 'latency_ms' else fmt(a)}</td><td class='num'>{ratio}</td></tr>"
         )
+    b_ops, a_ops = before.get("ops") or {}, after.get("ops") or {}
+    if isinstance(b_ops, Mapping) and isinstance(a_ops, Mapping):
+        for op in sorted(set(b_ops) | set(a_ops)):
+            if b_ops.get(op, 0) != a_ops.get(op, 0):
+                rows.append(
+                    f"<tr><td>{esc(op)} nodes</td><td class='num'>{_int(b_ops.get(op, 0))}</td>"
+                    f"<td class='num'>{_int(a_ops.get(op, 0))}</td><td class='num'></td></tr>"
+                )
     prov = before.get("latency_provider")
     where = ", ".join(
         str(x)
@@ -758,7 +766,14 @@ def _rounds_section(r: Mapping[str, Any]) -> str:
             "and times it whole on the target (measured), then corrects the aim until the measurement lands "
             "just under the budget."
         )
-        units = f" {esc(d.get('search_units'))}." if d.get("search_units") else ""
+        if t_dense and now:
+            units = (
+                f" The search works in the latency table's milliseconds (its dense model: "
+                f"{fmt_num(t_dense, 4)} ms); shown here rescaled to this run's dense "
+                f"{fmt_num(now, 4)} ms (x{scale:.3f})."
+            )
+        else:
+            units = f" Units: {esc(d.get('search_units'))}." if d.get("search_units") else ""
         out.append(
             f"<h3><code>{esc(p.get('name'))}</code></h3>{chart}{table}<p class='muted'>{why}{units}</p>"
         )
