@@ -982,7 +982,7 @@ def render_comparison(data: Mapping[str, Any]) -> str:
         rows.append(
             f"<tr><td><a href='#run{i}'>{esc(b.get('requested') or '–')}</a></td>"
             f"<td class='num'>{esc(_ms(b.get('ms')))}</td><td class='num'>{esc(_ms(lat['compiled']))}</td>"
-            f"<td class='num'>{ratio}</td><td>{_pill(word, cls)}</td>"
+            f"<td class='num'>{ratio}</td><td>{_pill(word, cls)}{_unreachable(r)}</td>"
             f"<td class='num'>{esc(fmt_num(q['mean error'], 3)) if 'mean error' in q else '–'}</td>"
             f"<td class='num'>{pr}</td><td><code>{esc(_short((r.get('output') or {}).get('path')))}</code></td></tr>"
         )
@@ -1007,12 +1007,23 @@ def render_comparison(data: Mapping[str, Any]) -> str:
         + plots
         + table
         + "<p class='muted'>Each budget was compiled from the same input model; every latency is the paired "
-        "measurement of the written file against the dense model.</p>"
+        "measurement of the written file against the dense model. <i>unreachable</i>: the search "
+        "could not meet that budget within the error bound (--max-error); it wrote the fastest model it "
+        "measured within the bound.</p>"
         + "<h2>Each budget</h2>"
         + "".join(sections)
         + GLOSSARY
     )
     return _page(f"spa-compiler: {src}, {len(runs)} budgets", body)
+
+
+def _unreachable(r: Mapping[str, Any]) -> str:
+    """A mark for a run whose search called its budget unreachable (within the error bound)."""
+    for p in r.get("passes") or []:
+        why = (p.get("stats") or {}).get("unreachable")
+        if why:
+            return " " + f"<span class='pill muted' title='{esc(why)}'>unreachable</span>"
+    return ""
 
 
 def _quality_plots(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
