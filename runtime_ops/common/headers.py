@@ -182,12 +182,14 @@ def cusparselt_root() -> Path:
         if not ok(Path(env)):
             raise MissingRequirementError(f"SPA_CUSPARSELT_ROOT={env} has no include/cusparseLt.h + lib/")
         return Path(env)
+    # pip's nvidia-cusparselt-cu12 puts it in nvidia/cusparselt, -cu13 (0.10) in nvidia/cu13
     try:
-        import nvidia.cusparselt as c  # type: ignore[import-not-found]
+        import nvidia  # type: ignore[import-not-found]
 
-        for p in list(getattr(c, "__path__", [])):
-            if ok(Path(p)):
-                return Path(p)
+        for base in list(getattr(nvidia, "__path__", [])):
+            for sub in ("cusparselt", "cu13", "cu12"):
+                if ok(Path(base) / sub):
+                    return Path(base) / sub
     except ImportError:
         pass
     fetched = cache_dir() / "headers" / "cusparselt"
@@ -203,9 +205,13 @@ def cusparselt_root() -> Path:
                 hint="set SPA_CUSPARSELT_ROOT to a folder with include/cusparseLt.h and lib/",
             )
         with zipfile.ZipFile(wheels[0]) as z:
+            heads = [n for n in z.namelist() if n.endswith("/include/cusparseLt.h")]
+            if not heads:
+                raise MissingRequirementError(f"{wheels[0]} holds no include/cusparseLt.h")
+            prefix = heads[0][: -len("include/cusparseLt.h")]  # e.g. nvidia/cu13/
             for name in z.namelist():
-                if "/cusparselt/include/" in name or "/cusparselt/lib/" in name:
-                    rel = name.split("/cusparselt/", 1)[1]
+                rel = name[len(prefix):] if name.startswith(prefix) else ""
+                if rel.startswith(("include/", "lib/")) and not name.endswith("/"):
                     target = fetched / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(z.read(name))
