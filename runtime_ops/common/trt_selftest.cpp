@@ -9,6 +9,7 @@
 #include <NvInferRuntime.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -153,8 +154,17 @@ void test_plugin(IPluginCreatorV3One* c, const std::string& op, DataType t, cons
       report(op, "supportsFormatCombination accepts pos " + std::to_string(pos),
              build->supportsFormatCombination(pos, io.data(), nb_in, 1), "");
       DynamicPluginTensorDesc saved = io[size_t(pos)];
-      io[size_t(pos)].desc.type = DataType::kINT32;
-      report(op, "supportsFormatCombination rejects int32 at pos " + std::to_string(pos),
+      const bool int_input = types[size_t(std::min<int32_t>(pos, nb_in - 1))] == DataType::kUINT8 && pos < nb_in;
+      io[size_t(pos)].desc.type = int_input ? DataType::kFLOAT : DataType::kINT32;
+      if (int_input) {  // uint8 metadata: int32 is how TensorRT's parser delivers it, also accepted
+        DynamicPluginTensorDesc as_i32 = saved;
+        as_i32.desc.type = DataType::kINT32;
+        std::swap(io[size_t(pos)], as_i32);
+        report(op, "supportsFormatCombination accepts int32 metadata at pos " + std::to_string(pos),
+               build->supportsFormatCombination(pos, io.data(), nb_in, 1), "");
+        std::swap(io[size_t(pos)], as_i32);
+      }
+      report(op, "supportsFormatCombination rejects a wrong type at pos " + std::to_string(pos),
              !build->supportsFormatCombination(pos, io.data(), nb_in, 1), "");
       io[size_t(pos)] = saved;
       io[size_t(pos)].desc.format = TensorFormat::kCHW32;

@@ -44,12 +44,13 @@ std::string cslt_msg(const char* what, cusparseStatus_t s) {
   } while (0)
 
 // Expand (values, meta) to dense W (N x K) of 16-bit elements; *bad = 1 on an invalid code.
-__global__ void nm_expand(const uint16_t* __restrict__ values, const uint8_t* __restrict__ meta, uint16_t* __restrict__ w,
+template <typename M>
+__global__ void nm_expand(const uint16_t* __restrict__ values, const M* __restrict__ meta, uint16_t* __restrict__ w,
                           int64_t n, int64_t k, int* bad) {
   const int64_t groups = n * (k / 4);
   for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = g / (k / 4), gi = g % (k / 4);
-    const unsigned code = (meta[row * (k / 8) + gi / 2] >> (4 * (gi % 2))) & 0xFu;
+    const unsigned code = (unsigned(meta[row * (k / 8) + gi / 2]) >> (4 * (gi % 2))) & 0xFu;
     const unsigned i0 = code & 3u, i1 = code >> 2;
     uint16_t out[4] = {0, 0, 0, 0};
     if (i0 >= i1) {
@@ -129,7 +130,7 @@ struct NMCudaRunner::Impl {
     cudaFree(compressed);
   }
 
-  std::string init(const void* values, const uint8_t* meta, cudaStream_t stream) {
+  std::string init(const void* values, const void* meta, bool meta_int32, cudaStream_t stream) {
     std::string err;
     handle = global_handle(&err);
     if (!handle) return err;
@@ -150,7 +151,12 @@ struct NMCudaRunner::Impl {
     CUDA_TRY(cudaMemsetAsync(bad, 0, sizeof(int), stream), "cudaMemsetAsync");
     const int64_t groups = n * (k / 4);
     const int blocks = int(std::min<int64_t>((groups + 255) / 256, 65535));
-    nm_expand<<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(values), meta, static_cast<uint16_t*>(dense), n, k, bad);
+    if (meta_int32)
+      nm_expand<int32_t><<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(values), static_cast<const int32_t*>(meta),
+                                                     static_cast<uint16_t*>(dense), n, k, bad);
+    else
+      nm_expand<uint8_t><<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(values), static_cast<const uint8_t*>(meta),
+                                                     static_cast<uint16_t*>(dense), n, k, bad);
     CUDA_TRY(cudaGetLastError(), "expand kernel launch");
     const cusparseStatus_t cs = cusparseLtSpMMACompress2(handle, &mat_a, 1, CUSPARSE_OPERATION_NON_TRANSPOSE, dense,
                                                          compressed, cbuffer, stream);
@@ -231,8 +237,8 @@ std::string NMCudaRunner::supported(DType t, const NMDims& d) {
   return "";
 }
 
-std::string NMCudaRunner::run(const void* X, const void* values, const uint8_t* meta, const void* bias, void* Y, int64_t rows,
-                              void* stream_) {
+std::string NMCudaRunner::run(const void* X, const void* values, const void* meta, const void* bias, void* Y, int64_t rows,
+                              void* stream_, bool meta_int32) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_);
   Impl& I = *impl_;
   Impl::Plan* p = nullptr;
@@ -240,7 +246,7 @@ std::string NMCudaRunner::run(const void* X, const void* values, const uint8_t* 
     std::lock_guard<std::mutex> lock(I.mu);
     if (!I.ready) {
       if (!I.init_error.empty()) return I.init_error;
-      I.init_error = I.init(values, meta, stream);
+      I.init_error = I.init(values, meta, meta_int32, stream);
       if (!I.init_error.empty()) return I.init_error;
       I.ready = true;
     }

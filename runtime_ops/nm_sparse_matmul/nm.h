@@ -53,9 +53,10 @@ class NMCudaRunner {
   NMCudaRunner(const NMCudaRunner&) = delete;
   NMCudaRunner& operator=(const NMCudaRunner&) = delete;
   // First call (per runner): compresses values/meta (device pointers) into cuSPARSELt's format.
+  // meta is uint8 (N, K/8), or int32 holding one byte each when meta_int32 (TensorRT's parser).
   // Returns "" on success, else the error.
-  std::string run(const void* X, const void* values, const uint8_t* meta, const void* bias, void* Y,
-                  int64_t rows, void* stream);
+  std::string run(const void* X, const void* values, const void* meta, const void* bias, void* Y,
+                  int64_t rows, void* stream, bool meta_int32 = false);
   // Whether this build and device can run the op ("" if yes).
   static std::string supported(DType t, const NMDims& d);
 

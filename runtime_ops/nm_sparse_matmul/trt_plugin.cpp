@@ -1,5 +1,6 @@
 // NMSparseMatMul as a TensorRT IPluginV3 (name "NMSparseMatMul", version "1", namespace "").
-// Inputs X (..., K), values (N, K/2), meta (N, K/8) uint8, optional bias (N); X/values/bias half
+// Inputs X (..., K), values (N, K/2), meta (N, K/8) uint8 (or int32, one per byte, as TensorRT's
+// ONNX parser delivers uint8 initializers), optional bias (N); X/values/bias half
 // or bfloat16 (cuSPARSELt), linear. enqueue runs cuSPARSELt (CUDA builds): the first enqueue of
 // an execution context compresses the weights into cuSPARSELt's format and plans each row count
 // once. Without CUDA the plugin serves engine building only.
@@ -37,7 +38,9 @@ class NMPlugin : public PluginBase<NMPlugin> {
     SPA_TRT_TRACE("supportsFormatCombination");
     const PluginTensorDesc& d = io[pos].desc;
     if (d.format != TensorFormat::kLINEAR) return false;
-    if (pos == 2) return d.type == DataType::kUINT8;
+    // TensorRT's ONNX parser turns uint8 initializers into int32 ("UINT8 data ... is being
+    // converted to INT32"): meta arrives as one int32 per byte then.
+    if (pos == 2) return d.type == DataType::kUINT8 || d.type == DataType::kINT32;
     if (pos == 0) return d.type == DataType::kHALF || d.type == DataType::kBF16;
     return d.type == io[0].desc.type;
   }
@@ -71,6 +74,7 @@ class NMPlugin : public PluginBase<NMPlugin> {
     std::string err = nm_check(to_vec(in[0].dims), to_vec(in[1].dims), to_vec(in[2].dims), nbIn == 4 ? &bias : nullptr, &dims_, &rows_);
     has_bias_ = nbIn == 4;
     dtype_ = in[0].type == DataType::kBF16 ? DType::kBFloat16 : DType::kFloat16;
+    meta_int32_ = in[2].type == DataType::kINT32;
     if (!err.empty()) {
       log_error(err);
       return -1;
@@ -97,8 +101,8 @@ class NMPlugin : public PluginBase<NMPlugin> {
     } catch (...) {
       return -1;
     }
-    std::string err = runner_->run(inputs[0], inputs[1], static_cast<const uint8_t*>(inputs[2]), has_bias_ ? inputs[3] : nullptr,
-                                   outputs[0], rows_, stream);
+    std::string err = runner_->run(inputs[0], inputs[1], inputs[2], has_bias_ ? inputs[3] : nullptr, outputs[0], rows_, stream,
+                                   meta_int32_);
     if (!err.empty()) {
       log_error(err);
       return -1;
@@ -115,6 +119,7 @@ class NMPlugin : public PluginBase<NMPlugin> {
   int64_t rows_ = 0;
   bool has_bias_ = false;
   DType dtype_ = DType::kFloat16;
+  bool meta_int32_ = false;
 #ifdef SPA_WITH_CUDA
   std::shared_ptr<NMCudaRunner> runner_;
   NMDims runner_dims_;
