@@ -10,10 +10,14 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "../monarch_matmul/monarch.h"
+#include "../nm_sparse_matmul/nm.h"
 
 using namespace nvinfer1;
 
@@ -181,11 +185,170 @@ void test_plugin(IPluginCreatorV3One* c, const std::string& op, DataType t, cons
   delete p;
 }
 
+
+#ifdef SPA_WITH_CUDA
+// ------------------------------------------------------------------------------ --enqueue (GPU)
+uint32_t g_seed = 12345;
+float frand() {  // uniform in [-1, 1)
+  g_seed = g_seed * 1664525u + 1013904223u;
+  return float(g_seed >> 8) / float(1u << 23) - 1.f;
+}
+
+struct DevBuf {
+  void* p = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t bytes) : n(bytes) { cudaMalloc(&p, bytes); }
+  ~DevBuf() { cudaFree(p); }
+};
+
+PluginTensorDesc pdesc(std::vector<int64_t> dims, DataType t) {
+  PluginTensorDesc d{};
+  d.dims.nbDims = int32_t(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) d.dims.d[i] = dims[i];
+  d.type = t;
+  d.format = TensorFormat::kLINEAR;
+  d.scale = -1.f;
+  return d;
+}
+
+// host data of element type t from floats (and the floats it rounds to)
+std::vector<uint8_t> host_data(spa::DType t, std::vector<float>& f) {
+  std::vector<uint8_t> out(f.size() * size_t(spa::dtype_size(t)));
+  spa::from_float(t, f.data(), out.data(), int64_t(f.size()));
+  spa::to_float(t, out.data(), f.data(), int64_t(f.size()));
+  return out;
+}
+
+double rel_error(const std::vector<float>& got, const std::vector<float>& ref, bool* finite) {
+  double num = 0, den = 0;
+  *finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) *finite = false;
+    num += double(got[i] - ref[i]) * double(got[i] - ref[i]);
+    den += double(ref[i]) * double(ref[i]);
+  }
+  return std::sqrt(num / (den > 0 ? den : 1));
+}
+
+void enqueue_monarch(IPluginCreatorV3One* c, spa::DType t, int64_t rows, int64_t b, int64_t r, int64_t kb, int64_t nq, bool bias) {
+  const DataType tt = t == spa::DType::kFloat ? DataType::kFLOAT : DataType::kHALF;
+  const int64_t K = b * kb, N = nq * b, br = b * r;
+  std::vector<float> x(size_t(rows * K)), rf(size_t(b * br * kb)), lf(size_t(b * nq * br)), bf(static_cast<size_t>(N));
+  for (auto* v : {&x, &rf, &lf, &bf})
+    for (auto& e : *v) e = frand();
+  auto hx = host_data(t, x), hr = host_data(t, rf), hl = host_data(t, lf), hb = host_data(t, bf);
+  spa::MonarchDims d{b, r, kb, nq};
+  spa::MonarchPackedCpu w;
+  spa::monarch_pack_cpu(spa::DType::kFloat, rf.data(), lf.data(), bias ? bf.data() : nullptr, d, &w);
+  std::vector<float> ref(size_t(rows * N));
+  spa::monarch_cpu(spa::DType::kFloat, x.data(), ref.data(), rows, w, spa::Parallel());
+  PluginFieldCollection fc{0, nullptr};
+  IPluginV3* p = c->createPlugin("MonarchMatMul", &fc, TensorRTPhase::kRUNTIME);
+  auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  std::vector<PluginTensorDesc> in = {pdesc({rows, K}, tt), pdesc({b, br, kb}, tt), pdesc({b, nq, br}, tt)};
+  if (bias) in.push_back(pdesc({N}, tt));
+  PluginTensorDesc out = pdesc({rows, N}, tt);
+  const int32_t sc = rt->onShapeChange(in.data(), int32_t(in.size()), &out, 1);
+  const size_t es = size_t(spa::dtype_size(t));
+  DevBuf dx(hx.size()), dr(hr.size()), dl(hl.size()), db(hb.size()), dy(size_t(rows * N) * es);
+  cudaMemcpy(dx.p, hx.data(), hx.size(), cudaMemcpyHostToDevice);
+  cudaMemcpy(dr.p, hr.data(), hr.size(), cudaMemcpyHostToDevice);
+  cudaMemcpy(dl.p, hl.data(), hl.size(), cudaMemcpyHostToDevice);
+  cudaMemcpy(db.p, hb.data(), hb.size(), cudaMemcpyHostToDevice);
+  cudaMemset(dy.p, 0xFF, dy.n);  // poison: NaN in float and half
+  const void* ins[4] = {dx.p, dr.p, dl.p, db.p};
+  void* outs[1] = {dy.p};
+  cudaStream_t stream;
+  cudaStreamCreate(&stream);
+  const int32_t rc = rt->enqueue(in.data(), &out, ins, outs, nullptr, stream);
+  const cudaError_t ce = cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+  std::vector<uint8_t> hy(dy.n);
+  cudaMemcpy(hy.data(), dy.p, dy.n, cudaMemcpyDeviceToHost);
+  std::vector<float> got(size_t(rows * N));
+  spa::to_float(t, hy.data(), got.data(), rows * N);
+  bool finite = false;
+  const double err = rel_error(got, ref, &finite);
+  const double tol = t == spa::DType::kFloat ? 1e-5 : 3e-3;
+  char what[200];
+  std::snprintf(what, sizeof(what), "enqueue %s rows=%lld b=%lld r=%lld kb=%lld nq=%lld bias=%d", spa::dtype_name(t),
+                (long long)rows, (long long)b, (long long)r, (long long)kb, (long long)nq, int(bias));
+  report("MonarchMatMul", what, sc == 0 && rc == 0 && ce == cudaSuccess && finite && err < tol,
+         "rel_err=" + std::to_string(err) + (finite ? "" : " non-finite"));
+  delete p;
+}
+
+void enqueue_nm(IPluginCreatorV3One* c, spa::DType t, int64_t rows, int64_t n, int64_t k, bool bias, bool meta_i32) {
+  const DataType tt = t == spa::DType::kBFloat16 ? DataType::kBF16 : DataType::kHALF;
+  std::vector<float> x(size_t(rows * k)), v(size_t(n * k / 2)), bf(static_cast<size_t>(n));
+  for (auto* a : {&x, &v, &bf})
+    for (auto& e : *a) e = frand();
+  static const uint8_t codes[6] = {4, 8, 12, 9, 13, 14};
+  std::vector<uint8_t> meta(size_t(n * k / 8));
+  for (auto& m : meta) {
+    g_seed = g_seed * 1664525u + 1013904223u;
+    m = uint8_t(codes[(g_seed >> 10) % 6] | (codes[(g_seed >> 20) % 6] << 4));
+  }
+  auto hx = host_data(t, x), hv = host_data(t, v), hb = host_data(t, bf);
+  spa::NMDims d{n, k};
+  spa::NMPackedCpu w;
+  spa::nm_pack_cpu(spa::DType::kFloat, v.data(), meta.data(), bias ? bf.data() : nullptr, d, &w);
+  std::vector<float> ref(size_t(rows * n));
+  spa::nm_cpu(spa::DType::kFloat, x.data(), ref.data(), rows, w, spa::Parallel());
+  std::vector<int32_t> meta32(meta.begin(), meta.end());
+  PluginFieldCollection fc{0, nullptr};
+  IPluginV3* p = c->createPlugin("NMSparseMatMul", &fc, TensorRTPhase::kRUNTIME);
+  auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  std::vector<PluginTensorDesc> in = {pdesc({rows, k}, tt), pdesc({n, k / 2}, tt),
+                                      pdesc({n, k / 8}, meta_i32 ? DataType::kINT32 : DataType::kUINT8)};
+  if (bias) in.push_back(pdesc({n}, tt));
+  PluginTensorDesc out = pdesc({rows, n}, tt);
+  const int32_t sc = rt->onShapeChange(in.data(), int32_t(in.size()), &out, 1);
+  DevBuf dx(hx.size()), dv(hv.size()), dm(meta32.size() * 4), db(hb.size()), dy(size_t(rows * n) * 2);
+  cudaMemcpy(dx.p, hx.data(), hx.size(), cudaMemcpyHostToDevice);
+  cudaMemcpy(dv.p, hv.data(), hv.size(), cudaMemcpyHostToDevice);
+  if (meta_i32)
+    cudaMemcpy(dm.p, meta32.data(), meta32.size() * 4, cudaMemcpyHostToDevice);
+  else
+    cudaMemcpy(dm.p, meta.data(), meta.size(), cudaMemcpyHostToDevice);
+  cudaMemcpy(db.p, hb.data(), hb.size(), cudaMemcpyHostToDevice);
+  cudaStream_t stream;
+  cudaStreamCreate(&stream);
+  bool all_ok = sc == 0;
+  double worst = 0;
+  bool finite_all = true;
+  for (int rep = 0; rep < 2; ++rep) {  // second run: cached compression and plan
+    cudaMemset(dy.p, 0xFF, dy.n);
+    const void* ins[4] = {dx.p, dv.p, dm.p, db.p};
+    void* outs[1] = {dy.p};
+    const int32_t rc = rt->enqueue(in.data(), &out, ins, outs, nullptr, stream);
+    const cudaError_t ce = cudaStreamSynchronize(stream);
+    std::vector<uint8_t> hy(dy.n);
+    cudaMemcpy(hy.data(), dy.p, dy.n, cudaMemcpyDeviceToHost);
+    std::vector<float> got(size_t(rows * n));
+    spa::to_float(t, hy.data(), got.data(), rows * n);
+    bool finite = false;
+    const double err = rel_error(got, ref, &finite);
+    worst = std::max(worst, err);
+    finite_all = finite_all && finite;
+    all_ok = all_ok && rc == 0 && ce == cudaSuccess;
+  }
+  cudaStreamDestroy(stream);
+  const double tol = t == spa::DType::kBFloat16 ? 1e-2 : 3e-3;
+  char what[200];
+  std::snprintf(what, sizeof(what), "enqueue %s rows=%lld n=%lld k=%lld bias=%d meta=%s", spa::dtype_name(t), (long long)rows,
+                (long long)n, (long long)k, int(bias), meta_i32 ? "int32" : "uint8");
+  report("NMSparseMatMul", what, all_ok && finite_all && worst < tol,
+         "rel_err=" + std::to_string(worst) + (finite_all ? "" : " non-finite"));
+  delete p;
+}
+#endif
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s libspa_trt_plugins.so\n", argv[0]);
+  const bool enqueue = argc == 3 && std::string(argv[2]) == "--enqueue";
+  if (argc != 2 && !enqueue) {
+    std::fprintf(stderr, "usage: %s libspa_trt_plugins.so [--enqueue]\n", argv[0]);
     return 2;
   }
   void* h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -242,6 +405,23 @@ int main(int argc, char** argv) {
     } else {
       report(name, "known creator", false, name);
     }
+#ifdef SPA_WITH_CUDA
+    if (enqueue && name == "MonarchMatMul") {
+      for (bool bias : {false, true}) {
+        enqueue_monarch(c, spa::DType::kFloat16, 37, 4, 1, 16, 16, bias);   // tensor-core path
+        enqueue_monarch(c, spa::DType::kFloat16, 300, 16, 1, 48, 192, bias);
+        enqueue_monarch(c, spa::DType::kFloat16, 5, 3, 2, 5, 7, bias);     // generic path
+        enqueue_monarch(c, spa::DType::kFloat, 37, 4, 1, 16, 16, bias);
+      }
+    }
+    if (enqueue && name == "NMSparseMatMul") {
+      enqueue_nm(c, spa::DType::kFloat16, 37, 48, 64, true, false);
+      enqueue_nm(c, spa::DType::kFloat16, 16, 64, 128, false, true);
+      enqueue_nm(c, spa::DType::kBFloat16, 1, 32, 64, true, true);
+    }
+#else
+    if (enqueue) report(name, "enqueue (needs a CUDA build)", false, "");
+#endif
   }
   std::printf("{\"summary\": true, \"failed\": %d}\n", g_failed);
   return g_failed ? 1 : 0;
