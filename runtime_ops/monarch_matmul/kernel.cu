@@ -180,6 +180,17 @@ int max_smem() {
   return v;
 }
 
+// Raise a kernel's dynamic shared-memory limit to the device's opt-in maximum, once per kernel
+// (not per launch: no host API on the hot path besides the launch itself).
+template <auto Kernel>
+void allow_max_smem() {
+  static const bool done = [] {
+    cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem());
+    return true;
+  }();
+  (void)done;
+}
+
 int generic_tm(const MonarchDims& d) {
   const size_t per_row = size_t(d.b * d.br()) * 4;
   const size_t cap = std::min<size_t>(size_t(max_smem()), 96 * 1024);
@@ -215,10 +226,10 @@ int monarch_cuda(DType t, const void* X, const void* R, const void* L, const voi
       auto* bh = static_cast<const __half*>(bias);
       auto* yh = static_cast<__half*>(Y);
       if (use32) {
-        cudaFuncSetAttribute(monarch_wmma<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        allow_max_smem<monarch_wmma<32>>();
         monarch_wmma<32><<<grid, kWarps * 32, smem, stream>>>(xh, rh, lh, bh, yh, rows, b, r, kb, nq);
       } else {
-        cudaFuncSetAttribute(monarch_wmma<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        allow_max_smem<monarch_wmma<16>>();
         monarch_wmma<16><<<grid, kWarps * 32, smem, stream>>>(xh, rh, lh, bh, yh, rows, b, r, kb, nq);
       }
       return int(cudaGetLastError());
@@ -229,12 +240,12 @@ int monarch_cuda(DType t, const void* X, const void* R, const void* L, const voi
   const size_t smem = size_t(tm) * size_t(d.b * d.br()) * 4;
   const unsigned grid = unsigned((rows + tm - 1) / tm);
   if (t == DType::kFloat) {
-    cudaFuncSetAttribute(monarch_generic<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    allow_max_smem<monarch_generic<float>>();
     monarch_generic<float><<<grid, 256, smem, stream>>>(static_cast<const float*>(X), static_cast<const float*>(R),
                                                         static_cast<const float*>(L), static_cast<const float*>(bias),
                                                         static_cast<float*>(Y), rows, b, r, kb, nq, tm);
   } else {
-    cudaFuncSetAttribute(monarch_generic<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    allow_max_smem<monarch_generic<__half>>();
     monarch_generic<__half><<<grid, 256, smem, stream>>>(
         static_cast<const __half*>(X), static_cast<const __half*>(R), static_cast<const __half*>(L),
         static_cast<const __half*>(bias), static_cast<__half*>(Y), rows, b, r, kb, nq, tm);
