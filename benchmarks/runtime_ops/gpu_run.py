@@ -74,7 +74,7 @@ NM = [
 
 
 def save() -> None:
-    with open(os.path.join(OUT, "gpu_results.json"), "w") as f:
+    with open(os.path.join(OUT, f"gpu_results{ARGS.tag if ARGS else ''}.json"), "w") as f:
         json.dump(RESULTS, f, indent=1)
 
 
@@ -317,7 +317,7 @@ def correctness_nm_reference_small() -> None:
     lib = ARGS.lib
     rng = np.random.default_rng(2)
     for dtype_name in ("float16", "bfloat16"):
-        for rows, n, k, bias in [(1, 64, 64, False), (37, 48, 128, True), (16, 64, 256, False), (300, 768, 384, True),
+        for rows, n, k, bias in [(1, 64, 64, False), (37, 96, 128, True), (16, 64, 256, False), (300, 768, 384, True),
                                  (5, 1536, 768, True)]:
             w = nref.magnitude_24(rng.standard_normal((n, k)).astype(np.float32) / np.sqrt(k))
             v, m = nref.compress(w)
@@ -436,6 +436,8 @@ def ort_level(lib: Lib) -> None:
     for name, rows, k, n, b, r in (MONARCH if not ARGS.quick else MONARCH[:1] + MONARCH[-1:]):
         cases.append(("MonarchMatMul", name, rows, k, n, (b, r)))
     for op, name, rows, k, n, br in cases:
+        if ARGS.ops and op not in ARGS.ops.split(","):
+            continue
         try:
             x = torch.randn(rows, k, device=DEV).half()
             if op == "NMSparseMatMul":
@@ -503,6 +505,8 @@ def main() -> None:
     ap.add_argument("--out", default=".")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated section names")
+    ap.add_argument("--ops", default="", help="ORT-level section: only these ops (comma-separated)")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
     ARGS = ap.parse_args()
     OUT = ARGS.out
     lib = Lib(ARGS.lib)

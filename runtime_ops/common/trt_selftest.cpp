@@ -415,9 +415,10 @@ int main(int argc, char** argv) {
       }
     }
     if (enqueue && name == "NMSparseMatMul") {
-      enqueue_nm(c, spa::DType::kFloat16, 37, 48, 64, true, false);
+      enqueue_nm(c, spa::DType::kFloat16, 37, 64, 64, true, false);
       enqueue_nm(c, spa::DType::kFloat16, 16, 64, 128, false, true);
       enqueue_nm(c, spa::DType::kBFloat16, 1, 32, 64, true, true);
+      enqueue_nm(c, spa::DType::kFloat16, 1000, 768, 384, true, false);
     }
 #else
     if (enqueue) report(name, "enqueue (needs a CUDA build)", false, "");

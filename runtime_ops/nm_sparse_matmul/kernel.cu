@@ -1,7 +1,8 @@
 // NMSparseMatMul on CUDA through cuSPARSELt.
 //
-//   Y (M x N, row-major) = X (M x K) W^T (+ bias)  <=>  D = Y^T (N x M, col-major) = A B
-//   A = W (N x K, row-major, 2:4 along K: cuSPARSELt's structured operand), B = X^T (K x M, col-major)
+//   Y (M x N, row-major) = X (M x K) W^T (+ bias)  <=>  D = Y^T (N x M, col-major) = A op(B)
+//   A = W (N x K, row-major, 2:4 along K: cuSPARSELt's structured operand), B = X (M x K, row-major),
+//   op(B) = B^T: the layout PyTorch's cuSPARSELt binding uses for linear layers.
 //
 // First run of a runner: our (values, meta) are expanded on the GPU into the dense W (metadata
 // codes checked there), compressed once into cuSPARSELt's format (cusparseLtSpMMACompress2) and
@@ -137,7 +138,7 @@ struct NMCudaRunner::Impl {
     const int64_t n = d.n, k = d.k;
     CSLT_TRY(cusparseLtStructuredDescriptorInit(handle, &mat_a, n, k, k, 16, cuda_type(t), CUSPARSE_ORDER_ROW,
                                                 CUSPARSELT_SPARSITY_50_PERCENT),
-             "structured descriptor (N and K must suit cuSPARSELt: multiples of 16 are safe)");
+             "structured descriptor");
     mat_a_ok = true;
     size_t csize = 0, cbuf = 0;
     CSLT_TRY(cusparseLtSpMMACompressedSize2(handle, &mat_a, &csize, &cbuf), "cusparseLtSpMMACompressedSize2");
@@ -179,10 +180,10 @@ struct NMCudaRunner::Impl {
     const int64_t n = d.n, k = d.k, m = (rows + 15) / 16 * 16;
     p->m = m;
     const cudaDataType ct = cuda_type(t);
-    CSLT_TRY(cusparseLtDenseDescriptorInit(handle, &p->mat_b, k, m, k, 16, ct, CUSPARSE_ORDER_COL), "dense descriptor (X)");
+    CSLT_TRY(cusparseLtDenseDescriptorInit(handle, &p->mat_b, m, k, k, 16, ct, CUSPARSE_ORDER_ROW), "dense descriptor (X)");
     CSLT_TRY(cusparseLtDenseDescriptorInit(handle, &p->mat_c, n, m, n, 16, ct, CUSPARSE_ORDER_COL), "dense descriptor (Y)");
     CSLT_TRY(cusparseLtMatmulDescriptorInit(handle, &p->matmul, CUSPARSE_OPERATION_NON_TRANSPOSE,
-                                            CUSPARSE_OPERATION_NON_TRANSPOSE, &mat_a, &p->mat_b, &p->mat_c, &p->mat_c,
+                                            CUSPARSE_OPERATION_TRANSPOSE, &mat_a, &p->mat_b, &p->mat_c, &p->mat_c,
                                             CUSPARSE_COMPUTE_32F),
              "matmul descriptor");
     if (has_bias) {
@@ -231,9 +232,11 @@ NMCudaRunner::~NMCudaRunner() { delete impl_; }
 
 std::string NMCudaRunner::supported(DType t, const NMDims& d) {
   if (t != DType::kFloat16 && t != DType::kBFloat16) return "NMSparseMatMul CUDA: float16 or bfloat16 only";
-  if (d.n % 16 || d.k % 16)
-    return "NMSparseMatMul CUDA: N (" + std::to_string(d.n) + ") and K (" + std::to_string(d.k) +
-           ") must be multiples of 16 for cuSPARSELt";
+  // cuSPARSELt's 16-bit structured operand: rows a multiple of 32, columns of 64 (PyTorch's
+  // semi-structured constraints for the same library)
+  if (d.n % 32 || d.k % 64)
+    return "NMSparseMatMul CUDA: N (" + std::to_string(d.n) + ") must be a multiple of 32 and K (" +
+           std::to_string(d.k) + ") of 64 for cuSPARSELt";
   return "";
 }
 
