@@ -451,7 +451,7 @@ def ort_level(lib: Lib) -> None:
                 R, L, kb, nq = monarch_factors(b, r, k, n, torch.float16, torch.Generator(device=DEV).manual_seed(6))
                 mod = model(op, [("X", None, h, [rows, k]), ("R", R.cpu().numpy(), h, None), ("L", L.cpu().numpy(), h, None)],
                             h, [rows, n])
-                wd_t = np.ascontiguousarray(np.random.default_rng(0).standard_normal((k, n)).astype(np.float16) / np.sqrt(k))
+                wd_t = np.ascontiguousarray((np.random.default_rng(0).standard_normal((k, n)) / np.sqrt(k)).astype(np.float16))
                 ref = monarch_ref(x, R, L, None)
             dense = dense_model(wd_t, h, rows)
             row = {"op": op, "shape": name, "rows": rows, "K": k, "N": n}

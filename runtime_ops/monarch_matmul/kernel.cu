@@ -76,11 +76,11 @@ template <int TM>
 __global__ void __launch_bounds__(kWarps * 32) monarch_wmma(const __half* __restrict__ X, const __half* __restrict__ R,
                                                             const __half* __restrict__ L, const __half* __restrict__ bias,
                                                             __half* __restrict__ Y, int64_t rows, int b, int r, int kb,
-                                                            int nq) {
+                                                            int nq, int qc) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int br = b * r, K = b * kb, N = nq * b, mid = b * br;
   const int ldv = mid + 8;       // padded row stride of V (halves), keeps 16-byte alignment
-  const int lds = 16 * b + 4;    // padded row stride of the output staging (floats)
+  const int lds = qc * 16 * b + 4;  // padded row stride of the output staging (floats)
   __half* vsm = reinterpret_cast<__half*>(smem);                              // [TM][ldv]
   float* stage = reinterpret_cast<float*>(smem + size_t(TM) * ldv * 2);       // [TM][lds]
   float* scratch = stage + size_t(TM) * lds;                                   // [kWarps][16*16]
@@ -98,6 +98,7 @@ __global__ void __launch_bounds__(kWarps * 32) monarch_wmma(const __half* __rest
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
     wmma::fill_fragment(acc, 0.f);
     const int64_t xr = full ? row0 + mt * 16 : row0;  // partial tile: handled below
+#pragma unroll 4
     for (int s0 = 0; s0 < kb; s0 += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
       wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> bf;
@@ -128,29 +129,35 @@ __global__ void __launch_bounds__(kWarps * 32) monarch_wmma(const __half* __rest
   __syncthreads();
 
   // stage 2 ------------------------------------------------------------------------------
-  for (int q0 = 0; q0 < nq; q0 += 16) {
-    for (int task = warp; task < b * mtiles; task += kWarps) {
-      const int mt = task % mtiles, t = task / mtiles;
+  // qc chunks of 16 rows q of L per round (more independent warp tasks per barrier); CTAs along
+  // gridDim.y split the rounds (few row tiles, e.g. decode: each recomputes the cheap stage 1).
+  const int qstep = 16 * qc;
+  for (int q0 = int(blockIdx.y) * qstep; q0 < nq; q0 += qstep * int(gridDim.y)) {
+    const int nchunks = min(qc, (nq - q0) / 16);
+    for (int task = warp; task < b * mtiles * nchunks; task += kWarps) {
+      const int mt = task % mtiles, rest = task / mtiles, t = rest % b, c = rest / b;
+      const int qb = q0 + c * 16;
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
       for (int e0 = 0; e0 < br; e0 += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> bf;
         wmma::load_matrix_sync(a, vsm + (mt * 16) * ldv + t * br + e0, ldv);
         // L_t^T (br x nq) col-major = L_t (nq x br) row-major: element (e, q) at L[t][q][e]
-        wmma::load_matrix_sync(bf, L + (int64_t(t) * nq + q0) * br + e0, br);
+        wmma::load_matrix_sync(bf, L + (int64_t(t) * nq + qb) * br + e0, br);
         wmma::mma_sync(acc, a, bf, acc);
       }
       wmma::store_matrix_sync(wscr, acc, 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
         const int rr = mt * 16 + e / 16, qq = e % 16;
-        stage[rr * lds + qq * b + t] = wscr[e];  // output column (q0+qq)*b + t, relative to q0*b
+        stage[rr * lds + (c * 16 + qq) * b + t] = wscr[e];  // output column (qb+qq)*b + t, relative to q0*b
       }
       __syncwarp();
     }
     __syncthreads();
-    const int width = 16 * b;
+    const int width = nchunks * 16 * b;
     for (int e = threadIdx.x; e < m * width; e += blockDim.x) {
       const int rr = e / width, col = e % width, o = q0 * b + col;
       float v = stage[rr * lds + col];
@@ -161,9 +168,19 @@ __global__ void __launch_bounds__(kWarps * 32) monarch_wmma(const __half* __rest
   }
 }
 
-size_t wmma_smem(int tm, const MonarchDims& d) {
+size_t wmma_smem(int tm, const MonarchDims& d, int qc = 1) {
   const size_t mid = size_t(d.b * d.br());
-  return size_t(tm) * (mid + 8) * 2 + size_t(tm) * (16 * d.b + 4) * 4 + size_t(kWarps) * 256 * 4;
+  return size_t(tm) * (mid + 8) * 2 + size_t(tm) * (size_t(qc) * 16 * d.b + 4) * 4 + size_t(kWarps) * 256 * 4;
+}
+
+int sm_count() {
+  static int v = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 1;
+  }();
+  return v;
 }
 
 bool wmma_shape_ok(DType t, const MonarchDims& d) {
@@ -214,12 +231,24 @@ int monarch_cuda(DType t, const void* X, const void* R, const void* L, const voi
   const int b = int(d.b), r = int(d.r), kb = int(d.kb), nq = int(d.nq);
   if (wmma_shape_ok(t, d)) {
     // 32 rows per CTA when the shared memory allows and there are enough rows to fill the GPU
-    const size_t s32 = wmma_smem(32, d), s16 = wmma_smem(16, d);
-    const bool use32 = s32 <= size_t(max_smem()) && rows >= 32 * 132 * 2;
-    if (use32 || s16 <= size_t(max_smem())) {
-      const size_t smem = use32 ? s32 : s16;
-      const int tm = use32 ? 32 : 16;
-      const unsigned grid = unsigned((rows + tm - 1) / tm);
+    const bool use32 = wmma_smem(32, d) <= size_t(max_smem()) && rows >= 32 * sm_count() * 2;
+    const int tm = use32 ? 32 : 16;
+    if (wmma_smem(tm, d) <= size_t(max_smem())) {
+      // q-chunks per round: enough warp tasks per barrier, within shared memory
+      int qc = 1;
+      for (int cand : {8, 4, 2}) {
+        if (cand <= d.nq / 16 && wmma_smem(tm, d, cand) <= size_t(max_smem()) &&
+            d.b * (tm / 16) * (cand / 2) < 2 * kWarps) {
+          qc = cand;
+          break;
+        }
+      }
+      const size_t smem = wmma_smem(tm, d, qc);
+      const int64_t row_tiles = (rows + tm - 1) / tm;
+      const int rounds = int((d.nq / 16 + qc - 1) / qc);
+      int splits = 1;  // few row tiles (decode): spread the rounds of stage 2 over more CTAs
+      if (row_tiles < 2 * sm_count()) splits = int(std::min<int64_t>(rounds, (2 * sm_count() + row_tiles - 1) / row_tiles));
+      const dim3 grid{unsigned(row_tiles), unsigned(splits), 1u};
       auto* xh = static_cast<const __half*>(X);
       auto* rh = static_cast<const __half*>(R);
       auto* lh = static_cast<const __half*>(L);
@@ -227,10 +256,10 @@ int monarch_cuda(DType t, const void* X, const void* R, const void* L, const voi
       auto* yh = static_cast<__half*>(Y);
       if (use32) {
         allow_max_smem<monarch_wmma<32>>();
-        monarch_wmma<32><<<grid, kWarps * 32, smem, stream>>>(xh, rh, lh, bh, yh, rows, b, r, kb, nq);
+        monarch_wmma<32><<<grid, kWarps * 32, smem, stream>>>(xh, rh, lh, bh, yh, rows, b, r, kb, nq, qc);
       } else {
         allow_max_smem<monarch_wmma<16>>();
-        monarch_wmma<16><<<grid, kWarps * 32, smem, stream>>>(xh, rh, lh, bh, yh, rows, b, r, kb, nq);
+        monarch_wmma<16><<<grid, kWarps * 32, smem, stream>>>(xh, rh, lh, bh, yh, rows, b, r, kb, nq, qc);
       }
       return int(cudaGetLastError());
     }

@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 #include <cusparseLt.h>
 
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -186,6 +187,11 @@ struct NMCudaRunner::Impl {
                                             CUSPARSE_OPERATION_TRANSPOSE, &mat_a, &p->mat_b, &p->mat_c, &p->mat_c,
                                             CUSPARSE_COMPUTE_32F),
              "matmul descriptor");
+    // the compressed operand's address, as PyTorch's binding sets it (Hopper kernels read it)
+    const void* sparse_ptr = compressed;
+    CSLT_TRY(cusparseLtMatmulDescSetAttribute(handle, &p->matmul, CUSPARSELT_MATMUL_SPARSE_MAT_POINTER, &sparse_ptr,
+                                              sizeof(sparse_ptr)),
+             "sparse matrix pointer");
     if (has_bias) {
       CSLT_TRY(cusparseLtMatmulDescSetAttribute(handle, &p->matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias)),
                "bias pointer");
@@ -209,8 +215,10 @@ struct NMCudaRunner::Impl {
     if (pad) CUDA_TRY(cudaMemcpyAsync(p->x_pad, X, size_t(rows * k * 2), cudaMemcpyDeviceToDevice, stream), "copy X");
     const float alpha = 1.f, beta = 0.f;
     cudaStream_t s = stream;
-    CSLT_TRY(cusparseLtMatmulSearch(handle, &p->plan, &alpha, compressed, x_s, &beta, y_s, y_s, search_ws, &s, 1),
-             "cusparseLtMatmulSearch");
+    const char* no_search = std::getenv("SPA_NM_SEARCH");  // "0": keep cuSPARSELt's default choice
+    if (!(no_search && std::string(no_search) == "0"))
+      CSLT_TRY(cusparseLtMatmulSearch(handle, &p->plan, &alpha, compressed, x_s, &beta, y_s, y_s, search_ws, &s, 1),
+               "cusparseLtMatmulSearch");
     cudaFree(search_ws);
     cusparseLtMatmulAlgGetAttribute(handle, &p->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &p->alg_id, sizeof(p->alg_id));
     // the search may change the algorithm and so the workspace: size it for the chosen one
