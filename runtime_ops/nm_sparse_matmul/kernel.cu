@@ -7,8 +7,8 @@
 // First run of a runner: our (values, meta) are expanded on the GPU into the dense W (metadata
 // codes checked there), compressed once into cuSPARSELt's format (cusparseLtSpMMACompress2) and
 // the dense copy freed. Per distinct row count M (rounded up to 16, cuSPARSELt's alignment): one
-// plan, its algorithm picked once by cusparseLtMatmulSearch, its workspace and padding buffers
-// allocated once. After that a call is a cache lookup and one cusparseLtMatmul on the caller's
+// plan with cuSPARSELt's default algorithm for that shape (or, with SPA_NM_SEARCH=1, the one
+// cusparseLtMatmulSearch picks), its workspace and padding buffers allocated once. After that a call is a cache lookup and one cusparseLtMatmul on the caller's
 // stream (plus two device copies when M is not a multiple of 16): no allocation, no
 // synchronisation, so the op can be captured in a CUDA graph once each M has been seen.
 #include <cuda_bf16.h>
@@ -215,8 +215,11 @@ struct NMCudaRunner::Impl {
     if (pad) CUDA_TRY(cudaMemcpyAsync(p->x_pad, X, size_t(rows * k * 2), cudaMemcpyDeviceToDevice, stream), "copy X");
     const float alpha = 1.f, beta = 0.f;
     cudaStream_t s = stream;
-    const char* no_search = std::getenv("SPA_NM_SEARCH");  // "0": keep cuSPARSELt's default choice
-    if (!(no_search && std::string(no_search) == "0"))
+    // cusparseLtMatmulSearch is opt-in (SPA_NM_SEARCH=1): on the H200 with cuSPARSELt 0.8 it failed
+    // (status 7, then "illegal instruction", which poisons the CUDA context) on every shape tried,
+    // while cuSPARSELt's default choice for the plan ran correctly (benchmarks/runtime_ops/README.md).
+    const char* search = std::getenv("SPA_NM_SEARCH");
+    if (search && std::string(search) == "1")
       CSLT_TRY(cusparseLtMatmulSearch(handle, &p->plan, &alpha, compressed, x_s, &beta, y_s, y_s, search_ws, &s, 1),
                "cusparseLtMatmulSearch");
     cudaFree(search_ws);

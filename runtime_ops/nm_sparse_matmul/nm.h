@@ -42,7 +42,7 @@ std::string nm_pack_cpu(DType t, const void* values, const uint8_t* meta, const 
 void nm_cpu(DType t, const void* X, void* Y, int64_t rows, const NMPackedCpu& w, const Parallel& par);
 
 #ifdef SPA_WITH_CUDA
-// cuSPARSELt: the compressed operand and one plan (algorithm searched once) per row count,
+// cuSPARSELt: the compressed operand and one plan (algorithm chosen once) per row count,
 // created on first use and reused; after that a call is one cusparseLtMatmul on the stream plus,
 // when rows is not a multiple of 16, a padded copy of X and Y. Thread-safe; CUDA-graph-safe once
 // every row count it will see has been run once.
