@@ -128,16 +128,41 @@ void run_task(void* arg, size_t index) {
     for (int64_t n = n0; n < n1; ++n) {
       const float* vals = T.w->values.data() + n * (K / 2);
       const uint8_t* codes = T.w->codes.data() + n * G;
+      // eight independent accumulator chains (two groups per step, the two kept weights of a
+      // group apart): FMA latency hidden, the loop bound by its loads
       v8f a0 = load8(&acc[size_t((n - n0) * kRowTile)]);
       v8f a1 = load8(&acc[size_t((n - n0) * kRowTile + 8)]);
-      for (int64_t g = g0; g < g1; ++g) {
+      v8f b0 = splat8(0.f), b1 = b0, c0 = b0, c1 = b0, d0 = b0, d1 = b0;
+      int64_t g = g0;
+      for (; g + 2 <= g1; g += 2) {
+        const unsigned ca = codes[g], cb = codes[g + 1];
+        const float* xa0 = &xt[size_t((4 * g + (ca & 3u)) * kRowTile)];
+        const float* xa1 = &xt[size_t((4 * g + (ca >> 2)) * kRowTile)];
+        const float* xb0 = &xt[size_t((4 * g + 4 + (cb & 3u)) * kRowTile)];
+        const float* xb1 = &xt[size_t((4 * g + 4 + (cb >> 2)) * kRowTile)];
+        const v8f wa0 = splat8(vals[2 * g]), wa1 = splat8(vals[2 * g + 1]);
+        const v8f wb0 = splat8(vals[2 * g + 2]), wb1 = splat8(vals[2 * g + 3]);
+        a0 += wa0 * load8(xa0);
+        a1 += wa0 * load8(xa0 + 8);
+        b0 += wa1 * load8(xa1);
+        b1 += wa1 * load8(xa1 + 8);
+        c0 += wb0 * load8(xb0);
+        c1 += wb0 * load8(xb0 + 8);
+        d0 += wb1 * load8(xb1);
+        d1 += wb1 * load8(xb1 + 8);
+      }
+      for (; g < g1; ++g) {
         const unsigned c = codes[g];
         const float* x0 = &xt[size_t((4 * g + (c & 3u)) * kRowTile)];
         const float* x1 = &xt[size_t((4 * g + (c >> 2)) * kRowTile)];
         const v8f w0 = splat8(vals[2 * g]), w1 = splat8(vals[2 * g + 1]);
-        a0 += w0 * load8(x0) + w1 * load8(x1);
-        a1 += w0 * load8(x0 + 8) + w1 * load8(x1 + 8);
+        a0 += w0 * load8(x0);
+        a1 += w0 * load8(x0 + 8);
+        b0 += w1 * load8(x1);
+        b1 += w1 * load8(x1 + 8);
       }
+      a0 += (b0 + c0) + d0;
+      a1 += (b1 + c1) + d1;
       store8(&acc[size_t((n - n0) * kRowTile)], a0);
       store8(&acc[size_t((n - n0) * kRowTile + 8)], a1);
     }
