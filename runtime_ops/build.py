@@ -32,7 +32,12 @@ def have_toolchain() -> str | None:
     """None when cmake and a C++ compiler are present, else what is missing."""
     if not shutil.which("cmake"):
         return "cmake"
-    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+    if not (
+        os.environ.get("CXX")
+        or shutil.which("c++")
+        or shutil.which("g++")
+        or shutil.which("clang++")
+    ):
         return "a C++ compiler (c++, g++ or clang++)"
     return None
 
@@ -100,16 +105,24 @@ def build(
     if cuda:
         nvcc = find_nvcc()
         if not nvcc:
-            raise MissingRequirementError("--cuda needs nvcc", hint="install the CUDA toolkit or set CUDA_HOME")
+            raise MissingRequirementError(
+                "--cuda needs nvcc", hint="install the CUDA toolkit or set CUDA_HOME"
+            )
         defs["CMAKE_CUDA_COMPILER"] = nvcc
         defs["SPA_CUSPARSELT_ROOT"] = str(headers.cusparselt_root())
         defs["SPA_CUDA_ARCHS"] = cuda_archs
     build_dir = out / "build"
     build_dir.mkdir(parents=True, exist_ok=True)
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    cfg = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), *gen] + [f"-D{k}={v}" for k, v in defs.items()]
+    cfg = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), *gen] + [
+        f"-D{k}={v}" for k, v in defs.items()
+    ]
     _step(cfg, "configure", verbose)
-    _step(["cmake", "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2)], "build", verbose)
+    _step(
+        ["cmake", "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2)],
+        "build",
+        verbose,
+    )
     _step(["cmake", "--install", str(build_dir)], "install", verbose)
     missing_libs = [w for w in wanted if not (out / w).is_file()]
     if missing_libs:
@@ -134,10 +147,16 @@ def _step(cmd: list[str], what: str, verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m spa_compiler.runtime_ops.build", description=__doc__.split("\n")[0])
-    ap.add_argument("--cuda", action="store_true", help="also build the CUDA kernels (nvcc, cuSPARSELt)")
+    ap = argparse.ArgumentParser(
+        prog="python -m spa_compiler.runtime_ops.build", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--cuda", action="store_true", help="also build the CUDA kernels (nvcc, cuSPARSELt)"
+    )
     ap.add_argument("--no-trt", action="store_true", help="skip the TensorRT plugin library")
-    ap.add_argument("--out", help="output folder (default: the cache folder ort_library_path() reads)")
+    ap.add_argument(
+        "--out", help="output folder (default: the cache folder ort_library_path() reads)"
+    )
     ap.add_argument("--cuda-archs", default="90", help="SASS targets, ';'-separated (default 90)")
     ap.add_argument("--portable", action="store_true", help="no -march=native")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")

@@ -50,7 +50,9 @@ def graph(node, inits, k, n, rows):
         [node], "g", [helper.make_tensor_value_info("X", F, [rows, k])],
         [helper.make_tensor_value_info("Y", F, [rows, n])], initializer=inits,
     )  # fmt: skip
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(runtime_ops.DOMAIN, 1)])
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(runtime_ops.DOMAIN, 1)]
+    )
     m.ir_version = 9
     return m
 
@@ -64,7 +66,9 @@ def session(model, threads, lib=None):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def timed_alternating(sessions: dict, x, min_s: float = 0.6, max_runs: int = 100) -> dict[str, float]:
+def timed_alternating(
+    sessions: dict, x, min_s: float = 0.6, max_runs: int = 100
+) -> dict[str, float]:
     """Per session: median wall ms and median CPU ms of the calling thread per run, the sessions
     run in turn (round robin). With one intra-op thread ORT computes on the calling thread, so
     the CPU time is the work itself even while other processes hold the cores."""
@@ -76,7 +80,8 @@ def timed_alternating(sessions: dict, x, min_s: float = 0.6, max_runs: int = 100
     cpu: dict[str, list[float]] = {k: [] for k in sessions}
     start = time.thread_time()
     while min(len(v) for v in wall.values()) < 5 or (
-        time.thread_time() - start < min_s * len(sessions) and min(len(v) for v in wall.values()) < max_runs
+        time.thread_time() - start < min_s * len(sessions)
+        and min(len(v) for v in wall.values()) < max_runs
     ):
         for k, s in sessions.items():
             c0, t0 = time.thread_time(), time.perf_counter()
@@ -99,7 +104,13 @@ def main() -> None:
     for name, rows, k, n, b, r in SHAPES:
         x = rng.standard_normal((rows, k)).astype(np.float32)
         wd = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-        dense = graph(helper.make_node("MatMul", ["X", "W"], ["Y"]), [numpy_helper.from_array(wd, "W")], k, n, rows)
+        dense = graph(
+            helper.make_node("MatMul", ["X", "W"], ["Y"]),
+            [numpy_helper.from_array(wd, "W")],
+            k,
+            n,
+            rows,
+        )
         kb, nq = k // b, n // b
         R = rng.standard_normal((b, b * r, kb)).astype(np.float32)
         L = rng.standard_normal((b, nq, b * r)).astype(np.float32)
@@ -128,7 +139,9 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             Path(a.out).write_text(json.dumps({"ort": ort.__version__, "rows": rows_out}, indent=1))
-    print("\n(CPU ms of the computing thread, medians)\n| shape | rows x K -> N | threads | dense ms | Monarch ms (dense/it) | Monarch decomposed ms | 2:4 ms (dense/it) | 2:4 decomposed ms |")
+    print(
+        "\n(CPU ms of the computing thread, medians)\n| shape | rows x K -> N | threads | dense ms | Monarch ms (dense/it) | Monarch decomposed ms | 2:4 ms (dense/it) | 2:4 decomposed ms |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows_out:
         print(

@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 import traceback
+from functools import partial
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 for cand in (os.path.join(HERE, "py"), os.path.join(HERE, "..", "..")):
@@ -29,7 +30,6 @@ for cand in (os.path.join(HERE, "py"), os.path.join(HERE, "..", "..")):
         break
 
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -84,7 +84,9 @@ def section(fn):
         try:
             fn(*a, **k)
         except Exception as e:  # keep going: one broken section must not lose the others
-            RESULTS["errors"].append({"section": fn.__name__, "error": repr(e), "trace": traceback.format_exc()[-3000:]})
+            RESULTS["errors"].append(
+                {"section": fn.__name__, "error": repr(e), "trace": traceback.format_exc()[-3000:]}
+            )
             print(f"!! {fn.__name__} failed: {e!r}", flush=True)
         print(f"== {fn.__name__}: {time.time() - t0:.1f}s", flush=True)
         save()
@@ -99,20 +101,48 @@ class Lib:
         self.c = ctypes.CDLL(path)
         c = self.c
         c.spa_monarch_cuda.restype = ctypes.c_int
-        c.spa_monarch_cuda.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [
-            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        c.spa_monarch_cuda.argtypes = (
+            [ctypes.c_int]
+            + [ctypes.c_void_p] * 5
+            + [ctypes.c_int64] * 5
+            + [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        )
         c.spa_nm_cuda_create.restype = ctypes.c_void_p
-        c.spa_nm_cuda_create.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_char_p, ctypes.c_int]
+        c.spa_nm_cuda_create.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
         c.spa_nm_cuda_run.restype = ctypes.c_int
-        c.spa_nm_cuda_run.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        c.spa_nm_cuda_run.argtypes = [ctypes.c_void_p] * 6 + [
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
         c.spa_nm_cuda_destroy.argtypes = [ctypes.c_void_p]
         self.err = ctypes.create_string_buffer(512)
 
     def monarch(self, x, r, l_, bias, y, b, rr, kb, nq):
         dt = 10 if x.dtype == torch.float16 else 1
-        rc = self.c.spa_monarch_cuda(dt, x.data_ptr(), r.data_ptr(), l_.data_ptr(), bias.data_ptr() if bias is not None else None,
-                                     y.data_ptr(), x.numel() // x.shape[-1], b, rr, kb, nq,
-                                     torch.cuda.current_stream().cuda_stream, self.err, 512)
+        rc = self.c.spa_monarch_cuda(
+            dt,
+            x.data_ptr(),
+            r.data_ptr(),
+            l_.data_ptr(),
+            bias.data_ptr() if bias is not None else None,
+            y.data_ptr(),
+            x.numel() // x.shape[-1],
+            b,
+            rr,
+            kb,
+            nq,
+            torch.cuda.current_stream().cuda_stream,
+            self.err,
+            512,
+        )
         if rc:
             raise RuntimeError(self.err.value.decode())
 
@@ -124,9 +154,18 @@ class Lib:
         return h
 
     def nm(self, h, x, values, meta, bias, y):
-        rc = self.c.spa_nm_cuda_run(h, x.data_ptr(), values.data_ptr(), meta.data_ptr(),
-                                    bias.data_ptr() if bias is not None else None, y.data_ptr(),
-                                    x.numel() // x.shape[-1], torch.cuda.current_stream().cuda_stream, self.err, 512)
+        rc = self.c.spa_nm_cuda_run(
+            h,
+            x.data_ptr(),
+            values.data_ptr(),
+            meta.data_ptr(),
+            bias.data_ptr() if bias is not None else None,
+            y.data_ptr(),
+            x.numel() // x.shape[-1],
+            torch.cuda.current_stream().cuda_stream,
+            self.err,
+            512,
+        )
         if rc:
             raise RuntimeError(self.err.value.decode())
 
@@ -172,9 +211,15 @@ def model(op_type, inputs, out_elem, out_dims, nodes=None):
         else:
             inits.append(numpy_helper.from_array(value, name))
     if nodes is None:
-        nodes = [helper.make_node(op_type, [n for n, *_ in inputs], ["Y"], domain=ro.DOMAIN, name="op")]
-    g = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("Y", out_elem, out_dims)], initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ro.DOMAIN, 1)])
+        nodes = [
+            helper.make_node(op_type, [n for n, *_ in inputs], ["Y"], domain=ro.DOMAIN, name="op")
+        ]
+    g = helper.make_graph(
+        nodes, "g", ins, [helper.make_tensor_value_info("Y", out_elem, out_dims)], initializer=inits
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ro.DOMAIN, 1)]
+    )
     m.ir_version = 9
     return m
 
@@ -182,19 +227,33 @@ def model(op_type, inputs, out_elem, out_dims, nodes=None):
 def dense_model(w_t: np.ndarray, elem, rows_dim="B"):
     k, n = w_t.shape
     node = helper.make_node("MatMul", ["X", "W"], ["Y"], name="dense")
-    return model(None, [("X", None, elem, [rows_dim, k]), ("W", w_t, elem, None)], elem, [rows_dim, n], nodes=[node])
+    return model(
+        None,
+        [("X", None, elem, [rows_dim, k]), ("W", w_t, elem, None)],
+        elem,
+        [rows_dim, n],
+        nodes=[node],
+    )
 
 
 def session(m, lib: str | None, cuda_graph: bool = False):
     so = ort.SessionOptions()
-    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")  # every node on the GPU, or fail
+    so.add_session_config_entry(
+        "session.disable_cpu_ep_fallback", "1"
+    )  # every node on the GPU, or fail
     if lib:
         so.register_custom_ops_library(lib)
     opts = {"enable_cuda_graph": "1"} if cuda_graph else {}
-    return ort.InferenceSession(m.SerializeToString(), so, providers=[("CUDAExecutionProvider", opts)])
+    return ort.InferenceSession(
+        m.SerializeToString(), so, providers=[("CUDAExecutionProvider", opts)]
+    )
 
 
-TORCH2ONNX = {torch.float16: TensorProto.FLOAT16, torch.float32: TensorProto.FLOAT, torch.bfloat16: TensorProto.BFLOAT16}
+TORCH2ONNX = {
+    torch.float16: TensorProto.FLOAT16,
+    torch.float32: TensorProto.FLOAT,
+    torch.bfloat16: TensorProto.BFLOAT16,
+}
 
 
 def bind_run(sess, x: torch.Tensor, y: torch.Tensor):
@@ -277,8 +336,14 @@ def correctness_monarch_reference_small() -> None:
     lib = ARGS.lib
     rng = np.random.default_rng(1)
     for dtype, elem in ((np.float16, TensorProto.FLOAT16), (np.float32, TensorProto.FLOAT)):
-        for rows, b, r, kb, nq, bias in [(1, 4, 1, 16, 16, False), (37, 4, 1, 16, 16, True), (7, 3, 2, 5, 7, True),
-                                         (130, 16, 1, 48, 192, True), (33, 24, 1, 32, 32, False), (2, 1, 1, 9, 5, True)]:
+        for rows, b, r, kb, nq, bias in [
+            (1, 4, 1, 16, 16, False),
+            (37, 4, 1, 16, 16, True),
+            (7, 3, 2, 5, 7, True),
+            (130, 16, 1, 48, 192, True),
+            (33, 24, 1, 32, 32, False),
+            (2, 1, 1, 9, 5, True),
+        ]:
             R = rng.standard_normal((b, b * r, kb)).astype(dtype)
             L = rng.standard_normal((b, nq, b * r)).astype(dtype)
             bv = rng.standard_normal(nq * b).astype(dtype) if bias else None
@@ -296,20 +361,47 @@ def correctness_monarch_reference_small() -> None:
                 ref = mref.monarch_matmul(x.astype(np.float64), R, L, bv)
                 worst = max(worst, rel(y.cpu(), torch.from_numpy(ref)))
             tol = 3e-3 if dtype == np.float16 else 1e-5
-            RESULTS["correctness"].append({"op": "MonarchMatMul", "via": "ORT CUDA", "dtype": np.dtype(dtype).name,
-                                           "rows": rows, "b": b, "r": r, "kb": kb, "nq": nq, "bias": bias,
-                                           "rel_err": worst, "ok": worst < tol})
+            RESULTS["correctness"].append(
+                {
+                    "op": "MonarchMatMul",
+                    "via": "ORT CUDA",
+                    "dtype": np.dtype(dtype).name,
+                    "rows": rows,
+                    "b": b,
+                    "r": r,
+                    "kb": kb,
+                    "nq": nq,
+                    "bias": bias,
+                    "rel_err": worst,
+                    "ok": worst < tol,
+                }
+            )
     # a bad shape through the CUDA kernel: an ORT error, not a crash
     R = rng.standard_normal((3, 3, 4)).astype(np.float16)
     L = rng.standard_normal((3, 5, 3)).astype(np.float16)
-    sess = session(model("MonarchMatMul", [("X", None, TensorProto.FLOAT16, ["B", "K"]), ("R", R, 0, None), ("L", L, 0, None)],
-                         TensorProto.FLOAT16, ["B", 15]), lib)
+    sess = session(
+        model(
+            "MonarchMatMul",
+            [("X", None, TensorProto.FLOAT16, ["B", "K"]), ("R", R, 0, None), ("L", L, 0, None)],
+            TensorProto.FLOAT16,
+            ["B", 15],
+        ),
+        lib,
+    )
     try:
         sess.run(None, {"X": np.ones((2, 13), np.float16)})
-        RESULTS["correctness"].append({"op": "MonarchMatMul", "case": "bad K on CUDA", "ok": False, "got": "no error"})
+        RESULTS["correctness"].append(
+            {"op": "MonarchMatMul", "case": "bad K on CUDA", "ok": False, "got": "no error"}
+        )
     except Exception as e:
-        RESULTS["correctness"].append({"op": "MonarchMatMul", "case": "bad K on CUDA", "ok": "b*kb = 12" in str(e),
-                                       "got": str(e)[-200:]})
+        RESULTS["correctness"].append(
+            {
+                "op": "MonarchMatMul",
+                "case": "bad K on CUDA",
+                "ok": "b*kb = 12" in str(e),
+                "got": str(e)[-200:],
+            }
+        )
 
 
 @section
@@ -317,24 +409,47 @@ def correctness_nm_reference_small() -> None:
     lib = ARGS.lib
     rng = np.random.default_rng(2)
     for dtype_name in ("float16", "bfloat16"):
-        for rows, n, k, bias in [(1, 64, 64, False), (37, 96, 128, True), (16, 64, 256, False), (300, 768, 384, True),
-                                 (5, 1536, 768, True)]:
+        for rows, n, k, bias in [
+            (1, 64, 64, False),
+            (37, 96, 128, True),
+            (16, 64, 256, False),
+            (300, 768, 384, True),
+            (5, 1536, 768, True),
+        ]:
             w = nref.magnitude_24(rng.standard_normal((n, k)).astype(np.float32) / np.sqrt(k))
             v, m = nref.compress(w)
             bv = rng.standard_normal(n).astype(np.float32) if bias else None
             tdt = torch.float16 if dtype_name == "float16" else torch.bfloat16
             elem = TensorProto.FLOAT16 if dtype_name == "float16" else TensorProto.BFLOAT16
             vt = torch.from_numpy(v).to(tdt)
-            v_init = helper.make_tensor("values", elem, list(v.shape), vt.view(torch.int16).numpy().tobytes(), raw=True)
-            node = helper.make_node("NMSparseMatMul", ["X", "values", "meta"] + (["bias"] if bias else []), ["Y"],
-                                    domain=ro.DOMAIN, name="op")
+            v_init = helper.make_tensor(
+                "values", elem, list(v.shape), vt.view(torch.int16).numpy().tobytes(), raw=True
+            )
+            node = helper.make_node(
+                "NMSparseMatMul",
+                ["X", "values", "meta"] + (["bias"] if bias else []),
+                ["Y"],
+                domain=ro.DOMAIN,
+                name="op",
+            )
             inits = [v_init, numpy_helper.from_array(m, "meta")]
             if bias:
                 bt = torch.from_numpy(bv).to(tdt)
-                inits.append(helper.make_tensor("bias", elem, [n], bt.view(torch.int16).numpy().tobytes(), raw=True))
-            g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", elem, ["B", k])],
-                                  [helper.make_tensor_value_info("Y", elem, ["B", n])], initializer=inits)
-            mm = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ro.DOMAIN, 1)])
+                inits.append(
+                    helper.make_tensor(
+                        "bias", elem, [n], bt.view(torch.int16).numpy().tobytes(), raw=True
+                    )
+                )
+            g = helper.make_graph(
+                [node],
+                "g",
+                [helper.make_tensor_value_info("X", elem, ["B", k])],
+                [helper.make_tensor_value_info("Y", elem, ["B", n])],
+                initializer=inits,
+            )
+            mm = helper.make_model(
+                g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ro.DOMAIN, 1)]
+            )
             mm.ir_version = 9
             sess = session(mm, lib)
             worst = 0.0
@@ -343,12 +458,27 @@ def correctness_nm_reference_small() -> None:
                 y = torch.full((rows, n), float("nan"), dtype=tdt, device=DEV)
                 sess.run_with_iobinding(bind_run(sess, x, y))
                 torch.cuda.synchronize()
-                ref = nref.nm_sparse_matmul(x.float().cpu().double().numpy(), vt.float().double().numpy(), m,
-                                            None if bv is None else torch.from_numpy(bv).to(tdt).double().numpy())
+                ref = nref.nm_sparse_matmul(
+                    x.float().cpu().double().numpy(),
+                    vt.float().double().numpy(),
+                    m,
+                    None if bv is None else torch.from_numpy(bv).to(tdt).double().numpy(),
+                )
                 worst = max(worst, rel(y.cpu(), torch.from_numpy(ref)))
             tol = 3e-3 if tdt == torch.float16 else 1e-2
-            RESULTS["correctness"].append({"op": "NMSparseMatMul", "via": "ORT CUDA", "dtype": dtype_name, "rows": rows,
-                                           "n": n, "k": k, "bias": bias, "rel_err": worst, "ok": worst < tol})
+            RESULTS["correctness"].append(
+                {
+                    "op": "NMSparseMatMul",
+                    "via": "ORT CUDA",
+                    "dtype": dtype_name,
+                    "rows": rows,
+                    "n": n,
+                    "k": k,
+                    "bias": bias,
+                    "rel_err": worst,
+                    "ok": worst < tol,
+                }
+            )
 
 
 @section
@@ -371,20 +501,38 @@ def kernels_monarch(lib: Lib) -> None:
         wd = (torch.randn(n, k, generator=gen, device=DEV) / np.sqrt(k)).to(dtype)
         yd = [torch.empty(rows, n, dtype=dtype, device=DEV) for _ in range(sets)]
         calls = 20
-        t_ours = graph_time([lambda i=i: lib.monarch(xs[i % sets], R, L, bias, ys[i % sets], b, r, kb, nq) for i in range(calls)])
-        t_dense = graph_time([lambda i=i: torch.addmm(bias, xs[i % sets], wd.t(), out=yd[i % sets]) for i in range(calls)])
-        t_ours2 = graph_time([lambda i=i: lib.monarch(xs[i % sets], R, L, bias, ys[i % sets], b, r, kb, nq) for i in range(calls)])
+        ours = [
+            partial(lib.monarch, xs[i % sets], R, L, bias, ys[i % sets], b, r, kb, nq)
+            for i in range(calls)
+        ]
+        dense = [
+            partial(torch.addmm, bias, xs[i % sets], wd.t(), out=yd[i % sets]) for i in range(calls)
+        ]
+        t_ours, t_dense, t_ours2 = graph_time(ours), graph_time(dense), graph_time(ours)
         nbytes = 2 * (rows * (k + n) + R.numel() + L.numel() + n)
         floor_ms = nbytes / bw * 1e3
         flops_ratio = b * r * (k + n) / (k * n)
-        row = {"op": "MonarchMatMul", "shape": name, "rows": rows, "K": k, "N": n, "b": b, "r": r,
-               "path": "wmma" if (kb % 16 == 0 and (b * r) % 16 == 0 and nq % 16 == 0) else "generic",
-               "rel_err_vs_fp32": err, "ours_ms": t_ours, "ours_ms_repeat": t_ours2, "cublas_dense_ms": t_dense,
-               "dense_over_ours": t_dense / t_ours, "floor_ms": floor_ms, "ours_over_floor": t_ours / floor_ms,
-               "flops_ratio": flops_ratio}
+        row = {
+            "op": "MonarchMatMul",
+            "shape": name,
+            "rows": rows,
+            "K": k,
+            "N": n,
+            "b": b,
+            "r": r,
+            "path": "wmma" if (kb % 16 == 0 and (b * r) % 16 == 0 and nq % 16 == 0) else "generic",
+            "rel_err_vs_fp32": err,
+            "ours_ms": t_ours,
+            "ours_ms_repeat": t_ours2,
+            "cublas_dense_ms": t_dense,
+            "dense_over_ours": t_dense / t_ours,
+            "floor_ms": floor_ms,
+            "ours_over_floor": t_ours / floor_ms,
+            "flops_ratio": flops_ratio,
+        }
         RESULTS["kernel"].append(row)
         print(json.dumps(row), flush=True)
-        del xs, ys, yd, wd
+        del xs, ys, yd, wd, ours, dense
         torch.cuda.empty_cache()
 
 
@@ -411,16 +559,28 @@ def kernels_nm(lib: Lib) -> None:
         first_ms = (time.perf_counter() - t0) * 1e3
         err = rel(ys[0], xs[0].float() @ wd.float().t())
         calls = 20
-        t_ours = graph_time([lambda i=i: lib.nm(h, xs[i % sets], vt, mt, bias, ys[i % sets]) for i in range(calls)])
-        t_dense = graph_time([lambda i=i: torch.matmul(xs[i % sets], wd.t(), out=yd[i % sets]) for i in range(calls)])
-        t_ours2 = graph_time([lambda i=i: lib.nm(h, xs[i % sets], vt, mt, bias, ys[i % sets]) for i in range(calls)])
+        ours = [partial(lib.nm, h, xs[i % sets], vt, mt, bias, ys[i % sets]) for i in range(calls)]
+        dense = [
+            partial(torch.matmul, xs[i % sets], wd.t(), out=yd[i % sets]) for i in range(calls)
+        ]
+        t_ours, t_dense, t_ours2 = graph_time(ours), graph_time(dense), graph_time(ours)
         lib.c.spa_nm_cuda_destroy(h)
-        row = {"op": "NMSparseMatMul", "shape": name, "rows": rows, "K": k, "N": n, "rel_err_vs_fp32": err,
-               "first_call_ms": first_ms, "ours_ms": t_ours, "ours_ms_repeat": t_ours2, "cublas_dense_ms": t_dense,
-               "dense_over_ours": t_dense / t_ours}
+        row = {
+            "op": "NMSparseMatMul",
+            "shape": name,
+            "rows": rows,
+            "K": k,
+            "N": n,
+            "rel_err_vs_fp32": err,
+            "first_call_ms": first_ms,
+            "ours_ms": t_ours,
+            "ours_ms_repeat": t_ours2,
+            "cublas_dense_ms": t_dense,
+            "dense_over_ours": t_dense / t_ours,
+        }
         RESULTS["kernel"].append(row)
         print(json.dumps(row), flush=True)
-        del xs, ys, yd, wd
+        del xs, ys, yd, wd, ours, dense
         torch.cuda.empty_cache()
 
 
@@ -431,9 +591,9 @@ def ort_level(lib: Lib) -> None:
     gen.manual_seed(5)
     h = TensorProto.FLOAT16
     cases = []
-    for name, rows, k, n in (NM if not ARGS.quick else NM[:1] + NM[-2:]):
+    for name, rows, k, n in NM if not ARGS.quick else NM[:1] + NM[-2:]:
         cases.append(("NMSparseMatMul", name, rows, k, n, None))
-    for name, rows, k, n, b, r in (MONARCH if not ARGS.quick else MONARCH[:1] + MONARCH[-1:]):
+    for name, rows, k, n, b, r in MONARCH if not ARGS.quick else MONARCH[:1] + MONARCH[-1:]:
         cases.append(("MonarchMatMul", name, rows, k, n, (b, r)))
     for op, name, rows, k, n, br in cases:
         if ARGS.ops and op not in ARGS.ops.split(","):
@@ -442,16 +602,38 @@ def ort_level(lib: Lib) -> None:
             x = torch.randn(rows, k, device=DEV).half()
             if op == "NMSparseMatMul":
                 w, v, m = nm_weights(n, k, torch.float16, gen)
-                mod = model(op, [("X", None, h, [rows, k]), ("values", v.astype(np.float16), h, None),
-                                 ("meta", m, TensorProto.UINT8, None)], h, [rows, n])
+                mod = model(
+                    op,
+                    [
+                        ("X", None, h, [rows, k]),
+                        ("values", v.astype(np.float16), h, None),
+                        ("meta", m, TensorProto.UINT8, None),
+                    ],
+                    h,
+                    [rows, n],
+                )
                 wd_t = np.ascontiguousarray(w.T.astype(np.float16))
                 ref = x.float() @ torch.from_numpy(w).to(DEV).float().t()
             else:
                 b, r = br
-                R, L, kb, nq = monarch_factors(b, r, k, n, torch.float16, torch.Generator(device=DEV).manual_seed(6))
-                mod = model(op, [("X", None, h, [rows, k]), ("R", R.cpu().numpy(), h, None), ("L", L.cpu().numpy(), h, None)],
-                            h, [rows, n])
-                wd_t = np.ascontiguousarray((np.random.default_rng(0).standard_normal((k, n)) / np.sqrt(k)).astype(np.float16))
+                R, L, kb, nq = monarch_factors(
+                    b, r, k, n, torch.float16, torch.Generator(device=DEV).manual_seed(6)
+                )
+                mod = model(
+                    op,
+                    [
+                        ("X", None, h, [rows, k]),
+                        ("R", R.cpu().numpy(), h, None),
+                        ("L", L.cpu().numpy(), h, None),
+                    ],
+                    h,
+                    [rows, n],
+                )
+                wd_t = np.ascontiguousarray(
+                    (np.random.default_rng(0).standard_normal((k, n)) / np.sqrt(k)).astype(
+                        np.float16
+                    )
+                )
                 ref = monarch_ref(x, R, L, None)
             dense = dense_model(wd_t, h, rows)
             row = {"op": op, "shape": name, "rows": rows, "K": k, "N": n}
@@ -473,7 +655,9 @@ def ort_level(lib: Lib) -> None:
             RESULTS["ort"].append(row)
             print(json.dumps(row), flush=True)
         except Exception as e:
-            RESULTS["errors"].append({"section": "ort_level", "case": [op, name], "error": repr(e)[-600:]})
+            RESULTS["errors"].append(
+                {"section": "ort_level", "case": [op, name], "error": repr(e)[-600:]}
+            )
             print(f"!! ort {op} {name}: {e!r}"[:600], flush=True)
         torch.cuda.empty_cache()
         save()
@@ -481,18 +665,26 @@ def ort_level(lib: Lib) -> None:
 
 def tables() -> None:
     print("\n### kernels (CUDA graph of 20 calls, 4 rotating input sets; ms per call)")
-    print("| op | shape | rows x K -> N | ours ms | cuBLAS dense ms | dense/ours | ours/floor | rel err |")
+    print(
+        "| op | shape | rows x K -> N | ours ms | cuBLAS dense ms | dense/ours | ours/floor | rel err |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in RESULTS["kernel"]:
         floor = f"{r['ours_over_floor']:.2f}" if "ours_over_floor" in r else "-"
-        print(f"| {r['op']} | {r['shape']} | {r['rows']}x{r['K']}->{r['N']} | {r['ours_ms']:.4f} | {r['cublas_dense_ms']:.4f} | "
-              f"{r['dense_over_ours']:.2f} | {floor} | {r['rel_err_vs_fp32']:.1e} |")
+        print(
+            f"| {r['op']} | {r['shape']} | {r['rows']}x{r['K']}->{r['N']} | {r['ours_ms']:.4f} | {r['cublas_dense_ms']:.4f} | "
+            f"{r['dense_over_ours']:.2f} | {floor} | {r['rel_err_vs_fp32']:.1e} |"
+        )
     print("\n### ORT CUDA (ms per run_with_iobinding; plain / with enable_cuda_graph)")
-    print("| op | shape | op plain | dense plain | dense/op | op graph | dense graph | dense/op graph |")
+    print(
+        "| op | shape | op plain | dense plain | dense/op | op graph | dense graph | dense/op graph |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in RESULTS["ort"]:
-        print(f"| {r['op']} | {r['shape']} | {r['op_ms_plain']:.4f} | {r['dense_ms_plain']:.4f} | {r['dense_over_op_plain']:.2f} | "
-              f"{r['op_ms_graph']:.4f} | {r['dense_ms_graph']:.4f} | {r['dense_over_op_graph']:.2f} |")
+        print(
+            f"| {r['op']} | {r['shape']} | {r['op_ms_plain']:.4f} | {r['dense_ms_plain']:.4f} | {r['dense_over_op_plain']:.2f} | "
+            f"{r['op_ms_graph']:.4f} | {r['dense_ms_graph']:.4f} | {r['dense_over_op_graph']:.2f} |"
+        )
     bad = [c for c in RESULTS["correctness"] if not c.get("ok")]
     print(f"\ncorrectness: {len(RESULTS['correctness'])} cases, {len(bad)} failed: {bad[:5]}")
     print(f"errors: {[e['section'] + ': ' + e['error'][:200] for e in RESULTS['errors']]}")
@@ -511,9 +703,14 @@ def main() -> None:
     OUT = ARGS.out
     lib = Lib(ARGS.lib)
     only = set(filter(None, ARGS.only.split(",")))
-    steps = [("env", lambda: env(lib)), ("monarch_small", correctness_monarch_reference_small),
-             ("nm_small", correctness_nm_reference_small), ("kernels_monarch", lambda: kernels_monarch(lib)),
-             ("kernels_nm", lambda: kernels_nm(lib)), ("ort", lambda: ort_level(lib))]
+    steps = [
+        ("env", lambda: env(lib)),
+        ("monarch_small", correctness_monarch_reference_small),
+        ("nm_small", correctness_nm_reference_small),
+        ("kernels_monarch", lambda: kernels_monarch(lib)),
+        ("kernels_nm", lambda: kernels_nm(lib)),
+        ("ort", lambda: ort_level(lib)),
+    ]
     for key, fn in steps:
         if not only or key in only or key == "env":
             fn()

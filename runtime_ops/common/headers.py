@@ -58,7 +58,9 @@ def ort_include() -> Path:
             return cand
     _fetch_debian("libonnxruntime-dev", fetched.parents[2])
     if not (fetched / want).is_file():
-        raise MissingRequirementError(f"libonnxruntime-dev unpacked but {fetched / want} is missing")
+        raise MissingRequirementError(
+            f"libonnxruntime-dev unpacked but {fetched / want} is missing"
+        )
     return fetched
 
 
@@ -104,7 +106,9 @@ def _fetch_debian(package: str, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         r = _run(["dpkg", "-x", debs[0], str(dest)])
         if r.returncode:
-            raise MissingRequirementError(f"dpkg -x {debs[0]} failed: {r.stderr.strip()}", hint=hint)
+            raise MissingRequirementError(
+                f"dpkg -x {debs[0]} failed: {r.stderr.strip()}", hint=hint
+            )
 
 
 def _apt_download(package: str, work: Path, mirror: str | None, errors: list[str]) -> list[str]:
@@ -131,7 +135,9 @@ def _apt_download(package: str, work: Path, mirror: str | None, errors: list[str
             return []
     r = _run(["apt-get", *opts, "-qq", "download", package], cwd=out)
     if r.returncode:
-        errors.append(f"apt-get download ({'trixie' if mirror else 'system'}): {r.stderr.strip()[-300:]}")
+        errors.append(
+            f"apt-get download ({'trixie' if mirror else 'system'}): {r.stderr.strip()[-300:]}"
+        )
     return sorted(glob.glob(str(out / f"{package}_*.deb")))
 
 
@@ -159,7 +165,11 @@ def trt_include() -> Path:
                 hint="set SPA_TRT_INCLUDE to your TensorRT's include folder",
             )
         with tarfile.open(sdists[0]) as tar:
-            members = [m for m in tar.getmembers() if "/kernel_lens/include/tensorrt/" in m.name and m.isfile()]
+            members = [
+                m
+                for m in tar.getmembers()
+                if "/kernel_lens/include/tensorrt/" in m.name and m.isfile()
+            ]
             fetched.mkdir(parents=True, exist_ok=True)
             for m in members:
                 f = tar.extractfile(m)
@@ -175,12 +185,16 @@ def cusparselt_root() -> Path:
     """A folder with include/cusparseLt.h and lib/libcusparseLt.so*."""
 
     def ok(p: Path) -> bool:
-        return (p / "include" / "cusparseLt.h").is_file() and bool(glob.glob(str(p / "lib" / "libcusparseLt.so*")))
+        return (p / "include" / "cusparseLt.h").is_file() and bool(
+            glob.glob(str(p / "lib" / "libcusparseLt.so*"))
+        )
 
     env = os.environ.get("SPA_CUSPARSELT_ROOT")
     if env:
         if not ok(Path(env)):
-            raise MissingRequirementError(f"SPA_CUSPARSELT_ROOT={env} has no include/cusparseLt.h + lib/")
+            raise MissingRequirementError(
+                f"SPA_CUSPARSELT_ROOT={env} has no include/cusparseLt.h + lib/"
+            )
         return Path(env)
     # pip's nvidia-cusparselt-cu12 puts it in nvidia/cusparselt, -cu13 (0.10) in nvidia/cu13
     try:
@@ -210,7 +224,7 @@ def cusparselt_root() -> Path:
                 raise MissingRequirementError(f"{wheels[0]} holds no include/cusparseLt.h")
             prefix = heads[0][: -len("include/cusparseLt.h")]  # e.g. nvidia/cu13/
             for name in z.namelist():
-                rel = name[len(prefix):] if name.startswith(prefix) else ""
+                rel = name[len(prefix) :] if name.startswith(prefix) else ""
                 if rel.startswith(("include/", "lib/")) and not name.endswith("/"):
                     target = fetched / rel
                     target.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
     if registry.load_library(lib) is None:
         print(f"RESULT failed: could not load {lib}", flush=True)
         return 1
-    names = sorted(f"{c.name}/{c.plugin_version}/{c.plugin_namespace}" for c in registry.all_creators)
+    names = sorted(
+        f"{c.name}/{c.plugin_version}/{c.plugin_namespace}" for c in registry.all_creators
+    )
     ours = [n for n in names if n.split("/")[0] in ("MonarchMatMul", "NMSparseMatMul")]
     print("CREATORS " + " ".join(ours), flush=True)
     builder = trt.Builder(logger)

@@ -59,7 +59,9 @@ def infer_shapes(ctx: onnx.shape_inference.InferenceContext) -> None:
         check_equal(f"{OP_TYPE}: R.shape[1] and L.shape[2]", r[1], l_[2])
         b, br = r[0], r[1]
         if isinstance(b, int) and isinstance(br, int) and (b < 1 or br < b or br % b):
-            raise InferenceError(f"{OP_TYPE}: R.shape[1] ({br}) must be a positive multiple of b ({b})")
+            raise InferenceError(
+                f"{OP_TYPE}: R.shape[1] ({br}) must be a positive multiple of b ({b})"
+            )
         if x is not None and isinstance(b, int) and isinstance(r[2], int):
             check_equal(f"{OP_TYPE}: X's last axis and b * R.shape[2]", x[-1], b * r[2])
     if l_ is not None and isinstance(l_[0], int) and isinstance(l_[1], int):

@@ -52,7 +52,13 @@ def decompose_node(
     n = helper.make_node
     nodes = [
         n("Unsqueeze", [meta, f"{p}/axis_last"], [f"{p}/m3"], name=f"{p}/unsqueeze_meta"),
-        n("BitShift", [f"{p}/m3", f"{p}/shifts"], [f"{p}/sh"], direction="RIGHT", name=f"{p}/shift"),
+        n(
+            "BitShift",
+            [f"{p}/m3", f"{p}/shifts"],
+            [f"{p}/sh"],
+            direction="RIGHT",
+            name=f"{p}/shift",
+        ),
         n("Mod", [f"{p}/sh", f"{p}/four"], [f"{p}/idx8"], name=f"{p}/mod4"),
         n("Reshape", [f"{p}/idx8", f"{p}/pairs"], [f"{p}/idx3"], name=f"{p}/reshape_idx"),
         n("Cast", [f"{p}/idx3"], [f"{p}/idx"], to=onnx.TensorProto.INT64, name=f"{p}/cast_idx"),

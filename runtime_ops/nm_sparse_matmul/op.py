@@ -60,7 +60,9 @@ def infer_shapes(ctx: onnx.shape_inference.InferenceContext) -> None:
             check_equal(f"{OP_TYPE}: values.shape[1] and 4 * meta.shape[1]", v[1], 4 * md[1])
     if v is not None and isinstance(v[1], int):
         if v[1] % 4:
-            raise InferenceError(f"{OP_TYPE}: K = 2 * values.shape[1] = {2 * v[1]} is not a multiple of 8")
+            raise InferenceError(
+                f"{OP_TYPE}: K = 2 * values.shape[1] = {2 * v[1]} is not a multiple of 8"
+            )
         if x is not None:
             check_equal(f"{OP_TYPE}: X's last axis and K = 2 * values.shape[1]", x[-1], 2 * v[1])
     bias = input_dims(ctx, 3)

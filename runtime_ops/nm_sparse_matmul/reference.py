@@ -28,7 +28,9 @@ VALID_CODES = tuple(i0 | (i1 << 2) for i0 in range(4) for i1 in range(i0 + 1, 4)
 
 def _check(k: int) -> None:
     if k <= 0 or k % 8:
-        raise ValueError(f"K must be a positive multiple of 8 for 2:4 with packed metadata, got {k}")
+        raise ValueError(
+            f"K must be a positive multiple of 8 for 2:4 with packed metadata, got {k}"
+        )
 
 
 def magnitude_24(w: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
@@ -82,7 +84,9 @@ def decompress(
     k = 2 * half
     _check(k)
     if meta.shape != (n, k // 8) or meta.dtype != np.uint8:
-        raise ValueError(f"meta must be uint8 of shape ({n}, {k // 8}), got {meta.dtype} {meta.shape}")
+        raise ValueError(
+            f"meta must be uint8 of shape ({n}, {k // 8}), got {meta.dtype} {meta.shape}"
+        )
     codes = np.empty((n, k // 4), np.uint8)
     codes[:, 0::2] = meta & 0xF
     codes[:, 1::2] = meta >> 4

@@ -34,7 +34,8 @@ def one_node_model(
     out = helper.make_tensor_value_info("Y", y_elem, y_dims)
     g = helper.make_graph([node], "g", graph_inputs, [out], initializer=inits)
     m = helper.make_model(
-        g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(runtime_ops.DOMAIN, 1)]
+        g,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(runtime_ops.DOMAIN, 1)],
     )
     m.ir_version = 9
     return m

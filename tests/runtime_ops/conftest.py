@@ -22,7 +22,9 @@ def libs() -> dict[str, Path]:
     """{library name: path} of the CPU ORT library and the TensorRT plugins (and self-test)."""
     missing = have_toolchain()
     if missing:
-        if os.environ.get("CI") == "true":  # CI has the toolchain (.ci/run installs it): never skip there
+        if (
+            os.environ.get("CI") == "true"
+        ):  # CI has the toolchain (.ci/run installs it): never skip there
             pytest.fail(f"building runtime_ops needs {missing}")
         pytest.skip(f"building runtime_ops needs {missing}")
     return build(cuda=False, trt=True)

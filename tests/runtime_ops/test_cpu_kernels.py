@@ -60,7 +60,9 @@ def test_monarch_cpu_matches_reference(rng, ort_lib, dtype, bias, threads):
 
 def test_monarch_cpu_runtime_weights_and_leading_axes(rng, ort_lib):
     b, r, kb, nq = 3, 2, 5, 7
-    model, *_ = _monarch(rng, b, r, kb, nq, np.float32, True, const_weights=False, x_dims=[2, "S", b * kb])
+    model, *_ = _monarch(
+        rng, b, r, kb, nq, np.float32, True, const_weights=False, x_dims=[2, "S", b * kb]
+    )
     s = session(model, ort_lib, 2)
     for _ in range(3):  # fresh weights each run: nothing may be cached from the first
         R = rng.standard_normal((b, b * r, kb)).astype(np.float32)
@@ -90,7 +92,11 @@ def test_monarch_cpu_bad_shapes_are_ort_errors(rng, ort_lib):
     with pytest.raises(Exception, match="does not match R"):
         s.run(
             None,
-            {"X": np.ones((2, 15), np.float32), "R": np.ones((3, 6, 5), np.float32), "L": np.ones((3, 7, 5), np.float32)},
+            {
+                "X": np.ones((2, 15), np.float32),
+                "R": np.ones((3, 6, 5), np.float32),
+                "L": np.ones((3, 7, 5), np.float32),
+            },
         )
 
 
@@ -132,7 +138,9 @@ def test_nm_cpu_bfloat16(rng, ort_lib):
     to_bf16 = lambda a: (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)  # noqa: E731
     from_bf16 = lambda a: (a.astype(np.uint32) << 16).view(np.float32)  # noqa: E731
     vb = to_bf16(v)
-    values = onnx.helper.make_tensor("values", TensorProto.BFLOAT16, list(v.shape), vb.tobytes(), raw=True)
+    values = onnx.helper.make_tensor(
+        "values", TensorProto.BFLOAT16, list(v.shape), vb.tobytes(), raw=True
+    )
     model = one_node_model(
         "NMSparseMatMul",
         [("X", None, TensorProto.BFLOAT16, ["B", k]), ("meta", m, TensorProto.UINT8, None)],
@@ -147,8 +155,12 @@ def test_nm_cpu_bfloat16(rng, ort_lib):
     xb = to_bf16(x)
     out = np.full((rows, n), 0x7FC0, np.uint16)  # poisoned with NaN
     binding = s.io_binding()
-    binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy_with_onnx_type(xb, TensorProto.BFLOAT16))
-    binding.bind_ortvalue_output("Y", ort.OrtValue.ortvalue_from_numpy_with_onnx_type(out, TensorProto.BFLOAT16))
+    binding.bind_ortvalue_input(
+        "X", ort.OrtValue.ortvalue_from_numpy_with_onnx_type(xb, TensorProto.BFLOAT16)
+    )
+    binding.bind_ortvalue_output(
+        "Y", ort.OrtValue.ortvalue_from_numpy_with_onnx_type(out, TensorProto.BFLOAT16)
+    )
     s.run_with_iobinding(binding)
     got = from_bf16(out)
     ref = nref.nm_sparse_matmul(from_bf16(xb).astype(np.float64), from_bf16(vb), m)
@@ -184,11 +196,16 @@ def test_nm_cpu_bad_shapes_and_metadata_are_ort_errors(rng, ort_lib):
     s = session(model, ort_lib)
     with pytest.raises(Exception, match="invalid 2:4 metadata code"):
         s.run(None, {"X": np.ones((3, 16), np.float32), "values": v, "meta": bad})
-    for d, name in zip(model.graph.input[2].type.tensor_type.shape.dim, ("rows", "bytes"), strict=True):
+    for d, name in zip(
+        model.graph.input[2].type.tensor_type.shape.dim, ("rows", "bytes"), strict=True
+    ):
         d.dim_param = name  # let the wrong shape reach the kernel's own check
     s = session(model, ort_lib)
     with pytest.raises(Exception, match="meta \\[8, 3\\] must be \\(8, 2\\)"):
-        s.run(None, {"X": np.ones((3, 16), np.float32), "values": v, "meta": np.zeros((8, 3), np.uint8)})
+        s.run(
+            None,
+            {"X": np.ones((3, 16), np.float32), "values": v, "meta": np.zeros((8, 3), np.uint8)},
+        )
 
 
 def test_kernels_agree_with_the_decomposition(rng, ort_lib):

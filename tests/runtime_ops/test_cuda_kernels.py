@@ -69,7 +69,11 @@ def test_nm_cuda_matches_reference(rng, cuda_lib, bias):
         v, m = nref.compress(w)
         bv = rng.standard_normal(n).astype(np.float16) if bias else None
         h = TensorProto.FLOAT16
-        ins = [("X", None, h, ["B", k]), ("values", v, h, None), ("meta", m, TensorProto.UINT8, None)]
+        ins = [
+            ("X", None, h, ["B", k]),
+            ("values", v, h, None),
+            ("meta", m, TensorProto.UINT8, None),
+        ]
         if bias:
             ins.append(("bias", bv, h, None))
         model = one_node_model("NMSparseMatMul", ins, h, ["B", n])

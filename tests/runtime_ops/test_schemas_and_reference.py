@@ -71,18 +71,26 @@ def test_shape_inference_rejects_inconsistent_shapes(rng, case):
         if case == "monarch-k":
             g.input[0].type.tensor_type.shape.dim[1].dim_value = 13
         elif case == "monarch-blocks":
-            g.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.zeros((2, 5, 3), np.float32), "L"))
+            g.initializer[1].CopyFrom(
+                onnx.numpy_helper.from_array(np.zeros((2, 5, 3), np.float32), "L")
+            )
         else:
-            g.initializer[2].CopyFrom(onnx.numpy_helper.from_array(np.zeros(14, np.float32), "bias"))
+            g.initializer[2].CopyFrom(
+                onnx.numpy_helper.from_array(np.zeros(14, np.float32), "bias")
+            )
     else:
         model, *_ = nm_model(rng, 8, 16)
         g = model.graph
         if case == "nm-k":
             g.input[0].type.tensor_type.shape.dim[1].dim_value = 24
         elif case == "nm-meta-rows":
-            g.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.zeros((9, 2), np.uint8), "meta"))
+            g.initializer[1].CopyFrom(
+                onnx.numpy_helper.from_array(np.zeros((9, 2), np.uint8), "meta")
+            )
         else:
-            g.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.zeros((8, 2), np.int8), "meta"))
+            g.initializer[1].CopyFrom(
+                onnx.numpy_helper.from_array(np.zeros((8, 2), np.int8), "meta")
+            )
     with pytest.raises((InferenceError, onnx.checker.ValidationError)):
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model, full_check=True)
@@ -91,7 +99,10 @@ def test_shape_inference_rejects_inconsistent_shapes(rng, case):
 def test_plugin_attributes_are_declared(rng):
     model, *_ = monarch_model(rng, 2, 1, 4, 4)
     model.graph.node[0].attribute.extend(
-        [onnx.helper.make_attribute("plugin_version", "1"), onnx.helper.make_attribute("plugin_namespace", "")]
+        [
+            onnx.helper.make_attribute("plugin_version", "1"),
+            onnx.helper.make_attribute("plugin_namespace", ""),
+        ]
     )
     onnx.checker.check_model(model, full_check=True)
     model.graph.node[0].attribute.append(onnx.helper.make_attribute("blocks", 2))
@@ -102,7 +113,14 @@ def test_plugin_attributes_are_declared(rng):
 def test_documentation_has_the_readme_sections():
     doc = runtime_ops.documentation()
     for op in ("MonarchMatMul", "NMSparseMatMul"):
-        for section in ("Description", "Inputs", "Outputs", "Attributes", "Constraints", "Known issues"):
+        for section in (
+            "Description",
+            "Inputs",
+            "Outputs",
+            "Attributes",
+            "Constraints",
+            "Known issues",
+        ):
             assert doc[op][section], (op, section)
 
 
@@ -222,7 +240,11 @@ class _Ctx:
         self.calls = []
 
     def inp(self, node, i):
-        return None if i >= len(self.ranks) - 1 or self.ranks[i] is None else [f"in{i}.{a}" for a in range(self.ranks[i])]
+        return (
+            None
+            if i >= len(self.ranks) - 1 or self.ranks[i] is None
+            else [f"in{i}.{a}" for a in range(self.ranks[i])]
+        )
 
     def out(self, node, j):
         return [f"y.{a}" for a in range(self.ranks[-1])]

@@ -51,7 +51,12 @@ def _models(tmp_path: Path) -> dict[str, Path]:
     h = TensorProto.FLOAT16
     r = rng.standard_normal((4, 4, 16)).astype(np.float16)
     l_ = rng.standard_normal((4, 16, 4)).astype(np.float16)
-    monarch = one_node_model("MonarchMatMul", [("X", None, h, [8, 64]), ("R", r, h, None), ("L", l_, h, None)], h, [8, 64])
+    monarch = one_node_model(
+        "MonarchMatMul",
+        [("X", None, h, [8, 64]), ("R", r, h, None), ("L", l_, h, None)],
+        h,
+        [8, 64],
+    )
     v, m = nref.compress(nref.magnitude_24(rng.standard_normal((48, 64)).astype(np.float16)))
     nm = one_node_model(
         "NMSparseMatMul",
@@ -72,15 +77,29 @@ def _models(tmp_path: Path) -> dict[str, Path]:
 def test_tensorrt_rtx_finds_the_plugin_and_builds_or_aborts_as_known(tmp_path, trt_lib, op):
     pytest.importorskip("tensorrt_rtx_bindings")
     model = _models(tmp_path)[op]
-    cmd = [sys.executable, "-m", "spa_compiler.runtime_ops.common.trt_engine_probe", str(model), str(trt_lib), "8.9"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spa_compiler.runtime_ops.common.trt_engine_probe",
+        str(model),
+        str(trt_lib),
+        "8.9",
+    ]
     env = {"SPA_TENSORRT_MODULE": "tensorrt_rtx_bindings"}
     import os
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
-    assert "CREATORS MonarchMatMul/1/ NMSparseMatMul/1/" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "CREATORS MonarchMatMul/1/ NMSparseMatMul/1/" in r.stdout, (
+        r.stdout[-2000:] + r.stderr[-2000:]
+    )
     # the parser maps the node to our creator by op_type / plugin_version / plugin_namespace
     assert f"Successfully created plugin: {op}" in r.stdout, r.stdout[-2000:]
     if r.returncode == 0:
-        assert "RESULT ok" in r.stdout  # an engine: what the issue asks for once TensorRT-RTX allows it
+        assert (
+            "RESULT ok" in r.stdout
+        )  # an engine: what the issue asks for once TensorRT-RTX allows it
     else:
-        assert r.returncode == -signal.SIGABRT and RTX_ABORT in r.stderr, (r.returncode, r.stderr[-2000:])
+        assert r.returncode == -signal.SIGABRT and RTX_ABORT in r.stderr, (
+            r.returncode,
+            r.stderr[-2000:],
+        )
