@@ -218,6 +218,7 @@ int generic_tm(const MonarchDims& d) {
 
 std::string monarch_cuda_supported(DType t, const MonarchDims& d) {
   if (t != DType::kFloat && t != DType::kFloat16) return "MonarchMatMul CUDA: float32 or float16 only";
+  if (max_smem() <= 0) return "MonarchMatMul CUDA: no CUDA device visible";
   if (wmma_shape_ok(t, d) && wmma_smem(16, d) <= size_t(max_smem())) return "";
   if (generic_tm(d) >= 1) return "";
   return "MonarchMatMul CUDA: the intermediate of one row (b*b*r = " + std::to_string(d.b * d.br()) +

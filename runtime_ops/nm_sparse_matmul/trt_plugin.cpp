@@ -60,6 +60,10 @@ class NMPlugin : public PluginBase<NMPlugin> {
     NMDims d;
     int64_t rows = 0;
     std::string err = nm_check(x, to_vec(in[1].desc.dims), to_vec(in[2].desc.dims), nbIn == 4 ? &bias : nullptr, &d, &rows);
+#ifdef SPA_WITH_CUDA
+    if (err.empty())  // refuse at build time what cuSPARSELt cannot run
+      err = NMCudaRunner::supported(in[0].desc.type == DataType::kBF16 ? DType::kBFloat16 : DType::kFloat16, d);
+#endif
     if (!err.empty()) {
       log_error(err);
       return -1;
