@@ -55,6 +55,9 @@ def crosscheck() -> str:
             continue
         lines.append(f"| {model} | {r['layers']} | {r['feeds']} | **{r['max_relative_difference']:.4%}** | "
                      f"{r['mean_relative_difference']:.4%} | results/crosscheck-{model}.json |")
+    if len(lines) == 2:
+        lines.append("| (not finished in this session: `run.sh crosscheck-minilm` was still running at the "
+                     "deadline under load 20-30) | | | | | |")
     return "\n".join(lines)
 
 
@@ -71,6 +74,11 @@ def latency() -> str:
         for d in (d for d in nm["details"] if "site" in d):
             key = f"{d['op']} {d['shape'][0]}x{d['shape'][1]}"
             seen.setdefault(key, []).append(d)
+        st = nm["stats"]
+        if "confirm_ratios" in st:
+            lines.insert(1, f"(whole-model confirmation, candidate / slower dense copy per round: "
+                            f"{', '.join(f'{x:.3f}' for x in st['confirm_ratios'])}; layers kept: "
+                            f"{st['layers_sparsified']} of {st['sites']})")
         for key, ds in seen.items():
             gain = sum(d["measured_gain_ms"]["2:4"] for d in ds)
             lines.append(f"| {key} ({len(ds)}) | {gain / dense:+.2%} of {dense:.3f} ms | "
