@@ -246,9 +246,11 @@ def collect_hessians(
     *,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    prune: bool = False,
 ) -> dict[int, Any]:
     """One HessianAccumulator per view, fed by one pass of ONNX Runtime over `feeds`.
 
+    `prune`: run only the part of the graph the views' inputs depend on.
     Memory: one accumulator (cols²) per view plus one feed's captured activations.
     """
     from spa_compiler.calibration import ActivationCollector
@@ -257,7 +259,7 @@ def collect_hessians(
     if not views:
         return {}
     names = sorted({v.input_name for v in views})
-    collector = ActivationCollector(model, names)
+    collector = ActivationCollector(model, names, prune=prune)
     accs = {i: HessianAccumulator(v.w2d.shape[1]) for i, v in enumerate(views)}
     rng = np.random.default_rng(seed)
     n = 0
