@@ -637,6 +637,21 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
+def _used_names(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of `g` (or of its subgraphs) reads, and the graph's outputs."""
+    used = {o.name for o in g.output}
+    stack = [g]
+    while stack:
+        gg = stack.pop()
+        for n in gg.node:
+            used.update(n.input)
+            for a in n.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)
+    return used
+
+
 def _keep_only(g: onnx.GraphProto, names: Sequence[str]) -> None:
     """Make `names` the graph's only outputs and drop the nodes none of them depends on."""
     wanted = set(names)
@@ -740,6 +755,12 @@ class ActivationCollector:
                 work = onnx.ModelProto()
                 work.CopyFrom(proto)
         self._add_outputs(work)
+        if prune:  # initializers of dropped nodes go too (ONNX Runtime refuses unused external ones)
+            used = _used_names(work.graph)
+            keep = [t for t in work.graph.initializer if t.name in used]
+            del work.graph.initializer[:]
+            work.graph.initializer.extend(keep)
+            weights = {k: v for k, v in weights.items() if k in used}
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
