@@ -318,6 +318,12 @@ class PruningPass(Pass):
                 f"{self.name}: budget {float(ctx.budget_ms):.4g} ms unreachable within mean error {bound:.3g}: "
                 f"best reachable {out.measured_ms / scale:.4g} ms ({out.unreachable})"
             )
+        if probe is not None and out.output_error is not None:
+            pred = [r.get("predicted_output_error") for r in out.rounds if "measured_output_error" in r]
+            meas = [r["measured_output_error"] for r in out.rounds if "measured_output_error" in r]
+            notes.append(f"{self.name}: output error ({probe.describe()}, {probe.source}): chosen plan "
+                         f"{out.output_error:.4g}; per round predicted/measured "
+                         + ", ".join(f"{p:.3g}/{m:.3g}" if p is not None else f"-/{m:.3g}" for p, m in zip(pred, meas)))
         details = [method.detail(g, k, table.lookup(g, k)) for g, k in kept.items()]
         details.append({"search_rounds": out.rounds, "search_units": f"latency-table ms (table dense "
                         f"{table.dense_ms:.4g} ms, dense now {dense_now:.4g} ms)",
