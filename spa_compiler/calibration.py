@@ -56,7 +56,6 @@ from onnx import numpy_helper
 
 from spa_compiler.errors import (
     InvalidModelError,
-    MissingRequirementError,
     PreconditionError,
     SpaError,
     UsageError,
@@ -626,17 +625,6 @@ def _copy_fields(dst: Any, src: Any, skip: str) -> None:
             getattr(dst, field.name).CopyFrom(value)
 
 
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise MissingRequirementError(
-            "ONNX Runtime is needed to collect calibration activations",
-            hint="pip install onnxruntime",
-        ) from e
-    return onnxruntime
-
-
 def _used_names(g: onnx.GraphProto) -> set[str]:
     """Every tensor name a node of `g` (or of its subgraphs) reads, and the graph's outputs."""
     used = {o.name for o in g.output}
@@ -652,7 +640,7 @@ def _used_names(g: onnx.GraphProto) -> set[str]:
     return used
 
 
-def _keep_only(g: onnx.GraphProto, names: Sequence[str]) -> None:
+def keep_only(g: onnx.GraphProto, names: Sequence[str]) -> None:
     """Make `names` the graph's only outputs and drop the nodes none of them depends on."""
     wanted = set(names)
     outs = [o for o in g.output if o.name in wanted]
@@ -720,8 +708,9 @@ class ActivationCollector:
             PreconditionError: A name is not a tensor of the main graph.
             InvalidModelError: ONNX Runtime refuses the model.
         """
-        ort = _import_ort()
-        from spa_compiler.ort import add_initializers
+        from spa_compiler.ort import add_initializers, import_ort
+
+        ort = import_ort()
 
         weights: dict[str, npt.NDArray[Any]] = {}
         if isinstance(model, ModelIR):
@@ -818,7 +807,7 @@ class ActivationCollector:
                 vi.type.tensor_type.elem_type = inits[name].data_type
             g.output.append(vi)
         if self._prune:
-            _keep_only(g, self.tensor_names)
+            keep_only(g, self.tensor_names)
 
     def run(self, feed: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]:
         """The requested tensors for one feed.

@@ -39,11 +39,16 @@ import numpy.typing as npt
 import onnx_graphsurgeon as gs
 
 from spa_compiler.criteria.magnitude import group_magnitude
-from spa_compiler.groups.analysis import ChannelGroup, Member
-from spa_compiler.errors import UsageError
-from spa_compiler.ir import ModelIR, constant_value
-from spa_compiler.criteria.moment_sources import CALIBRATION, RESPONSE, SourcedMoments, batchnorm_moments
+from spa_compiler.criteria.moment_sources import (
+    CALIBRATION,
+    RESPONSE,
+    SourcedMoments,
+    batchnorm_moments,
+)
 from spa_compiler.criteria.registry import CRITERIA
+from spa_compiler.errors import UsageError
+from spa_compiler.groups.analysis import ChannelGroup, Member
+from spa_compiler.ir import ModelIR, constant_value
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +278,7 @@ def collect_hessians(
     return accs
 
 
-def _relative_obs_path(
+def relative_obs_path(
     views: Sequence[LinearView],
     hessians: Sequence[npt.NDArray[np.float64]],
     n_units: int,
@@ -422,7 +427,7 @@ def group_paths(
             from spa_compiler.criteria.obs import prepare_hessian
 
             hs = [prepare_hessian(h) for h in hs]
-            order, errs = _relative_obs_path(vs, hs, g.n_units, n_remove)
+            order, errs = relative_obs_path(vs, hs, g.n_units, n_remove)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
                                     views=vs, hessians=hs, view_moments=sources)
         if progress:

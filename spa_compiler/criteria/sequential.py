@@ -68,7 +68,7 @@ def sequential_refit(
         Stats for the report: stages run, groups re-calibrated, seconds.
     """
     from spa_compiler.criteria.obs import prepare_hessian
-    from spa_compiler.criteria.paths import GroupPath, _relative_obs_path, collect_hessians, linear_view
+    from spa_compiler.criteria.paths import GroupPath, relative_obs_path, collect_hessians, linear_view
 
     t0 = time.perf_counter()
     paths = method.paths
@@ -106,7 +106,7 @@ def sequential_refit(
                 grp = method.groups[g]
                 n_remove = grp.n_units - kept[g]
                 old = paths[g]
-                ordr, errs = _relative_obs_path(vs, hs, grp.n_units, n_remove)
+                ordr, errs = relative_obs_path(vs, hs, grp.n_units, n_remove)
                 paths[g] = GroupPath(g, grp.n_units, ordr, errs, old.criterion, note=old.note, views=vs,
                                      hessians=hs, view_moments=["calibration (sequential)"] * len(vs))
                 recalibrated += 1

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from spa_compiler import fidelity
-from spa_compiler.calibration import ActivationCollector, _keep_only
+from spa_compiler.calibration import ActivationCollector, keep_only
 from spa_compiler.context import CompileContext
 from spa_compiler.ir import ModelIR
 from spa_compiler.ort import run
@@ -87,7 +87,7 @@ def test_collector_prune_runs_only_the_prefix_and_gives_the_same_values(rng: np.
     np.testing.assert_array_equal(full, pruned)
     g = onnx.GraphProto()
     g.CopyFrom(dense.graph)
-    _keep_only(g, ["r1"])
+    keep_only(g, ["r1"])
     assert [n.name for n in g.node] == ["up0", "act0", "down0", "up1", "act1"]
     assert [o.name for o in g.output] == []  # r1 is not (yet) an output: _add_outputs adds it first
 
