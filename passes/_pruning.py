@@ -288,8 +288,10 @@ class PruningPass(Pass):
         stats: dict[str, Any] = method.apply(model, kept)
         stats.update(seq)
         if probe is not None:
-            stats.update(output_error=out.output_error, output_error_measure=probe.describe(),
-                         output_error_feeds=probe.source, output_error_plans_measured=probe.calls)
+            # the search's figure (one-shot re-fit) and the emitted model's (after sequential calibration)
+            stats.update(output_error=out.output_error, output_error_final=probe.of_model(model),
+                         output_error_measure=probe.describe(), output_error_feeds=probe.source,
+                         output_error_plans_measured=probe.calls)
             if out.error_model is not None and out.error_model.weights:
                 stats["output_error_class_weights"] = {k: round(v, 4) for k, v in out.error_model.weights.items()}
             if self.max_output_error >= 0:

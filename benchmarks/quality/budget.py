@@ -76,7 +76,7 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
         "kept_units": {u: f"{k}/{n}" for u, (k, n) in units.items()},
         "search_rounds": [{k: v for k, v in x.items() if k in keep} for x in rounds],
         "stats": {k: v for k, v in stats.items() if k in (
-            "output_error", "output_error_measure", "output_error_feeds", "output_error_plans_measured",
+            "output_error", "output_error_final", "output_error_measure", "output_error_feeds", "output_error_plans_measured",
             "output_error_class_weights", "calibration_stages", "groups_recalibrated", "seconds_sequential",
             "mean_error", "search_rounds", "criterion")},
         "compile": cost, "evaluate": qcost, "quality": q["results"],

@@ -93,13 +93,18 @@ class OutputErrorProbe:
         if key not in self.seen:
             clone = self.model.clone()
             self.method.apply(clone, dict(plan), exact=True, validate=False)
-            cand = self._outputs(clone)
+            self.seen[key] = self.of_model(clone)
             del clone
-            errs = [output_error(d, c, kind) for fd, fc in zip(self.dense, cand)
-                    for d, c, kind in zip(fd, fc, self.kinds)]
-            self.seen[key] = float(np.mean(errs))
             self.calls += 1
         return self.seen[key]
+
+    def of_model(self, model: ModelIR) -> float:
+        """The output error of any model with the dense model's inputs and outputs (e.g. the
+        final compressed one) on the probe's feeds."""
+        cand = self._outputs(model)
+        errs = [output_error(d, c, kind) for fd, fc in zip(self.dense, cand)
+                for d, c, kind in zip(fd, fc, self.kinds)]
+        return float(np.mean(errs))
 
 
 @dataclasses.dataclass

@@ -109,6 +109,7 @@ def test_search_records_predicted_and_measured_output_error(rng: np.random.Gener
     # the reported figure is the final model's: 1 - mean cosine on the first two calibration feeds
     want = np.mean([fidelity.output_error(run(dense, f)[0], run(model, f)[0], "cosine") for f in calib[:2]])
     assert st["output_error"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert st["output_error_final"] == pytest.approx(want, rel=1e-4, abs=1e-6)  # magnitude: no re-fit
 
 
 def test_output_error_bound_refuses_a_budget(rng: np.random.Generator) -> None:
