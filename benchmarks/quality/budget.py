@@ -25,7 +25,7 @@ import shlex
 import sys
 from typing import Any
 
-from benchmarks.quality.table import MODELS, RESULTS, _spa, _timed
+from benchmarks.quality.table import MODELS, RESULTS, _from_log, _spa, _timed
 
 FIDELITY = {"smollm2": ("kl_to_dense", "top1_agreement"), "minilm": ("cosine_to_dense", "cosine_to_dense_p05"),
             "efficientnet": ("top1_agreement", "kl_to_dense")}
@@ -33,7 +33,7 @@ METRIC = {"smollm2": "perplexity", "minilm": "probe_accuracy", "efficientnet": "
 
 
 def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: pathlib.Path,
-            work: pathlib.Path, eval_args: list[str]) -> dict[str, Any]:
+            work: pathlib.Path, eval_args: list[str], reuse: bool = False) -> dict[str, Any]:
     from spa_compiler.models_zoo import real
 
     cfg = MODELS[name]
@@ -46,8 +46,12 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
            "--max-error", "100", "--threads", "1", "--runs", str(cfg["runs"]), "--report", str(rep), *shapes]
     if calib:
         cmd += ["--calib", cfg["calib"]]
-    print(f"[{name}] {row}@{budget}x: compiling", flush=True)
-    cost = _timed(cmd, work / f"{stem}.compile.log")
+    log = work / f"{stem}.compile.log"
+    if reuse and rep.exists() and onnx.exists():  # compiled by an earlier (interrupted) run
+        cost = {**_from_log(log), "reused": True}
+    else:
+        print(f"[{name}] {row}@{budget}x: compiling", flush=True)
+        cost = _timed(cmd, log)
     r = json.loads(rep.read_text())
     rec = next(p for p in r["passes"] if p["name"] == "prune-to-budget")
     stats = rec["stats"]
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", help="latency table (spa-compile profile) to reuse")
     ap.add_argument("--workdir", help="compiled models, reports and logs")
     ap.add_argument("--eval-args", default="", help="extra arguments of benchmarks.quality.run, e.g. '--windows 8'")
+    ap.add_argument("--reuse", action="store_true", help="keep a compiled model and report already in --workdir")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
     if args.markdown:
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     row = run_row(args.model, args.budget, args.row, args.options, args.calib, pathlib.Path(args.table), work,
-                  shlex.split(args.eval_args))
+                  shlex.split(args.eval_args), reuse=args.reuse)
     out = RESULTS / f"budget-{args.model}.json"
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"model": MODELS[args.model]["real"],
                                                                              "rows": {}}
