@@ -326,10 +326,11 @@ class PruningPass(Pass):
             notes.append(f"{self.name}: output error ({probe.describe()}, {probe.source}): chosen plan "
                          f"{out.output_error:.4g}; per round predicted/measured "
                          + ", ".join(f"{p:.3g}/{m:.3g}" if p is not None else f"-/{m:.3g}" for p, m in zip(pred, meas)))
-        details = [method.detail(g, k, table.lookup(g, k)) for g, k in kept.items()]
+        details = [method.detail(g, k, table.lookup(g, k)) | {"latency_dense_ms": round(table.groups[g].dense_ms, 6)}
+                   for g, k in kept.items()]
         details.append({"search_rounds": out.rounds, "search_units": f"latency-table ms (table dense "
                         f"{table.dense_ms:.4g} ms, dense now {dense_now:.4g} ms)",
-                        "latency_table": table.provenance.__dict__ | {"kind": table.kind,
+                        "latency_table": table.provenance.__dict__ | {"kind": table.kind, "dense_ms": table.dense_ms,
                                                                       "methods": sorted(table.methods())}})
         return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats, skipped=skipped,
                           details=details, notes=notes)
