@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -49,23 +49,40 @@ class OutputErrorProbe:
     Args:
         model: The dense model (not modified).
         method: Applies plans (`apply(clone, plan, exact=True)`).
-        feeds: A few feeds; the dense outputs on them are computed once and kept.
+        feeds: Feeds; the dense outputs on them are computed once and kept. With `min_rows`, feeds
+            are taken from `feeds` (any iterable) until the first output holds `min_rows` rows (a
+            row: one vector of its last axis, e.g. a token's logits or an image's classes) or
+            `max_feeds` feeds are taken.
         kinds: Per output name, the error kind (default: `fidelity.error_kind` of its shape).
         threads: ONNX Runtime intra-op threads.
         source: Where the feeds came from, for the report ("calibration", "synthetic").
     """
 
-    def __init__(self, model: ModelIR, method: Method, feeds: Sequence[Mapping[str, Any]], *,
-                 kinds: Mapping[str, str] | None = None, threads: int | None = None, source: str = ""):
-        if not feeds:
-            raise ValueError("an output-error probe needs at least one feed")
+    def __init__(self, model: ModelIR, method: Method, feeds: Iterable[Mapping[str, Any]], *,
+                 kinds: Mapping[str, str] | None = None, threads: int | None = None, source: str = "",
+                 min_rows: int = 0, max_feeds: int = 64):
         self.model = model
         self.method = method
         self.threads = threads
         self.source = source
         names = {t.name for t in model.graph.inputs}
-        self.feeds = [{k: np.asarray(v) for k, v in f.items() if k in names} for f in feeds]
-        self.dense = self._outputs(model)
+        from spa_compiler.ort import make_session
+
+        sess = make_session(model, threads=threads, optimize=True)
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.dense: list[list[np.ndarray]] = []
+        rows = 0
+        for f in feeds:
+            feed = {k: np.asarray(v) for k, v in f.items() if k in names}
+            self.feeds.append(feed)
+            self.dense.append(list(sess.run(None, feed)))
+            first = self.dense[-1][0]
+            rows += int(np.prod(first.shape[:-1])) if first.ndim > 1 else 1
+            if len(self.feeds) >= max_feeds or (min_rows and rows >= min_rows):
+                break
+        del sess
+        if not self.feeds:
+            raise ValueError("an output-error probe needs at least one feed")
         self.kinds = [(kinds or {}).get(n) or error_kind(o.shape)
                       for n, o in zip(self.output_names, self.dense[0])]
         self.seen: dict[tuple[tuple[str, Hashable], ...], float] = {}

@@ -133,3 +133,18 @@ def test_error_feeds_zero_turns_it_off(rng: np.random.Generator) -> None:
     PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", error_feeds=0)]).run(model, ctx)
     (rec,) = ctx.report.passes
     assert "output_error" not in rec.stats
+
+
+def test_error_feeds_auto_uses_calibration_until_enough_rows_and_is_off_without(rng: np.random.Generator) -> None:
+    dense = deep_mlp(rng, batch=64)
+    provider = MacsProvider()
+    for calib, want in ((_calib(rng, n=40), 16), (None, None)):  # 64 rows a feed: 1024 rows = 16 feeds
+        model = ModelIR.from_proto(dense)
+        ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.6 * provider.time(model, {}).ms, max_error=10.0,
+                             calibration=calib)
+        PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude")]).run(model, ctx)
+        (rec,) = ctx.report.passes
+        if want is None:
+            assert "output_error" not in rec.stats
+        else:
+            assert f"on {want} feed(s)" in rec.stats["output_error_measure"]
