@@ -99,8 +99,7 @@ def markdown() -> str:
         f1, f2 = FIDELITY[name]
         lines += [f"#### {MODELS[name]['real']}", "",
                   f"| budget | row | options | {METRIC[name]} | {f1} | {f2} | latency × | MACs × | kept | "
-                  "output error (search) | compile s / GB |", "| --- | " * 11]
-        lines[-1] = lines[-1].rstrip()
+                  "output error (search) | compile s / GB |", "|" + " --- |" * 11]
         for key, r in sorted(d["rows"].items(), key=lambda kv: (-kv[1]["budget"], kv[0])):
             q = r["quality"]
 
