@@ -132,10 +132,10 @@ def probe(model: ModelIR, chain: Chain) -> npt.NDArray[np.float64] | str:
 
     k = int(chain.w1.shape[0] * chain.w1.shape[1])
     n = int(chain.w2.shape[0] * chain.w2.shape[2])
-    shape = chain.x.shape
-    if shape is None or len(shape) < 1 or shape[-1] not in (k, None) and not isinstance(shape[-1], str):
+    shape = list(chain.x.shape) if chain.x.shape else [1, k]  # unknown rank: try (rows, K)
+    if isinstance(shape[-1], int) and shape[-1] not in (k, -1):
         return "input-width-mismatch"
-    lead = [d if isinstance(d, int) and d > 0 else 1 for d in list(shape)[:-1]] or [1]
+    lead = [d if isinstance(d, int) and d > 0 else 1 for d in shape[:-1]] or [1]
     rows = int(np.prod(lead))
     sub = model.clone()
     tensors = sub.tensors()
