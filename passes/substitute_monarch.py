@@ -25,6 +25,7 @@ Options:
     blocks: Block counts to consider ("" : powers of two up to 64 and the divisors nearest sqrt).
     ranks: Ranks per block pair to consider.
     max_fraction: Largest MAC (and parameter) fraction of a variant relative to dense.
+    min_fraction: Smallest MAC fraction of a variant.
     variants: Monarch variants per site at most (spread over the fraction range).
     asymmetric: Also different block counts for the two factors (emitted as standard ONNX).
     include: Only layers whose node name matches this regular expression ("" : all).
@@ -101,6 +102,7 @@ class SubstituteMonarchPass(Pass):
         blocks: Block counts to consider, e.g. "4,8,16" ("": automatic).
         ranks: Ranks per block pair to consider, e.g. "1,2,4,8,16,32".
         max_fraction: Largest MAC fraction of a variant relative to dense.
+        min_fraction: Smallest MAC fraction (sparser structures lose too much to be worth timing).
         variants: Monarch variants per site at most.
         asymmetric: Also different block counts for the two factors (standard ONNX only).
         include: Only layers whose node name matches this regular expression.
@@ -122,6 +124,7 @@ class SubstituteMonarchPass(Pass):
     blocks: str = ""
     ranks: str = "1,2,4,8,16,32"
     max_fraction: float = 0.5
+    min_fraction: float = 0.04
     variants: int = 6
     asymmetric: bool = False
     include: str = ""
@@ -154,7 +157,7 @@ class SubstituteMonarchPass(Pass):
                 raise PreconditionError(f"{n}: {e}") from e
         parse_int_list(self.blocks, "blocks")
         parse_int_list(self.ranks, "ranks")
-        if not 0.0 < self.max_fraction <= 1.0 or self.variants < 1 or self.refine < 0 or self.max_iters < 1:
+        if not 0.0 <= self.min_fraction < self.max_fraction <= 1.0 or self.variants < 1 or self.refine < 0 or self.max_iters < 1:
             raise PreconditionError(f"{n}: max-fraction in (0, 1], variants >= 1, refine >= 0, max-iters >= 1")
         if not 0.0 <= self.safety < self.tolerance:
             raise PreconditionError(f"{n}: safety must be in [0, tolerance)")
@@ -210,6 +213,7 @@ class SubstituteMonarchPass(Pass):
             blocks, ranks = (bi,), (r,)
         method = MonarchMethod.build(
             model, blocks=blocks, ranks=ranks, max_fraction=1.0 if self.variant else self.max_fraction,
+            min_fraction=0.0 if self.variant else self.min_fraction,
             count=self.variants, asymmetric=self.asymmetric or (bool(self.variant) and bi != bo),
             include=self.include, min_elements=self.min_elements,
             feeds=ctx.calibration if use_data else None, form=form, refine=self.refine if use_data else 0,

@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--refine", type=int, default=4)
+    ap.add_argument("--variants", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="quality on the harness's --quick sizes")
     a = ap.parse_args()
     from spa_compiler.models_zoo import real
@@ -80,7 +81,7 @@ def main() -> None:
     shapes = [x for s in cfg["shapes"] for x in ("--input-shape", s)]
     common = ["--target", "ort-cpu", "--max-error", "100", "--threads", "1", "--runs", str(a.runs), *shapes,
               "--calib", cfg["calib"]]
-    mon = f"substitute-monarch{{include={cfg['ffn']},refine={a.refine}}}"
+    mon = f"substitute-monarch{{include={cfg['ffn']},refine={a.refine},variants={a.variants}}}"
     prune = "prune-to-budget{criterion=obs,units=neuron}"
     out_path = pathlib.Path(a.out)
     data: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}

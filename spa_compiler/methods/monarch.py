@@ -68,6 +68,7 @@ class MonarchMethod:
     _errors: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
     _factors: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
     _signature: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    _svd: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
     last_refine: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
@@ -139,7 +140,7 @@ class MonarchMethod:
                                       tuple(str(d) for d in (x.shape or ())), tuple(v.key for v in shapes[sid]))
         total = sum(len(v) for v in shapes.values())
         for i, (sid, vs) in enumerate(shapes.items()):
-            for v in vs:
+            for v in sorted(vs, key=lambda v: (v.bi, v.bo)):  # block count by block count (SVD reuse)
                 method.error(sid, v.key)
             if progress:
                 progress("monarch errors", i + 1, len(shapes))
@@ -180,7 +181,10 @@ class MonarchMethod:
         """The projection's (R, L) for a variant (cached)."""
         if (sid, key) not in self._factors:
             s = self.shape(sid, key)
-            self._factors[(sid, key)] = factor.project(self.linear[sid].matrix(self.model), s.bi, s.bo, s.r)
+            w = self.linear[sid].matrix(self.model)
+            if (sid, s.bi, s.bo) not in self._svd:  # one SVD per block count serves every rank
+                self._svd = {(sid, s.bi, s.bo): factor.slice_svd(w, s.bi, s.bo)}
+            self._factors[(sid, key)] = factor.project(w, s.bi, s.bo, s.r, svd=self._svd[(sid, s.bi, s.bo)])
         return self._factors[(sid, key)]
 
     def signature(self, site: Site) -> tuple[Any, ...]:

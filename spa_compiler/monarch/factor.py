@@ -193,7 +193,14 @@ def _slices(w: npt.NDArray[np.floating], bi: int, bo: int) -> Array:
     return w.astype(np.float64).reshape(n // bo, bo, bi, k // bi).transpose(1, 2, 0, 3)
 
 
-def project(w: npt.NDArray[np.floating], bi: int, bo: int | None = None, r: int = 1) -> tuple[Array, Array]:
+def slice_svd(w: npt.NDArray[np.floating], bi: int, bo: int) -> tuple[Array, Array, Array]:
+    """The thin SVD of every (t, j) slice, batched: (U, S, V^T) of shapes (bo, bi, nq, m),
+    (bo, bi, m), (bo, bi, m, kb), m = min(nq, kb). One SVD serves every rank."""
+    return np.linalg.svd(_slices(w, bi, bo), full_matrices=False)
+
+
+def project(w: npt.NDArray[np.floating], bi: int, bo: int | None = None, r: int = 1, *,
+            svd: tuple[Array, Array, Array] | None = None) -> tuple[Array, Array]:
     """Frobenius-optimal (R, L) for a dense W (N, K): the best rank-r factorization of each slice.
 
     Args:
@@ -201,6 +208,7 @@ def project(w: npt.NDArray[np.floating], bi: int, bo: int | None = None, r: int 
         bi: Input blocks (divides K).
         bo: Output blocks (divides N); default bi.
         r: Rank per slice, at most min(K / bi, N / bo).
+        svd: `slice_svd(w, bi, bo)` when already computed (several ranks of one block count).
 
     Returns:
         (R, L) in float64, shapes (bi, bo*r, kb) and (bo, nq, bi*r).
@@ -216,7 +224,7 @@ def project(w: npt.NDArray[np.floating], bi: int, bo: int | None = None, r: int 
     if why:
         raise ValueError(why)
     kb, nq = k // bi, n // bo
-    u, sv, vt = np.linalg.svd(_slices(w, bi, bo), full_matrices=False)  # batched over (t, j)
+    u, sv, vt = svd if svd is not None else slice_svd(w, bi, bo)
     root = np.sqrt(sv[..., :r])  # (bo, bi, r)
     lft = u[..., :r] * root[..., None, :]  # (t, j, q, rho)
     rgt = root[..., :, None] * vt[..., :r, :]  # (t, j, rho, s)
@@ -338,8 +346,8 @@ def block_choices(n: int, k: int, *, blocks: Iterable[int] | None = None, ranks:
                   count: int = 6) -> list[MonarchShape]:
     """Monarch structures a weight (n, k) may take, cheapest-structure first.
 
-    Symmetric block counts b (dividing both n and k, 2 <= b, from `blocks` when given, else powers
-    of two and the divisors nearest sqrt(n) and sqrt(k)), ranks from `ranks`, MAC fraction in
+    Symmetric block counts b (dividing both n and k, 2 <= b, from `blocks` when given, else 4, 8,
+    16 and the divisors nearest sqrt(n) and sqrt(k)), ranks from `ranks`, MAC fraction in
     [min_fraction, max_fraction]. With `asymmetric`, also (bi, bo) pairs with bi*bo = b^2 for those
     b (Dao et al.'s square shape is bi = b, bo = n/b). At most `count`, spread over the fraction
     range (evenly in log scale).
@@ -350,7 +358,7 @@ def block_choices(n: int, k: int, *, blocks: Iterable[int] | None = None, ranks:
         bs = [b for b in blocks if b in dk and b in dn and b >= 2]
     else:
         roots = {min(common, key=lambda d: abs(d - math.sqrt(x))) for x in (n, k)} if common else set()
-        bs = sorted({b for b in common if b & (b - 1) == 0 and b <= 64} | roots)
+        bs = sorted({b for b in common if b & (b - 1) == 0 and 4 <= b <= 16} | roots)
     pairs = [(b, b) for b in bs]
     if asymmetric:
         for bi in sorted(dk):
