@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from spa_compiler import __version__
-from spa_compiler.context import CompileContext, ProgressFn, _no_progress
+from spa_compiler._version import __version__
+from spa_compiler.context import CompileContext, ProgressFn, no_progress
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR, file_digest
+from spa_compiler.ort import random_feeds
 from spa_compiler.pass_manager import PassManager, Validate
 from spa_compiler.pipeline import DEFAULT_PRESET, parse, preset
 from spa_compiler.report import Report
-from spa_compiler.ort import random_feeds
 from spa_compiler.stats import model_stats
 from spa_compiler.targets import get_target
 
@@ -150,7 +150,7 @@ def compile_model(
     latency_table: Any = None,
     max_error: float | None = None,
     seed: int = 0,
-    progress: ProgressFn = _no_progress,
+    progress: ProgressFn = no_progress,
     measure_latency: bool = True,
 ) -> Report:
     """Compile one model file; the input file is never modified, the output written atomically.

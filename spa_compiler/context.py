@@ -13,7 +13,7 @@ from spa_compiler.requirements import Requirement
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _no_progress(task: str, done: int, total: int) -> None:
+def no_progress(task: str, done: int, total: int) -> None:
     del task, done, total
 
 
@@ -51,7 +51,7 @@ class CompileContext:
     input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     seed: int = 0
     report: Report = dataclasses.field(default_factory=Report)
-    progress: ProgressFn = _no_progress
+    progress: ProgressFn = no_progress
 
     def provides(self, req: Requirement) -> bool:
         """Whether this context satisfies `req` (STATIC_SHAPES is checked on the model)."""

@@ -200,6 +200,20 @@ def get_target(name: str) -> Target:
         raise UsageError(f"unknown target {name!r}", hint=f"use one of {', '.join(TARGETS)}") from e
 
 
+def make_provider(
+    target: str,
+    *,
+    precision: str = "fp32",
+    threads: int | None = 1,
+    runs: int = 30,
+    allow_analytic: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Any:
+    """`get_target(target).provider(...)`: the provider that times `target` here."""
+    return get_target(target).provider(precision=precision, threads=threads, runs=runs,
+                                       allow_analytic=allow_analytic, input_shapes=input_shapes)
+
+
 def width_multiple(name: str) -> int:
     """`get_target(name).width_multiple()`."""
     return get_target(name).width_multiple()

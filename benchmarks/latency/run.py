@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
     from spa_compiler import __version__
-    from spa_compiler.groups.analysis import analyze
     from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
+    from spa_compiler.groups.analysis import analyze
     from spa_compiler.ir import ModelIR
     from spa_compiler.latency.profile import profile_pruning
-    from spa_compiler.latency.provider import make_provider
-    from spa_compiler.report import Report
     from spa_compiler.ort import random_feeds
+    from spa_compiler.report import Report
+    from spa_compiler.targets import make_provider
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "mac_ratio": rep.after["macs"] / rep.before["macs"] if rep.before.get("macs") else None,
             "param_ratio": rep.after["params"] / rep.before["params"],
             "budget_met": rep.budget.get("met"), "kind": p["kind"],
-            "search": next((r.stats for r in rep.passes if r.name == "prune-ziplm"), {}),
+            "search": next((r.stats for r in rep.passes if r.name.startswith("prune-")), {}),
         }
 
     results: list[dict[str, Any]] = []
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(one(pipe, f"{b}x", f"budget{b}"))
         summarize()
         if args.uniform_search:
-            results.append(one(pipe.replace("}", ",uniform=true}"), f"{b}x", f"uniform-budget{b}"))
+            uniform_pipe = f"cleanup,prune-uniform{{criterion={args.criterion},round-to={args.round_to}}},cleanup"
+            results.append(one(uniform_pipe, f"{b}x", f"uniform-budget{b}"))
             summarize()
     for r in [r for r in args.uniform.split(",") if r]:
         uniform.append(one(f"cleanup,prune-to-budget{{criterion=magnitude,ratio={r},round-to={args.round_to}}},cleanup",

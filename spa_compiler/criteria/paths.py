@@ -39,11 +39,16 @@ import numpy.typing as npt
 import onnx_graphsurgeon as gs
 
 from spa_compiler.criteria.magnitude import group_magnitude
-from spa_compiler.groups.analysis import ChannelGroup, Member
-from spa_compiler.errors import UsageError
-from spa_compiler.ir import ModelIR, constant_value
-from spa_compiler.criteria.moment_sources import CALIBRATION, RESPONSE, SourcedMoments, batchnorm_moments
+from spa_compiler.criteria.moment_sources import (
+    CALIBRATION,
+    RESPONSE,
+    SourcedMoments,
+    batchnorm_moments,
+)
 from spa_compiler.criteria.registry import CRITERIA
+from spa_compiler.errors import UsageError
+from spa_compiler.groups.analysis import ChannelGroup, Member
+from spa_compiler.ir import ModelIR, constant_value
 
 logger = logging.getLogger(__name__)
 

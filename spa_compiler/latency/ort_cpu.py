@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from spa_compiler.ir import ModelIR
-from spa_compiler.latency.provider import Feeds, Timing, _interleaved
+from spa_compiler.latency.provider import Feeds, Timing, interleaved
 
 
 @dataclasses.dataclass
@@ -33,7 +33,7 @@ class OrtCpuProvider:
             # a ModelIR goes to ORT with its own arrays (no exported copy of the weights)
             sess = make_session(m, threads=self.threads, optimize=True)
             runners.append(lambda sess=sess: sess.run(None, dict(feeds)))
-        return _interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
+        return interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
         from spa_compiler.ort import import_ort

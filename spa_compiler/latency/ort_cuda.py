@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR
-from spa_compiler.latency.provider import Feeds, Timing, _interleaved, _proto
+from spa_compiler.latency.provider import Feeds, Timing, as_proto, interleaved
 from spa_compiler.latency.timing import LatencyMeasurement, measure_runner
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -349,11 +349,11 @@ class OrtCudaProvider:
     def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
         runners = []
         for m in models:
-            proto = _proto(m)
+            proto = as_proto(m)
             if self.fp16:
                 proto = convert_float16(proto)
             runners.append(iobound_runner(make_cuda_session(proto), feeds))
-        return _interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
+        return interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
         from spa_compiler.ort import import_ort

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from spa_compiler import __version__
+from spa_compiler._version import __version__
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.table import (
     GroupLatency,

@@ -1,6 +1,7 @@
 """Latency providers: one interface over ONNX Runtime CPU/CUDA, TensorRT and the analytic model.
 
-A provider times a whole model on the target with fixed inputs (warm-up, then the median of many
+Each runtime has its own module (`ort_cpu`, `ort_cuda`, `tensorrt`, `analytic`); the target decides
+which one serves it (`spa_compiler.targets.Target.provider`). A provider times a whole model on the target with fixed inputs (warm-up, then the median of many
 runs). When the target's device is not available (TensorRT without a supported GPU, ORT CUDA
 without onnxruntime-gpu) and the caller allows it, the analytic model stands in, and every number it
 gives is labelled `kind="analytic"` so reports never pass an estimate off as a measurement.
@@ -51,11 +52,11 @@ class LatencyProvider(Protocol):
         """Device, runtime and version, provider, threads, precision (for tables and reports)."""
 
 
-def _proto(model: ModelIR | onnx.ModelProto) -> onnx.ModelProto:
+def as_proto(model: ModelIR | onnx.ModelProto) -> onnx.ModelProto:
     return model.to_proto() if isinstance(model, ModelIR) else model
 
 
-def _interleaved(
+def interleaved(
     runners: Sequence[Any], *, warmup: int, runs: int, min_seconds: float
 ) -> list[Timing]:
     """Time callables in alternation; one Timing per callable (see `measure.time_callables`)."""
@@ -65,25 +66,3 @@ def _interleaved(
         Timing(median, "measured", n, p10, p90)
         for median, p10, p90, n in time_callables(runners, warmup=warmup, runs=runs, min_seconds=min_seconds)
     ]
-
-
-def make_provider(
-    target: str,
-    *,
-    precision: str = "fp32",
-    threads: int | None = 1,
-    runs: int = 30,
-    allow_analytic: bool = True,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-) -> LatencyProvider:
-    """The provider that times `target` here, or the analytic stand-in (if allowed).
-
-    The same as `targets.get_target(target).provider(...)`, which is where the choice is made.
-
-    Raises:
-        MissingRequirementError: the target's device is not available and analytic is not allowed.
-    """
-    from spa_compiler.targets import get_target
-
-    return get_target(target).provider(precision=precision, threads=threads, runs=runs,
-                                       allow_analytic=allow_analytic, input_shapes=input_shapes)

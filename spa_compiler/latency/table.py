@@ -213,22 +213,6 @@ class LatencyTable:
         """Measured dense latency minus the additive model's dense prediction."""
         return self.dense_ms - self.additive_dense_ms
 
-    def group_options(self, errors: Mapping[Hashable, Mapping[int, float]]) -> list[Any]:
-        """search.GroupOptions for the groups in `errors` ({group: {kept_units: error}}).
-
-        Levels are those kept-unit counts the error map names, each with its interpolated latency.
-        """
-        from spa_compiler.search.knapsack import GroupOptions, Level
-
-        out = []
-        for gid, by_level in errors.items():
-            out.append(
-                GroupOptions(
-                    gid, [Level(k, self.lookup(gid, k), float(e)) for k, e in by_level.items()]
-                )
-            )
-        return out
-
     # -- checks against the model being compiled ---------------------------------------------------
 
     def check_compatible(

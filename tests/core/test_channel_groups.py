@@ -13,6 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from spa_compiler import models_zoo
+from spa_compiler.cli import main as cli_main
+from spa_compiler.errors import UsageError
 from spa_compiler.groups.analysis import (
     ALL_UNITS,
     analyze,
@@ -21,8 +23,6 @@ from spa_compiler.groups.analysis import (
     random_plan,
     round_removal,
 )
-from spa_compiler.cli import main as cli_main
-from spa_compiler.errors import UsageError
 from spa_compiler.groups.dims import DimSpace
 from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.groups.report import format_groups, groups_to_json

@@ -25,7 +25,7 @@ from spa_compiler.latency.table import (
     Provenance,
     structure_fingerprint,
 )
-from spa_compiler.search.knapsack import choose_levels
+from spa_compiler.search.knapsack import GroupOptions, Level, choose_levels
 from tests.helpers import make_model
 
 
@@ -132,7 +132,8 @@ def test_lookups_and_additive_prediction() -> None:
 
 def test_group_options_feed_the_search() -> None:
     t = _table()
-    opts = t.group_options({"ffn.0": {8: 0.0, 4: 1.0, 2: 3.0}, "heads.0": {4: 0.0, 1: 2.0}})
+    errors = {"ffn.0": {8: 0.0, 4: 1.0, 2: 3.0}, "heads.0": {4: 0.0, 1: 2.0}}
+    opts = [GroupOptions(g, [Level(k, t.lookup(g, k), e) for k, e in by.items()]) for g, by in errors.items()]
     r = choose_levels(opts, budget_ms=0.55 + 0.35 + 0.3, base_ms=t.base_ms)
     assert r.feasible and r.levels == {"ffn.0": 4, "heads.0": 4}
 

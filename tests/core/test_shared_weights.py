@@ -14,9 +14,9 @@ from spa_compiler.calibration import ActivationCollector
 from spa_compiler.context import CompileContext
 from spa_compiler.errors import InvalidModelError
 from spa_compiler.ir import ModelIR
+from spa_compiler.ort import make_session, random_feeds
 from spa_compiler.pass_manager import PassManager
 from spa_compiler.passes.prune_to_budget import PruneToBudgetPass
-from spa_compiler.ort import make_session, random_feeds
 from spa_compiler.validation import check_model
 from tests.helpers import conv_chain_model
 

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from spa_compiler.groups.analysis import analyze
 from spa_compiler.context import CompileContext
 from spa_compiler.criteria.paths import group_paths
 from spa_compiler.errors import PreconditionError
+from spa_compiler.groups.analysis import analyze
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.provider import Timing
 from spa_compiler.pass_manager import PassManager

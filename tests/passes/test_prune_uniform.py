@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from spa_compiler import models_zoo
-from spa_compiler.groups.analysis import analyze
 from spa_compiler.context import CompileContext
+from spa_compiler.criteria.magnitude import group_magnitude
 from spa_compiler.errors import PreconditionError
+from spa_compiler.groups.analysis import analyze
 from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.ir import ModelIR
 from spa_compiler.pass_manager import PassManager
-from spa_compiler.criteria.magnitude import group_magnitude
 from spa_compiler.passes.prune_uniform import PruneUniformPass
 from spa_compiler.passes.registry import PASSES
 from spa_compiler.pipeline import parse
