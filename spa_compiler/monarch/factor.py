@@ -271,6 +271,7 @@ def refine(
     iters: int = 8,
     tol: float = 1e-4,
     ridge: float = 1e-6,
+    damp: float = 0.01,
 ) -> tuple[Array, Array, list[float]]:
     """Alternating least squares on tr((W - M) H (W - M)^T) from (R, L) (see the module docstring).
 
@@ -281,10 +282,13 @@ def refine(
         iters: Sweeps (one L step and one R sweep each) at most.
         tol: Stop when a sweep lowers the objective by less than this fraction.
         ridge: Relative ridge added to every normal matrix (times its mean diagonal).
+        damp: H is damped to H + damp * mean(diag H) * I first (as OBS damps its Hessian): with
+            fewer samples than inputs H is singular and the fit would be free in the unseen
+            directions; damping keeps it close to the weight there.
 
     Returns:
-        (R, L, history) where history[i] is the relative output error after sweep i (history[0]:
-        the start). The history never increases (each step is an exact or block-exact minimizer).
+        (R, L, history) where history[i] is the relative output error (on the damped H) after
+        sweep i (history[0]: the start). The history never increases (each step is an exact or block-exact minimizer).
     """
     bi, bo, r, kb, nq = _dims(r_factor, l_factor)
     n, k = w.shape
@@ -292,6 +296,8 @@ def refine(
         raise ValueError(f"W {w.shape}, H {h.shape} and factors R {r_factor.shape}, L {l_factor.shape} disagree")
     w64 = w.astype(np.float64)
     h64 = 0.5 * (h.astype(np.float64) + h.astype(np.float64).T)
+    if damp > 0:
+        h64 = h64 + np.eye(k) * damp * float(np.trace(h64)) / k
     rr = r_factor.astype(np.float64).reshape(bi, bo, r, kb).copy()  # (j, t, rho, s)
     ll = l_factor.astype(np.float64).reshape(bo, nq, bi, r).copy()  # (t, q, j, rho)
     w3 = w64.reshape(nq, bo, k)  # (q, t, i)
