@@ -203,6 +203,15 @@ def custom_op_available() -> tuple[bool, str]:
         found = False
     if not found:
         return False, "the runtime_ops MonarchMatMul package is not installed in this build"
+    import os
+
+    if not os.environ.get("SPA_ORT_CUSTOM_OPS"):  # the kernel library must exist to run (and time) it
+        try:
+            from spa_compiler import runtime_ops
+
+            runtime_ops.ort_library_path()  # type: ignore[attr-defined]
+        except Exception as e:  # noqa: BLE001 - not built (MissingRequirementError) or an older package
+            return False, f"the MonarchMatMul kernel library is not built ({str(e).splitlines()[0]})"
     return True, ""
 
 
