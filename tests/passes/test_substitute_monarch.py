@@ -100,7 +100,7 @@ def test_custom_op_form_agrees_with_the_standard_form(rng):
                    + t["b1"].values, 0)
     y = F.apply(h, t[ops[1].inputs[1].name].values, t[ops[1].inputs[2].name].values) + t["b2"].values
     np.testing.assert_allclose(y, y_std, **TOL["fp32"])
-    if os.environ.get("SPA_ORT_CUSTOM_OPS"):
+    if em.custom_op_available()[0]:
         (y_op,) = run_ort(cust, feeds)
         np.testing.assert_allclose(y_op, y_std, **TOL["fp32"])
 
@@ -225,7 +225,7 @@ def test_monarch_trained_graph_is_recognised_and_fused_losslessly(rng):
     y = F.apply(h, t[ops[1].inputs[1].name].values, t[ops[1].inputs[2].name].values)
     y = y + adds[ops[1].outputs[0].name].inputs[1].values
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
-    if os.environ.get("SPA_ORT_CUSTOM_OPS"):  # the runtime_ops CPU kernel library
+    if em.custom_op_available()[0]:  # the runtime_ops CPU kernel library is built
         (y_op,) = run_ort(fused, {"x": x})
         np.testing.assert_allclose(y_op, want, rtol=1e-4, atol=1e-5)
     # with the standard form as target the chains are recognised but kept as they are
