@@ -11,6 +11,7 @@ PASSES: dict[str, str] = {
     "prune-uniform": "spa_compiler.passes.prune_uniform:PruneUniformPass",
     "prune-to-budget": "spa_compiler.passes.prune_to_budget:PruneToBudgetPass",
     "sparsify-nm": "spa_compiler.passes.sparsify_nm:SparsifyNMPass",
+    "substitute-monarch": "spa_compiler.passes.substitute_monarch:SubstituteMonarchPass",
 }
 
 ALIASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {

@@ -29,6 +29,8 @@ PRESETS: dict[str, str] = {
     "nm": "cleanup,sparsify-nm,cleanup",
     # structured pruning first (to the budget when given), then 2:4 on the surviving weights
     "prune-nm": "cleanup,prune-to-budget,cleanup,sparsify-nm,cleanup",
+    # Monarch variants per linear layer, kept only where measured faster (needs a budget)
+    "monarch": "cleanup,substitute-monarch,cleanup",
 }
 
 #: Preset names of earlier releases.

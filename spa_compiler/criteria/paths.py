@@ -251,9 +251,11 @@ def collect_hessians(
     *,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    prune: bool = False,
 ) -> dict[int, Any]:
     """One HessianAccumulator per view, fed by one pass of ONNX Runtime over `feeds`.
 
+    `prune`: run only the part of the graph the views' inputs depend on.
     Memory: one accumulator (cols²) per view plus one feed's captured activations.
     """
     from spa_compiler.calibration import ActivationCollector
@@ -262,7 +264,7 @@ def collect_hessians(
     if not views:
         return {}
     names = sorted({v.input_name for v in views})
-    collector = ActivationCollector(model, names)
+    collector = ActivationCollector(model, names, prune=prune)
     accs = {i: HessianAccumulator(v.w2d.shape[1]) for i, v in enumerate(views)}
     rng = np.random.default_rng(seed)
     n = 0
@@ -276,7 +278,7 @@ def collect_hessians(
     return accs
 
 
-def _relative_obs_path(
+def relative_obs_path(
     views: Sequence[LinearView],
     hessians: Sequence[npt.NDArray[np.float64]],
     n_units: int,
@@ -425,7 +427,7 @@ def group_paths(
             from spa_compiler.criteria.obs import prepare_hessian
 
             hs = [prepare_hessian(h) for h in hs]
-            order, errs = _relative_obs_path(vs, hs, g.n_units, n_remove)
+            order, errs = relative_obs_path(vs, hs, g.n_units, n_remove)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
                                     views=vs, hessians=hs, view_moments=sources)
         if progress:
