@@ -25,12 +25,12 @@ compile_eval() {  # model-key dense criterion calib-spec shape-args... ; writes 
   local cmd=(spa-compile "$dense" -o "$out" --no-measure --report "$rep"
              -p "cleanup,sparsify-nm{keep=all,criterion=$crit},cleanup" "$@" "${calibargs[@]}")
   echo "+ ${cmd[*]}" >&2
-  /usr/bin/time -f "%e %M" -o "$W/time" "${cmd[@]}" | tail -2 >&2
+  /usr/bin/time -f "%e %M" -o "$W/time-$key-$crit" "${cmd[@]}" | tail -2 >&2
   local qcmd=(python -m benchmarks.quality.run --model "$key" --onnx "$out" --dense "$dense" --out "$W/$key-$crit.q.json")
   case $key in smollm2) qcmd+=(--windows "${WINDOWS:-16}");; *) qcmd+=($(quick));; esac
   echo "+ ${qcmd[*]}" >&2
   "${qcmd[@]}" | tail -4 >&2
-  python - "$rep" "$W/$key-$crit.q.json" "$W/time" "$R/$key-$crit.json" "${cmd[*]}" "${qcmd[*]}" <<'PY'
+  python - "$rep" "$W/$key-$crit.q.json" "$W/time-$key-$crit" "$R/$key-$crit.json" "${cmd[*]}" "${qcmd[*]}" <<'PY'
 import json, sys, pathlib
 rep, q, t, out, c1, c2 = sys.argv[1:]
 r = json.loads(pathlib.Path(rep).read_text())
