@@ -15,12 +15,35 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and _
 ):
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
-from spa_compiler.compile import Budget, compile_model, parse_budget  # noqa: E402
-from spa_compiler.context import CompileContext  # noqa: E402
-from spa_compiler.errors import SpaError  # noqa: E402
-from spa_compiler.ir import ModelIR  # noqa: E402
-from spa_compiler.pass_base import Pass, PassResult  # noqa: E402
-from spa_compiler.pass_manager import PassManager  # noqa: E402
+# The public names are imported on first use (PEP 562): `import spa_compiler.cli` stays fast, so
+# the CLI installs its signal handlers before numpy, onnx and graphsurgeon load.
+_LAZY = {
+    "Budget": "spa_compiler.compile",
+    "compile_model": "spa_compiler.compile",
+    "parse_budget": "spa_compiler.compile",
+    "CompileContext": "spa_compiler.context",
+    "SpaError": "spa_compiler.errors",
+    "ModelIR": "spa_compiler.ir",
+    "Pass": "spa_compiler.pass_base",
+    "PassResult": "spa_compiler.pass_base",
+    "PassManager": "spa_compiler.pass_manager",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spa_compiler' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Budget",

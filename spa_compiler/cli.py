@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spa_compiler.errors import SpaError, UsageError
+from spa_compiler import signals
+from spa_compiler.errors import OutputError, SpaError, UsageError
 
 logger = logging.getLogger("spa_compiler")
 
@@ -125,12 +126,15 @@ def _setup_logging(verbose: int) -> None:
 class _Progress:
     """ctx.progress -> tqdm bars on stderr; only shown for tasks that take more than a second."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, report: Any = None) -> None:
         self.enabled = enabled and sys.stderr.isatty()
+        self.report = report  # its `_task` names what the run does now (for an interrupted run)
         self.bars: dict[str, Any] = {}
         self.started: dict[str, float] = {}
 
     def __call__(self, task: str, done: int, total: int) -> None:
+        if self.report is not None:
+            self.report._task = task
         if not self.enabled:
             return
         now = time.monotonic()
@@ -160,10 +164,14 @@ def _default_output(model: str) -> str:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
+    from spa_compiler.outputs import check_outputs
     from spa_compiler.report import Report
 
+    output = args.output or _default_output(args.model)
+    # every path the run writes, checked before any work (not the input, not each other, writable)
+    check_outputs([args.model], {"-o": output, "--report": args.report}, expected_bytes=_size(args.model))
     report = Report()
-    progress = _Progress(enabled=True)
+    progress = _Progress(enabled=True, report=report)
     try:
         budget = parse_budget(args.latency_budget) if args.latency_budget else None
         shapes = parse_input_shapes(args.input_shape)
@@ -171,15 +179,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if args.calib:
             from spa_compiler.calibration import load_calibration
 
-            calibration = _load_calibration(args.model, args.calib, load_calibration)
+            report.stage = "load calibration"
+            calibration = _load_calibration(args.model, args.calib, load_calibration, shapes)
         table = None
         if args.latency_table:
             from spa_compiler.latency.table import LatencyTable
 
+            report.stage = "load latency table"
             table = LatencyTable.load(args.latency_table)
         compile_model(
             args.model,
-            args.output or _default_output(args.model),
+            output,
             pipeline=args.passes,
             preset_name=args.preset,
             target=args.target,
@@ -197,6 +207,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
             progress=progress,
             measure_latency=not args.no_measure,
         )
+    except KeyboardInterrupt as e:  # signals.Interrupted (SIGINT/SIGTERM) or a plain Ctrl-C
+        name = getattr(e, "name", "SIGINT")
+        report.status = "interrupted"
+        report.error = f"stopped by {name} during {_stage(report)}; no output was written"
+        e.stage = _stage(report)  # type: ignore[attr-defined]
+        raise
     except SpaError as e:
         report.status, report.error = "failed", e.one_line()
         raise
@@ -208,20 +224,47 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if args.report:
             try:
                 report.write(args.report)
-            except OSError as e:
-                logger.error("could not write the report to %s: %s", args.report, e)
+            except (OSError, SpaError) as e:
+                why = e.one_line() if isinstance(e, SpaError) else (e.strerror or str(e))
+                if report.status == "ok":  # else the run's own error is the one to report
+                    raise OutputError(f"--report {args.report}: cannot write the report: {why}") from e
+                logger.error("could not write the report to %s: %s", args.report, why)
     print(report.summary())
     print(f"wrote {report.output.get('path')}")
     return EXIT_OK
 
 
-def _load_calibration(model_path: str, spec: str, loader: Any) -> Any:
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _stage(report: Any) -> str:
+    stage = report.stage or "start-up"
+    task = getattr(report, "_task", "")
+    return f"{stage} ({task})" if task and task != stage and not stage.endswith(task) else stage
+
+
+def _load_calibration(
+    model_path: str, spec: str, loader: Any, shapes: dict[str, tuple[int, ...]] | None = None
+) -> Any:
     import onnx
 
-    proto = onnx.load(model_path, load_external_data=False)
-    init = {t.name for t in proto.graph.initializer}
-    names = [i.name for i in proto.graph.input if i.name not in init]
-    return loader(spec, names)
+    from spa_compiler.calibration import model_inputs
+    from spa_compiler.checks import check_shape_hints
+    from spa_compiler.ir import load_proto
+
+    try:
+        proto = onnx.load(model_path, load_external_data=False)
+    except Exception:  # not a readable model: the loader says why, with exit 3
+        proto = load_proto(model_path)
+    check_shape_hints(proto, shapes or {})
+    specs = model_inputs(proto)
+    expected = {s.name: (shapes or {}).get(s.name, s.shape) for s in specs}
+    return loader(spec, [s.name for s in specs], expected_dtypes={s.name: s.dtype for s in specs},
+                  expected_shapes=expected)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -233,7 +276,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from spa_compiler.groups.report import format_groups, groups_to_json
         from spa_compiler.ir import ModelIR
 
-        analysis = analyze(ModelIR.load(args.model), input_shapes=parse_input_shapes(args.input_shape))
+        from spa_compiler.checks import check_shape_hints
+
+        model = ModelIR.load(args.model)
+        shapes = parse_input_shapes(args.input_shape)
+        check_shape_hints(model, shapes)
+        analysis = analyze(model, input_shapes=shapes)
         print(json.dumps(groups_to_json(analysis), indent=2) if args.json else format_groups(analysis))
         return EXIT_OK
     info = inspect_model(args.model, parse_input_shapes(args.input_shape))
@@ -290,20 +338,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from spa_compiler.groups.analysis import analyze
-    from spa_compiler.compile import check_paths, parse_input_shapes
+    from spa_compiler.compile import parse_input_shapes
     from spa_compiler.ir import ModelIR
     from spa_compiler.latency.profile import build_table, kept_levels
     from spa_compiler.latency.provider import make_provider
     from spa_compiler.ort import random_feeds
     from spa_compiler.targets import get_target, width_multiple
 
+    from spa_compiler.checks import check_compute_dtypes, check_shape_hints
+    from spa_compiler.outputs import check_outputs
+
     out = Path(args.output)
     if out.suffix.lower() != ".json":
         raise UsageError(f"the table {out} should end in .json")
-    check_paths(Path(args.model), out.with_suffix(".onnx"))
+    check_outputs([args.model], {"-o": out})
     tgt = get_target(args.target)
     shapes = parse_input_shapes(args.input_shape)
     model = ModelIR.load(args.model)
+    check_shape_hints(model, shapes)
+    check_compute_dtypes(model)
     missing = sorted(set(model.symbolic_inputs()) - set(shapes))
     if missing:
         raise UsageError(f"inputs {missing} have symbolic dimensions", hint="pass --input-shape NAME:DxD")
@@ -339,6 +392,22 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    signals.install()  # first: a Ctrl-C or SIGTERM from here on ends with one line, no traceback
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:  # raised while an error was being reported
+        return _stopped(e)
+
+
+def _stopped(e: KeyboardInterrupt) -> int:
+    name = getattr(e, "name", "SIGINT")
+    stage = getattr(e, "stage", None)
+    where = f" during {stage}" if stage else ""
+    print(f"spa-compile: stopped by {name}{where}; nothing half-written was left", file=sys.stderr)
+    return int(getattr(e, "exit_code", signals.EXIT_SIGINT))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
     verbose += argv.count("--verbose")
@@ -356,9 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("error")
         print(f"spa-compile: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("spa-compile: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(e)
     except BrokenPipeError:
         # the reader went away (`spa-compile list-passes | head`): not an error of ours; stop quietly
         # and keep Python from complaining again when it flushes stdout at exit

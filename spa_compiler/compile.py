@@ -14,9 +14,18 @@ from typing import Any
 import numpy as np
 
 from spa_compiler import __version__
+from spa_compiler.checks import (
+    check_compute_dtypes,
+    check_finite_weights,
+    check_interface,
+    check_no_empty_inputs,
+    check_shape_hints,
+    interface,
+)
 from spa_compiler.context import CompileContext, ProgressFn, _no_progress
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR, file_digest
+from spa_compiler.outputs import check_outputs
 from spa_compiler.pass_manager import PassManager, Validate
 from spa_compiler.pipeline import DEFAULT_PRESET, parse, preset
 from spa_compiler.report import Report
@@ -189,12 +198,14 @@ def compile_model(
     report.tool_version = __version__
     src, dst = Path(model_path), Path(output_path)
     check_paths(src, dst)
+    check_outputs([src], {"output": dst, "output's external-data file": dst.with_name(dst.name + ".data")})
     tgt = get_target(target)
     report.target = tgt.name
     spec = pipeline if pipeline is not None else preset(preset_name or DEFAULT_PRESET)
     report.pipeline = spec
     passes = parse(spec) if spec.strip() else []
 
+    report.stage = "load"
     progress("load", 0, 1)
     model = ModelIR.load(src)
     digest = file_digest(src)
@@ -203,20 +214,19 @@ def compile_model(
     progress("load", 1, 1)
 
     shapes = dict(input_shapes or {})
-    unknown = sorted(set(shapes) - {t.name for t in model.graph.inputs})
-    if unknown:
-        raise UsageError(
-            f"--input-shape names {unknown}, which are not model inputs",
-            hint=f"inputs are {[t.name for t in model.graph.inputs]}",
-        )
+    check_shape_hints(model, shapes)
+    check_compute_dtypes(model)
+    check_finite_weights(model)
+    io = interface(model)
     missing = {n: s for n, s in model.symbolic_inputs().items() if n not in shapes}
     if missing:
         name, shape = next(iter(missing.items()))
-        example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in shape)
+        example = "x".join(str(d) if isinstance(d, int) and d >= 0 else "N" for d in shape)
         raise UsageError(
             f"input {name!r} has symbolic dimensions {list(shape)} and no shape hint",
             hint=f"pass --input-shape {name}:{example} (with N replaced by the size to compile for)",
         )
+    check_no_empty_inputs(model, shapes)
     feeds = random_feeds(model, shapes, seed=seed)
     provider = None
     if measure_latency:
@@ -244,6 +254,7 @@ def compile_model(
         # tables are profiled on the input file; passes before the search may tidy the graph
         ctx.options["input_fingerprint"] = structure_fingerprint(model)
     if provider is not None:
+        report.stage = "measure dense"
         progress("measure dense", 0, 1)
         report.before = measure(model, feeds, provider, shapes=shapes)
         ctx.options["dense_ms"] = report.before["latency_ms"]
@@ -270,8 +281,11 @@ def compile_model(
         ctx.options["budget_ms"] = budget_ms
 
     if passes:
+        report.stage = "passes"
         PassManager(passes, validate=validate).run(model, ctx)
+    check_interface(io, interface(model))
     ir_version = output_ir_version(model, tgt)
+    report.stage = "save"
     progress("save", 0, 1)
     model.save(dst, ir_version=ir_version)
     progress("save", 1, 1)
@@ -283,6 +297,7 @@ def compile_model(
 
     out = ModelIR.load(dst)
     if provider is not None:
+        report.stage = "measure compiled"
         progress("measure compiled", 0, 1)
         report.after = measure(out, feeds, provider, shapes=shapes)
         # the verdict: dense and compiled timed in alternation, so load changes cancel out
@@ -294,6 +309,7 @@ def compile_model(
         progress("measure compiled", 1, 1)
     else:
         report.after = model_stats(out, shapes)
+    report.stage = "deploy check"
     report.output["deploy"] = deploy_check(dst, tgt.name, shapes)
     paired = report.after.get("paired")
     if report.budget.get("ms") is not None and paired:
@@ -311,4 +327,5 @@ def compile_model(
                 f"{paired['kind']} {paired['compiled_ms']:.3f} ms, {paired['ratio']:.3f}x of dense (paired timing)"
             )
     report.status = "ok"
+    report.stage = "done"
     return report

@@ -69,3 +69,13 @@ class PassError(SpaError):
     """A pass failed while running (exit 1)."""
 
     exit_code = 1
+
+
+class OutputError(UsageError):
+    """An output cannot be written where asked (folder missing or read-only, disk full) (exit 2)."""
+
+
+class InterfaceError(SpaError):
+    """A rewrite would change the model's inputs or outputs (names, order, dtypes) (exit 1)."""
+
+    exit_code = 1

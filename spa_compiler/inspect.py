@@ -17,7 +17,10 @@ def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None =
 
     from spa_compiler.groups.analysis import analyze
 
+    from spa_compiler.checks import check_shape_hints
+
     model = ModelIR.load(path)
+    check_shape_hints(model, shapes or {})
     stats = model_stats(model, shapes)
     analysis = analyze(model, input_shapes=shapes)
     prunable = []

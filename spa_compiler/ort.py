@@ -118,12 +118,14 @@ def random_feeds(
     rng = np.random.default_rng(seed)
     feeds: dict[str, npt.NDArray[np.generic]] = {}
     for t in ir.graph.inputs:
+        if t.name in ir.input_defaults:  # a weight the caller may override: its own value is used
+            continue
         shape = tuple((shapes or {}).get(t.name, t.shape or ()))
-        if any(not (isinstance(d, int) and d > 0) for d in shape):
+        if any(not (isinstance(d, int) and d >= 0) for d in shape):
             raise UsageError(
                 f"input {t.name!r} has symbolic dimensions {list(shape)}",
                 hint=f"pass --input-shape {t.name}:" + "x".join(
-                    str(d) if isinstance(d, int) and d > 0 else "N" for d in shape
+                    str(d) if isinstance(d, int) and d >= 0 else "N" for d in shape
                 ),
             )
         dtype = np.dtype(t.dtype)

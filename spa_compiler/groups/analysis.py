@@ -297,7 +297,7 @@ def _fix_inputs(
         for k, d in enumerate(dims):
             if given is not None and k < len(given):
                 v = int(given[k])
-            elif d.HasField("dim_value") and d.dim_value > 0:
+            elif d.HasField("dim_value") and d.dim_value >= 0:
                 v = d.dim_value
             else:
                 key = d.dim_param or f"{vi.name}:{k}"
@@ -323,7 +323,7 @@ def _collect_shapes(
             continue
         if tt.elem_type:
             dtypes[vi.name] = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+        if tt.HasField("shape") and all(d.HasField("dim_value") and d.dim_value >= 0 for d in tt.shape.dim):
             shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
     for t in g.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
@@ -571,7 +571,7 @@ class _Analyzer:
             if axes:
                 self.freeze(list(axes), "graph-input")
                 for d, a in zip(t.shape or [], axes, strict=False):
-                    if not (isinstance(d, int) and d > 0):
+                    if not (isinstance(d, int) and d >= 0):
                         self.space.tag(a, "dynamic")
         for t in self.graph.outputs:
             axes = self._axes_of_var(t.name)
