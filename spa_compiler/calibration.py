@@ -348,9 +348,10 @@ class NumpyDirectorySource(_Validated):
             missing = [n for n in self.input_names if n not in feed]
             if missing:
                 raise UsageError(
-                    f"calibration file {path} lacks input(s) {missing}: it holds the key(s) "
-                    f"{sorted(keys)}",
-                    hint=f"save one array per model input under its name: {list(self.input_names)}",
+                    f"calibration feed {path} lacks input(s) {missing} (the file holds the key(s) "
+                    f"{sorted(keys)})",
+                    hint=f"the model's inputs are {list(self.input_names)}: save one array per input "
+                    "under its name",
                 )
             yield str(path), feed
         for files in self.npy_feeds:

@@ -6,18 +6,25 @@ Errors are one line on stderr; the traceback only with -vv.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
 import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from spa_compiler import signals
-from spa_compiler.errors import OutputError, SpaError, UsageError
+
+if sys.argv and (sys.argv[0].endswith(("spa-compile", "__main__.py"))):
+    # this process is the command (console script or `python -m spa_compiler`): take over SIGINT and
+    # SIGTERM before the slower imports below, so an early Ctrl-C gives one line, no traceback
+    signals.install(arm=False)  # record only: an exception during imports would be a traceback
+
+import argparse  # noqa: E402
+import json
+import logging
+import os  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from spa_compiler.errors import OutputError, SpaError, UsageError  # noqa: E402
 
 logger = logging.getLogger("spa_compiler")
 
@@ -163,16 +170,21 @@ def _default_output(model: str) -> str:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
     from spa_compiler.outputs import check_outputs
-    from spa_compiler.report import Report
+    from spa_compiler.report import Report  # both light: the report exists before the slow imports
 
     output = args.output or _default_output(args.model)
-    # every path the run writes, checked before any work (not the input, not each other, writable)
-    check_outputs([args.model], {"-o": output, "--report": args.report}, expected_bytes=_size(args.model))
-    report = Report()
+    report = Report(stage="start-up")
     progress = _Progress(enabled=True, report=report)
     try:
+        # every path the run writes, checked before any work (not the input, not each other, writable)
+        check_outputs([args.model], {"-o": output, "--report": args.report}, expected_bytes=_size(args.model))
+    except BaseException:
+        args.report = None  # a report path that failed its check is not written to
+        raise
+    try:
+        from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
+
         budget = parse_budget(args.latency_budget) if args.latency_budget else None
         shapes = parse_input_shapes(args.input_shape)
         calibration = None
@@ -392,8 +404,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    signals.install()  # first: a Ctrl-C or SIGTERM from here on ends with one line, no traceback
     try:
+        if signals.installed():
+            signals.arm()  # installed at import (the command): raise a signal received meanwhile
+        else:
+            signals.install()  # first: a Ctrl-C or SIGTERM from here on ends with one line
         return _main(argv)
     except KeyboardInterrupt as e:  # raised while an error was being reported
         return _stopped(e)

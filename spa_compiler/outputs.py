@@ -85,9 +85,12 @@ def check_outputs(
         UsageError: the first problem found, naming the flag and the path.
     """
     ins: list[Path] = []
+    # an output that does not exist yet cannot be one of the input's external-data files: read the
+    # input's references (which imports onnx) only when some output exists already
+    existing = any(o is not None and Path(o).exists() for o in outputs.values())
     for p in inputs:
         path = Path(p)
-        ins.extend(input_files(path) if path.is_file() else [path])
+        ins.extend(input_files(path) if existing and path.is_file() else [path])
     seen: dict[str, Path] = {}
     folders: dict[Path, str] = {}
     for label, raw in outputs.items():

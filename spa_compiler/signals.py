@@ -25,6 +25,7 @@ EXIT_SIGTERM = 128 + int(signal.SIGTERM)
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
+_armed = [False]  # raise on the first signal (else only record it, for `arm()` to raise)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -51,18 +52,41 @@ class Interrupted(KeyboardInterrupt):
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
-    if len(_received) == 1:
+    if len(_received) == 1 and _armed[0]:
         raise Interrupted(signum)
     # a second signal while the first one's clean-up runs: let the clean-up finish
 
 
-def install() -> None:
-    """Make SIGINT and SIGTERM raise `Interrupted` (main thread only; a no-op elsewhere)."""
+def install(*, arm: bool = True) -> None:
+    """Make SIGINT and SIGTERM raise `Interrupted` (main thread only; a no-op elsewhere).
+
+    A SIGINT that the process was started ignoring (a shell's background job) stays ignored.
+    With `arm=False` a signal is only recorded (used while modules are still being imported, where
+    an exception would surface as a traceback): `arm()` raises it later.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
-    _received.clear()
+    if arm:
+        _received.clear()
+    _armed[0] = False
     for s in _SIGNALS:
+        if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:
+            continue  # started with Ctrl-C ignored (a background job of a shell, nohup): keep it so
         signal.signal(s, _handler)
+    if arm:
+        _armed[0] = True
+
+
+def installed() -> bool:
+    """Whether `install` has put this module's handler on SIGTERM."""
+    return signal.getsignal(signal.SIGTERM) is _handler
+
+
+def arm() -> None:
+    """Make the installed handler raise from now on; raise at once for a signal already recorded."""
+    _armed[0] = True
+    if _received:
+        raise Interrupted(_received[0])
 
 
 def received() -> int | None:
