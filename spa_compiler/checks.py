@@ -126,7 +126,7 @@ def check_no_empty_inputs(model: ModelIR, shapes: Mapping[str, Sequence[int]]) -
             raise UnsupportedModelError(
                 f"input {t.name!r} has a fixed 0-sized dimension {_fmt_shape(t.shape)}: every inference "
                 "of this model sees an empty tensor, so there is nothing to time or to prune for",
-                hint="re-export the model with the input's real size (or a symbolic dimension)",
+                hint="re-export the model with the input's real size, or with a dynamic dimension",
             )
 
 

@@ -10,7 +10,9 @@ import sys
 
 from spa_compiler import signals
 
-if sys.argv and (sys.argv[0].endswith(("spa-compile", "__main__.py"))):
+if sys.argv and (
+    sys.argv[0].replace("\\", "/").endswith(("/spa-compile", "spa_compiler/__main__.py")) or sys.argv[0] == "spa-compile"
+):
     # this process is the command (console script or `python -m spa_compiler`): take over SIGINT and
     # SIGTERM before the slower imports below, so an early Ctrl-C gives one line, no traceback
     signals.install(arm=False)  # record only: an exception during imports would be a traceback
@@ -405,7 +407,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     try:
-        if signals.installed():
+        if signals.installed() and not signals.armed():
             signals.arm()  # installed at import (the command): raise a signal received meanwhile
         else:
             signals.install()  # first: a Ctrl-C or SIGTERM from here on ends with one line

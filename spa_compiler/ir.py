@@ -40,6 +40,10 @@ from spa_compiler.errors import InvalidModelError, OutputError, UnsupportedModel
 
 logger = logging.getLogger(__name__)
 
+# graphsurgeon logs its warnings to stdout (e.g. for every bfloat16 constant), which would corrupt
+# `inspect --json` and other machine-read output; what matters to the user we say ourselves
+gs.logger.G_LOGGER.severity = max(gs.logger.G_LOGGER.severity, gs.logger.G_LOGGER.ERROR)
+
 #: Opsets of the default domain that the passes and channel rules are written and tested for.
 MIN_OPSET = 11
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -637,12 +641,13 @@ def save_proto(
     from spa_compiler.outputs import TEMP_PREFIX
     from spa_compiler.signals import deferred
 
-    with deferred():  # a signal between mkdtemp and try: would leave the folder behind
-        try:
-            tmpdir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent))
-        except OSError as e:
-            raise OutputError(f"cannot write the output {dest}: {e.strerror or e}") from e
+    tmpdir: Path | None = None
     try:
+        with deferred():  # a signal comes after the assignment, so the folder is removed below
+            try:
+                tmpdir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent))
+            except OSError as e:
+                raise OutputError(f"cannot write the output {dest}: {e.strerror or e}") from e
         tmp_model = tmpdir / dest.name
         try:
             if external_data:
@@ -666,7 +671,8 @@ def save_proto(
                 os.replace(tmpdir / data_name, parent / data_name)
             os.replace(tmp_model, dest)
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     return dest
 
 

@@ -171,12 +171,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     from spa_compiler.signals import deferred
 
     parent = path.parent if str(path.parent) else Path(".")
-    with deferred():  # a signal between mkstemp and try: would leave the file behind
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
-        except OSError as e:
-            raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    tmp: str | None = None
     try:
+        with deferred():  # a signal comes after the assignment, so the file is removed below
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
+            except OSError as e:
+                raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
         try:
             os.fchmod(fd, default_mode())
             with os.fdopen(fd, "wb") as f:
@@ -185,6 +186,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             raise OutputError(f"cannot write {path}: {e.strerror or e}", hint="check free space") from e
         with deferred():
             os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            tmp = None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

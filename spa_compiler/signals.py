@@ -26,6 +26,8 @@ EXIT_SIGTERM = 128 + int(signal.SIGTERM)
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 _armed = [False]  # raise on the first signal (else only record it, for `arm()` to raise)
+_deferring = [0]  # depth of `deferred()` blocks
+_pending = [False]  # a signal arrived inside a deferred block: raise when the block ends
 
 
 class Interrupted(KeyboardInterrupt):
@@ -53,6 +55,9 @@ class Interrupted(KeyboardInterrupt):
 def _handler(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
     if len(_received) == 1 and _armed[0]:
+        if _deferring[0]:
+            _pending[0] = True
+            return
         raise Interrupted(signum)
     # a second signal while the first one's clean-up runs: let the clean-up finish
 
@@ -68,6 +73,7 @@ def install(*, arm: bool = True) -> None:
         return
     if arm:
         _received.clear()
+        _pending[0] = False
     _armed[0] = False
     for s in _SIGNALS:
         if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:
@@ -80,6 +86,11 @@ def install(*, arm: bool = True) -> None:
 def installed() -> bool:
     """Whether `install` has put this module's handler on SIGTERM."""
     return signal.getsignal(signal.SIGTERM) is _handler
+
+
+def armed() -> bool:
+    """Whether the installed handler raises (else it only records, see `install(arm=False)`)."""
+    return _armed[0]
 
 
 def arm() -> None:
@@ -96,18 +107,25 @@ def received() -> int | None:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM for the duration of the block (delivered when it ends).
+    """Hold SIGINT and SIGTERM for the duration of the block; a signal received meanwhile is
+    raised (as `Interrupted`) when the block ends.
 
     Used around renames that move finished outputs into place, so a signal never leaves one
-    output of a set moved and the next one not. Without `pthread_sigmask` (not POSIX) or outside
-    the main thread, the block runs unprotected.
+    output of a set moved and the next one not. With this module's handler installed the handler
+    itself defers (ONNX Runtime's threads may receive a process-directed signal, so a thread's
+    signal mask alone would not hold it); otherwise the main thread's signal mask blocks both
+    signals where POSIX allows (`pthread_sigmask`).
     """
     mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = mask(signal.SIG_BLOCK, _SIGNALS)
+    main = threading.current_thread() is threading.main_thread()
+    old = mask(signal.SIG_BLOCK, _SIGNALS) if mask is not None and main else None
+    _deferring[0] += 1
     try:
         yield
     finally:
-        mask(signal.SIG_SETMASK, old)
+        _deferring[0] -= 1
+        if old is not None and mask is not None:
+            mask(signal.SIG_SETMASK, old)
+        if not _deferring[0] and _pending[0]:
+            _pending[0] = False
+            raise Interrupted(_received[0])
