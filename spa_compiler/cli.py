@@ -1,6 +1,7 @@
 """`spa-compile`: the command-line front end.
 
-Exit codes: 0 ok, 1 pass failure, 2 usage error or missing requirement, 3 invalid input model.
+Exit codes: 0 ok, 1 pass failure, 2 usage error or missing requirement, 3 invalid input model,
+130 / 143 stopped by SIGINT / SIGTERM (`spa_compiler.signals`).
 Errors are one line on stderr; the traceback only with -vv.
 """
 
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="spa-compile",
         description="Structured compression of ONNX models to a measured latency budget.",
-        epilog="exit codes: 0 ok, 1 pass failure, 2 usage/missing requirement, 3 invalid model. "
+        epilog="exit codes: 0 ok, 1 pass failure, 2 usage/missing requirement, 3 invalid model, "
+        "130 stopped by SIGINT, 143 stopped by SIGTERM. "
         "`spa-compile MODEL ...` means `spa-compile compile MODEL ...`.",
     )
     sub = parser.add_subparsers(dest="verb", parser_class=_ArgumentParser)

@@ -1,7 +1,8 @@
 """Exception hierarchy. Every error a user can cause is a SpaError subclass with a one-line message.
 
 Exit codes used by the CLI (documented in the README):
-    0 ok, 1 pass failure, 2 usage or missing requirement, 3 invalid input model.
+    0 ok, 1 pass failure, 2 usage or missing requirement, 3 invalid input model
+    (130 / 143: stopped by SIGINT / SIGTERM, see `spa_compiler.signals`).
 """
 
 from __future__ import annotations
