@@ -182,7 +182,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     progress = _Progress(enabled=True, report=report)
     try:
         # every path the run writes, checked before any work (not the input, not each other, writable)
-        check_outputs([args.model], {"-o": output, "--report": args.report}, expected_bytes=_size(args.model))
+        check_outputs(
+            [args.model, args.latency_table, args.calib],
+            {"-o": output, "the -o model's external-data file": output + ".data", "--report": args.report},
+            expected_bytes=_size(args.model),
+        )
     except BaseException:
         args.report = None  # a report path that failed its check is not written to
         raise

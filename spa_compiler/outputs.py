@@ -67,7 +67,7 @@ def input_files(model_path: Path) -> list[Path]:
 
 
 def check_outputs(
-    inputs: Iterable[str | os.PathLike[str]],
+    inputs: Iterable[str | os.PathLike[str] | None],
     outputs: Mapping[str, str | os.PathLike[str] | None],
     *,
     expected_bytes: int = 0,
@@ -75,7 +75,9 @@ def check_outputs(
     """Refuse outputs that would overwrite an input or each other, or cannot be written.
 
     Args:
-        inputs: Files the run reads (the model; its external data is found here).
+        inputs: What the run reads: the model first (its external data is found here), then any
+            other input file or folder (latency table, calibration data; None entries skipped).
+            An existing file inside an input folder is an input too.
         outputs: What each output is (as the user named it, e.g. "--report") -> its path; None
             entries (not asked for) are skipped.
         expected_bytes: Bytes the run will write (about the input's size); a file system with
@@ -85,12 +87,18 @@ def check_outputs(
         UsageError: the first problem found, naming the flag and the path.
     """
     ins: list[Path] = []
+    in_dirs: list[Path] = []
     # an output that does not exist yet cannot be one of the input's external-data files: read the
     # input's references (which imports onnx) only when some output exists already
     existing = any(o is not None and Path(o).exists() for o in outputs.values())
-    for p in inputs:
+    for k, p in enumerate(inputs):
+        if p is None or (k and ":" in str(p) and not Path(p).exists()):  # skip module:function specs
+            continue
         path = Path(p)
-        ins.extend(input_files(path) if existing and path.is_file() else [path])
+        if k and path.is_dir():
+            in_dirs.append(path)
+            continue
+        ins.extend(input_files(path) if existing and k == 0 and path.is_file() else [path])
     seen: dict[str, Path] = {}
     folders: dict[Path, str] = {}
     for label, raw in outputs.items():
@@ -99,9 +107,15 @@ def check_outputs(
         path = Path(raw)
         for src in ins:
             if _same(path, src):
-                what = "the input model" if src == ins[0] else f"the input's external-data file {src.name}"
+                what = "the input model" if src == ins[0] else "an input of this run"
                 raise UsageError(
                     f"{label} {path} is {what}; the input is never modified",
+                    hint=f"choose another {label} path",
+                )
+        for folder in in_dirs:
+            if path.is_file() and folder.resolve() in path.resolve().parents:
+                raise UsageError(
+                    f"{label} {path} is a file in the input folder {folder}; inputs are never modified",
                     hint=f"choose another {label} path",
                 )
         for other_label, other in seen.items():
