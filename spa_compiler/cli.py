@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latency-budget", help="milliseconds (12.5) or fraction of dense latency (0.6x)")
     c.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
     g = c.add_mutually_exclusive_group()
-    g.add_argument("-p", "--passes", help='pipeline spec, e.g. "cleanup,prune-magnitude{ratio=0.3}"')
+    g.add_argument("-p", "--passes", help='pipeline spec, e.g. "cleanup,prune-uniform{ratio=0.3}"')
     g.add_argument("--preset", help="named pipeline (see list-passes)")
     c.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
                    help="precision the target runs in (ort-cuda/tensorrt timing)")
@@ -139,13 +139,13 @@ class _Progress:
 
     def __init__(self, enabled: bool, report: Any = None) -> None:
         self.enabled = enabled and sys.stderr.isatty()
-        self.report = report  # its `_task` names what the run does now (for an interrupted run)
+        self.report = report  # its `task` names what the run does now (for an interrupted run)
         self.bars: dict[str, Any] = {}
         self.started: dict[str, float] = {}
 
     def __call__(self, task: str, done: int, total: int) -> None:
         if self.report is not None:
-            self.report._task = task
+            self.report.task = task
         if not self.enabled:
             return
         now = time.monotonic()
@@ -263,7 +263,7 @@ def _size(path: str) -> int:
 
 def _stage(report: Any) -> str:
     stage = report.stage or "start-up"
-    task = getattr(report, "_task", "")
+    task = report.task
     return f"{stage} ({task})" if task and task != stage and not stage.endswith(task) else stage
 
 
@@ -357,16 +357,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from spa_compiler.groups.analysis import analyze
-    from spa_compiler.compile import parse_input_shapes
-    from spa_compiler.ir import ModelIR
-    from spa_compiler.latency.profile import build_table, kept_levels
-    from spa_compiler.latency.provider import make_provider
-    from spa_compiler.ort import random_feeds
-    from spa_compiler.targets import get_target, width_multiple
-
     from spa_compiler.checks import check_compute_dtypes, check_shape_hints
+    from spa_compiler.compile import parse_input_shapes
+    from spa_compiler.groups.analysis import analyze
+    from spa_compiler.ir import ModelIR
+    from spa_compiler.latency.profile import profile_pruning
+    from spa_compiler.ort import random_feeds
     from spa_compiler.outputs import check_outputs
+    from spa_compiler.targets import get_target
 
     out = Path(args.output)
     if out.suffix.lower() != ".json":
@@ -383,15 +381,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     units = tuple(u.strip() for u in args.units.split(",") if u.strip())
     analysis = analyze(model, units=units, input_shapes=shapes)
     groups = analysis.prunable
-    round_to = args.round_to or width_multiple(tgt.name)
-    levels = {g.id: kept_levels(g.n_units, g.unit_size, round_to=round_to, max_ratio=args.max_ratio,
-                                count=args.levels) for g in groups}
-    provider = make_provider(tgt.name, precision=args.precision, threads=args.threads, runs=args.runs,
-                             input_shapes=shapes)
+    provider = tgt.provider(precision=args.precision, threads=args.threads, runs=args.runs, input_shapes=shapes)
     progress = _Progress(enabled=True)
     try:
-        table = build_table(model, groups, levels, provider, random_feeds(model, shapes), units=units,
-                            input_shapes=shapes, progress=progress)
+        table = profile_pruning(model, tgt.name, provider, random_feeds(model, shapes), units=units,
+                                input_shapes=shapes, round_to=args.round_to, max_ratio=args.max_ratio,
+                                levels=args.levels, progress=progress, analysis=analysis)
     finally:
         progress.close()
     table.save(out)

@@ -52,10 +52,10 @@ def input_files(model_path: Path) -> list[Path]:
     try:
         import onnx
 
-        from spa_compiler.ir import _external_tensors
-
         proto = onnx.load(str(model_path), load_external_data=False)
-        for t in _external_tensors(proto):
+        for t in onnx.external_data_helper._get_all_tensors(proto):
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
             loc = {e.key: e.value for e in t.external_data}.get("location")
             if loc:
                 p = model_path.parent / loc

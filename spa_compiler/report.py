@@ -44,6 +44,7 @@ class Report:
     status: str = "running"  # running | ok | failed | interrupted
     error: str | None = None
     stage: str = ""  # what the run was doing last (load, measure dense, pass NAME, save, ...)
+    task: str = ""  # the last progress task inside the stage (e.g. "calibration statistics")
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def record(self, rec: PassRecord) -> None:

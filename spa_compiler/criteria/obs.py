@@ -1,4 +1,4 @@
-"""Structured Optimal Brain Surgeon for one linear layer (ZipLM; ALGORITHMS.md §2), in numpy.
+"""Structured Optimal Brain Surgeon for one linear layer (ZipLM; docs/algorithms.md §2), in numpy.
 
 Setting. ``Y = W X`` with ``W: (out, in)`` and calibration inputs ``X: (in, n)``. A *group* ``S``
 is a set of input columns removed together (an FFN neuron = 1 column of the down projection, an
@@ -17,7 +17,7 @@ Conventions (read these before comparing numbers with a paper):
       E_S = 1/2 * sum_rows W[:, S] ((H^-1)_SS)^-1 W[:, S]^T
 
   so that, for ``H = 2 X X^T`` and no damping, ``E_S == ||W X - W' X||_F^2`` for the compensated W'
-  (ALGORITHMS.md writes the same formula without the 1/2, i.e. twice the loss; the ranking is the
+  (some write the same formula without the 1/2, i.e. twice the loss; the ranking is the
   same).
 * Update and inverse downdate (independent of the scale of H)::
 
@@ -36,7 +36,7 @@ to four times (with a warning), then `PreconditionError`. A group whose ``(H^-1)
 positive definite (only possible through rounding) gets error ``inf``; if it must be removed anyway,
 `remove_group` uses the pseudo-inverse of the block.
 
-Weights are processed in float64. Importances of the baseline criteria (`magnitude_scores`,
+Weights are processed in float64. Importances of the baseline criterion (
 `wanda_scores`) are "higher = keep"; OBS errors are costs, "lower = remove first".
 """
 
@@ -58,7 +58,6 @@ __all__ = [
     "greedy_prune",
     "group_errors",
     "inverse_hessian",
-    "magnitude_scores",
     "prepare_hessian",
     "remove_group",
     "solve_kept",
@@ -674,19 +673,6 @@ def greedy_prune(
 
 
 # ------------------------------------------------------------------------ baseline criteria
-
-
-def magnitude_scores(w: npt.ArrayLike, groups: Sequence[npt.ArrayLike], p: float = 2) -> FloatArray:
-    """Group magnitude importance ``||W[:, S]||_p`` over all entries (higher = keep).
-
-    Args:
-        w: ``W: (out, in)``; columns are the prunable inputs (transpose an ONNX MatMul weight).
-        groups: Column-index arrays.
-        p: Norm order (1: group L1, 2: group L2, inf: max).
-    """
-    ww = _as_matrix(w, "W")
-    gs = _as_groups(groups, ww.shape[1], disjoint=False)
-    return np.asarray([np.linalg.norm(ww[:, g].ravel(), ord=p) for g in gs])
 
 
 def wanda_scores(
