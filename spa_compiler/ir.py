@@ -261,11 +261,16 @@ class ModelIR:
         return any(t is tensor for t in self.graph.outputs)
 
     def count_params(self) -> int:
-        """Number of elements in float initializers (the model's parameters)."""
+        """Number of elements in float constants: initializers and Constant nodes (some exporters,
+        Paddle2ONNX among them, write every weight as a Constant node)."""
         total = 0
         for t in self.graph.tensors().values():
             if isinstance(t, gs.Constant) and is_float_dtype(t.dtype):
                 total += int(np.prod(t.shape))
+        for node in self.graph.nodes:
+            value = node.attrs.get("value") if node.op == "Constant" else None
+            if isinstance(value, gs.Constant) and is_float_dtype(value.dtype):
+                total += int(np.prod(value.shape))
         return total
 
     def input_shapes(self) -> dict[str, tuple[int | str | None, ...]]:
