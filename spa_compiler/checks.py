@@ -241,3 +241,40 @@ def check_interface(before: Sequence[tuple[str, str, str]], after: Sequence[tupl
         f"the compiled model's interface differs from the input's ({diff}); nothing was written",
         hint="report it with the model: rewrites never change inputs or outputs",
     )
+
+
+def check_runs(
+    model: ModelIR, feeds: Mapping[str, np.ndarray], hints: Mapping[str, Sequence[int]] | None = None
+) -> None:
+    """Run the input model once on ONNX Runtime's CPU provider with the inputs the compile uses.
+
+    Every compile checks and times its rewrites there, so a model ORT cannot run is refused now,
+    with ORT's reason, instead of failing in the middle of a pass.
+
+    Raises:
+        UsageError: with shape hints given: the model does not run at those sizes (exit 2).
+        UnsupportedModelError: otherwise (exit 3).
+    """
+    from spa_compiler.errors import SpaError
+    from spa_compiler.ort import make_session
+
+    try:
+        make_session(model, optimize=False).run(None, dict(feeds))
+    except SpaError:
+        raise
+    except Exception as e:  # onnxruntime's InvalidArgument, Fail, NotImplemented, ...
+        why = " ".join(str(e).split())
+        if len(why) > 300:
+            why = why[:300] + "..."
+        if hints:
+            given = ", ".join(f"{k}:{'x'.join(str(d) for d in v)}" for k, v in hints.items())
+            raise UsageError(
+                f"the model does not run at the given input shapes (--input-shape {given}): "
+                f"ONNX Runtime says: {why}",
+                hint="give sizes the model accepts (e.g. those of the exporter's sample input)",
+            ) from e
+        raise UnsupportedModelError(
+            f"ONNX Runtime (CPU) cannot run the input model, which every compile uses to check and "
+            f"time its rewrites: {why}",
+            hint="check that the model runs under onnxruntime.InferenceSession first",
+        ) from e

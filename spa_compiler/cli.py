@@ -357,7 +357,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from spa_compiler.checks import check_compute_dtypes, check_shape_hints
+    from spa_compiler.checks import check_compute_dtypes, check_runs, check_shape_hints
     from spa_compiler.compile import parse_input_shapes
     from spa_compiler.groups.analysis import analyze
     from spa_compiler.ir import ModelIR
@@ -378,6 +378,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     missing = sorted(set(model.symbolic_inputs()) - set(shapes))
     if missing:
         raise UsageError(f"inputs {missing} have symbolic dimensions", hint="pass --input-shape NAME:DxD")
+    check_runs(model, random_feeds(model, shapes), shapes)
     units = tuple(u.strip() for u in args.units.split(",") if u.strip())
     analysis = analyze(model, units=units, input_shapes=shapes)
     groups = analysis.prunable

@@ -19,6 +19,7 @@ from spa_compiler.checks import (
     check_finite_weights,
     check_interface,
     check_no_empty_inputs,
+    check_runs,
     check_shape_hints,
     interface,
 )
@@ -200,6 +201,7 @@ def compile_model(
         )
     check_no_empty_inputs(model, shapes)
     feeds = random_feeds(model, shapes, seed=seed)
+    check_runs(model, feeds, shapes)
     provider = None
     if measure_latency:
         provider = tgt.provider(precision=precision, threads=threads, runs=measure_runs, input_shapes=shapes)

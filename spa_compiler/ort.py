@@ -58,7 +58,7 @@ def make_session(
     if threads is not None:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach callers as exceptions; ORT would also log them
     if isinstance(model, ModelIR):
         model, own = model.to_proto_split()
         initializers = {**own, **(initializers or {})}
