@@ -187,7 +187,7 @@ def test_signal_during_a_pass_stops_with_one_line_and_a_report(tmp_path: Path, s
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     report = out_dir / "r.json"
-    # a calibration function that blocks: the run is surely inside prune-ziplm when the signal comes
+    # a calibration function that blocks: the run is surely inside the pruning pass when the signal comes
     (tmp_path / "slowcal.py").write_text(
         "import time, numpy as np\n"
         "def feeds():\n"
@@ -207,9 +207,9 @@ def test_signal_during_a_pass_stops_with_one_line_and_a_report(tmp_path: Path, s
     assert p.returncode == 128 + int(sig), err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"spa-compile: stopped by {sig.name} during pass prune-ziplm"), lines
+    assert lines[0].startswith(f"spa-compile: stopped by {sig.name} during pass prune-"), lines
     data = json.loads(report.read_text())
-    assert data["status"] == "interrupted" and data["stage"] == "pass prune-ziplm"
+    assert data["status"] == "interrupted" and data["stage"].startswith("pass prune-")
     assert sig.name in data["error"]
     assert sorted(q.name for q in out_dir.iterdir()) == ["r.json"]  # no model, no temporary file
     assert _digest(src) == before
