@@ -45,15 +45,28 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
+# The API's verbs (api.py) take the names of two modules, compile.py and inspect.py: both modules
+# are loaded first, so `from spa_compiler.compile import ...` still finds them (sys.modules) while
+# `spa_compiler.compile` / `spa_compiler.inspect` are the functions. (Write `from spa_compiler.compile
+# import X`, never `import spa_compiler.compile as m`, which would get the function.)
+import spa_compiler.inspect as _inspect_module  # noqa: E402,F401
+from spa_compiler.api import Inspection, Result, Run, compile, inspect, profile  # noqa: E402
+
 __all__ = [
     "Budget",
     "CompileContext",
+    "Inspection",
     "ModelIR",
     "Pass",
     "PassManager",
     "PassResult",
+    "Result",
+    "Run",
     "SpaError",
     "__version__",
+    "compile",
     "compile_model",
+    "inspect",
     "parse_budget",
+    "profile",
 ]
