@@ -9,41 +9,32 @@ import os as _os
 
 from spa_compiler._version import __version__
 
+# When this process is the command (the `spa-compile` script or `python -m spa_compiler`), SIGINT
+# and SIGTERM are taken over before the imports below (numpy, onnx, graphsurgeon: slow), so an early
+# Ctrl-C gives one line, not a traceback. The handler only records the signal until `cli.main` runs
+# (an exception raised inside an import would surface as a traceback). Library users are untouched.
+import sys as _sys
+
+if _sys.argv and (
+    _sys.argv[0].replace("\\", "/").endswith(("/spa-compile", "spa_compiler/__main__.py"))
+    or _sys.argv[0] in ("spa-compile", "-m")
+):
+    from spa_compiler import signals as _signals
+
+    _signals.install(arm=False)
+
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and _os.path.isfile(
     _os.path.join(_root, "passes", "registry.py")
 ):
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
-# The public names are imported on first use (PEP 562): `import spa_compiler.cli` stays fast, so
-# the CLI installs its signal handlers before numpy, onnx and graphsurgeon load.
-_LAZY = {
-    "Budget": "spa_compiler.compile",
-    "compile_model": "spa_compiler.compile",
-    "parse_budget": "spa_compiler.compile",
-    "CompileContext": "spa_compiler.context",
-    "SpaError": "spa_compiler.errors",
-    "ModelIR": "spa_compiler.ir",
-    "Pass": "spa_compiler.pass_base",
-    "PassResult": "spa_compiler.pass_base",
-    "PassManager": "spa_compiler.pass_manager",
-}
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spa_compiler' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+from spa_compiler.compile import Budget, compile_model, parse_budget  # noqa: E402
+from spa_compiler.context import CompileContext  # noqa: E402
+from spa_compiler.errors import SpaError  # noqa: E402
+from spa_compiler.ir import ModelIR  # noqa: E402
+from spa_compiler.pass_base import Pass, PassResult  # noqa: E402
+from spa_compiler.pass_manager import PassManager  # noqa: E402
 
 # The API's verbs (api.py) take the names of two modules, compile.py and inspect.py: both modules
 # are loaded first, so `from spa_compiler.compile import ...` still finds them (sys.modules) while

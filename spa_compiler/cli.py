@@ -7,27 +7,18 @@ Errors are one line on stderr; the traceback only with -vv.
 
 from __future__ import annotations
 
-import sys
-
-from spa_compiler import signals
-
-if sys.argv and (
-    sys.argv[0].replace("\\", "/").endswith(("/spa-compile", "spa_compiler/__main__.py")) or sys.argv[0] == "spa-compile"
-):
-    # this process is the command (console script or `python -m spa_compiler`): take over SIGINT and
-    # SIGTERM before the slower imports below, so an early Ctrl-C gives one line, no traceback
-    signals.install(arm=False)  # record only: an exception during imports would be a traceback
-
-import argparse  # noqa: E402
+import argparse
 import json
 import logging
-import os  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from spa_compiler.errors import SpaError, UsageError  # noqa: E402
+from spa_compiler import signals  # installed already when this process is the command (__init__)
+from spa_compiler.errors import SpaError, UsageError
 
 logger = logging.getLogger("spa_compiler")
 
