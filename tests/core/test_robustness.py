@@ -226,10 +226,10 @@ def _catches_sigterm(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")
 @pytest.mark.parametrize("extra_delay", [0.0, 0.2])
 def test_early_ctrl_c_prints_no_traceback(tmp_path: Path, chain: Path, extra_delay: float) -> None:
-    """From the moment the tool's code runs (spa_compiler.cli imported: its handler is on SIGTERM,
-    which Python leaves alone), a Ctrl-C gives one line: that is within ~0.1 s of the start on an
-    idle machine, before numpy, onnx or graphsurgeon load. (Earlier, the interpreter is still
-    starting up: Python's own KeyboardInterrupt.)"""
+    """From the moment the tool's code runs (the spa_compiler package starts loading: its handler
+    is on SIGTERM, which Python leaves alone), a Ctrl-C gives one line, before numpy, onnx or
+    graphsurgeon load. (Earlier, the interpreter is still starting up: Python's own
+    KeyboardInterrupt.)"""
     started = time.monotonic()
     p = _cli(str(chain), "-o", str(tmp_path / "o.onnx"), "--report", str(tmp_path / "r.json"))
     while p.poll() is None and not _catches_sigterm(p.pid) and time.monotonic() - started < 60:
