@@ -29,6 +29,12 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and _
 ):
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
+# the project's own ops (runtime_ops, domain spa.ops) are known to onnx's checker and shape
+# inference wherever the compiler runs
+from spa_compiler.runtime_ops import register_schemas as _register_schemas  # noqa: E402
+
+_register_schemas()
+
 from spa_compiler.compile import Budget, compile_model, parse_budget  # noqa: E402
 from spa_compiler.context import CompileContext  # noqa: E402
 from spa_compiler.errors import SpaError  # noqa: E402

@@ -36,7 +36,7 @@ import onnx
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.provider import Feeds, Timing
-from spa_compiler.stats import node_macs
+from spa_compiler.stats import custom_cost, node_macs
 
 #: Nodes that do no work at run time (or are folded away by every runtime we target).
 FREE_OPS = frozenset({"Constant", "Identity", "Shape", "Size", "Dropout"})
@@ -214,6 +214,9 @@ def node_bytes(
     node: onnx.NodeProto, info: Mapping[str, tuple[list[int | None], int]], float_bytes: int
 ) -> int | None:
     """Bytes a node reads and writes (every input and output once); None if a shape is unknown."""
+    custom = custom_cost(node)
+    if custom is not None:
+        return custom[1](node, {k: v[0] for k, v in info.items()}, float_bytes)  # type: ignore[no-any-return]
     total = 0
     for name in list(node.input) + list(node.output):
         if not name:
