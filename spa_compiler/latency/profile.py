@@ -137,7 +137,8 @@ def build_table(
         provider=prov.get("provider"),
         threads=prov.get("threads"),
         model_name=str(model.source.name if model.source else ""),
-        notes=f"in-context timing ({method.name}), {len(by_sig)} signatures, {len(jobs)} variants",
+        notes=f"in-context timing ({method.name}), {len(by_sig)} signatures, {len(jobs)} variants"
+              + (f"; lowering: {prov['lowering']}" if prov.get("lowering") else ""),
     )
     return LatencyTable(
         kind="analytic" if provider.kind == "analytic" else "measured",
