@@ -129,8 +129,16 @@ class _Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self.bars: dict[str, Any] = {}
         self.started: dict[str, float] = {}
+        # not a terminal (a piped or redirected log): plain, rate-limited lines instead of bars
+        self.log: Any = None
+        if enabled and not self.enabled and os.environ.get("SPA_COMPILER_PROGRESS", "1") != "0":
+            from spa_compiler.progress import LogProgress
+
+            self.log = LogProgress(prefix="spa-compile ")
 
     def __call__(self, task: str, done: int, total: int) -> None:
+        if self.log is not None:
+            self.log(task, done, total)
         if not self.enabled:
             return
         now = time.monotonic()

@@ -297,6 +297,7 @@ def _relative_obs_path(
     hessians: Sequence[npt.NDArray[np.float64]],
     n_units: int,
     n_remove: int,
+    step: Callable[[int, int], None] | None = None,
 ) -> tuple[list[int], npt.NDArray[np.float64]]:
     """Joint greedy structured OBS over every consumer; errors relative to the output energy."""
     from spa_compiler.criteria import obs
@@ -306,10 +307,11 @@ def _relative_obs_path(
     energy = energy if energy > 0 else 1.0
     if len(views) == 1:
         v, h = views[0], hessians[0]
-        path = obs.greedy_prune(v.w2d, h, v.unit_cols, levels=list(range(n_remove + 1)), snapshots=False)
+        path = obs.greedy_prune(v.w2d, h, v.unit_cols, levels=list(range(n_remove + 1)), snapshots=False,
+                                progress=step)
         return [int(u) for u in path.order[:n_remove]], np.asarray(path.errors, dtype=np.float64) / energy
     order, step_err = obs.joint_greedy_order([v.w2d for v in views], hessians,
-                                             [v.unit_cols for v in views], n_remove)
+                                             [v.unit_cols for v in views], n_remove, progress=step)
     errs = np.concatenate([[0.0], np.cumsum(step_err)])
     return [int(u) for u in order], errs / energy
 
@@ -385,16 +387,36 @@ def group_paths(
     measured = [v for i, v in enumerate(flat) if i not in closed]
     data_source = CALIBRATION if criterion in ("wanda", "obs") else RESPONSE
 
+    fed = [0]
+    stats_task = "calibration statistics" if data_source == CALIBRATION else "random-input statistics"
+
     def tick(n: int) -> None:
+        fed[0] = n
         if progress:
-            progress("calibration statistics", n, 0)
+            progress(stats_task, n, 0)
 
     if measured and feeds is None:
         raise UsageError(
             f"criterion 'obspa' needs random-input feeds for {len(measured)} consumer(s) without a "
             "BatchNorm to synthesize moments from", hint="pass synthetic_feeds")
+    if progress and measured:
+        progress(stats_task, 0, 0)
     accs = collect_hessians(model, measured, feeds or (), seed=seed, progress=tick)
+    if progress and measured:
+        progress(stats_task, fed[0], fed[0])
     measured_index = {id(v): j for j, v in enumerate(measured)}
+    # progress of the OBS paths in greedy steps (one group of a ResNet's last stage is 1800 steps)
+    obs_steps = sum(max_removable(g.n_units, max_ratio) for g in groups if views_by_group[g.id])
+    steps_done = 0
+    task = f"{criterion} paths"
+
+    def step(done: int, total: int) -> None:
+        del total
+        if progress:
+            progress(task, steps_done + done, obs_steps)
+
+    if progress and criterion not in ("wanda",) and obs_steps:
+        progress(task, 0, obs_steps)
     k = 0
     for gi, g in enumerate(groups):
         vs = views_by_group[g.id]
@@ -426,9 +448,10 @@ def group_paths(
             from spa_compiler.criteria.obs import prepare_hessian
 
             hs = [prepare_hessian(h) for h in hs]
-            order, errs = _relative_obs_path(vs, hs, g.n_units, n_remove)
+            order, errs = _relative_obs_path(vs, hs, g.n_units, n_remove, step)
+            steps_done += n_remove
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
                                     views=vs, hessians=hs, view_moments=sources)
-        if progress:
-            progress(f"{criterion} paths", gi + 1, len(groups))
+        if progress and criterion == "wanda":
+            progress(task, gi + 1, len(groups))
     return paths

@@ -1,0 +1,108 @@
+"""Progress a person can follow in a log: a `ProgressFn` that prints plain lines.
+
+`ctx.progress(task, done, total)` is called by the compile and its passes (``total == 0``: the
+total is not known, e.g. calibration batches from a generator). On a terminal the CLI draws tqdm
+bars; in a log (stderr piped or redirected) bars are unreadable, so `LogProgress` prints one line
+when a stage starts, one when it ends, and at most one every `every` seconds in between, with the
+count, the elapsed time of the stage and of the whole run, and an estimate of what is left
+(linear in ``done / total``)::
+
+    [   0.4s] load: started
+    [   1.2s] load: done in 0.8s
+    [  12.0s] obspa paths: 9/37 (24%), 8.1s in stage, about 25s left
+
+Times are wall-clock (`time.monotonic`), so the first line appears as soon as the first stage
+starts. No tqdm, no threads: a line is written only from inside a callback. Like tqdm's bars,
+nothing is written during the first `quiet` seconds (2 by default), so a command that fails at
+once still prints its one-line error alone; the first callback after that writes the stage in
+progress, so a long run's first line comes a few seconds after its start.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+__all__ = ["LogProgress", "format_seconds"]
+
+
+def format_seconds(s: float) -> str:
+    """``'42s'``, ``'3m05s'``, ``'1h02m'``."""
+    s = max(0.0, s)
+    if s < 60:
+        return f"{s:.1f}s" if s < 10 else f"{s:.0f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+class LogProgress:
+    """A `ProgressFn` writing rate-limited progress lines (see the module docstring).
+
+    Args:
+        stream: Where lines go (default: ``sys.stderr``, looked up at each write).
+        every: Seconds between two lines of the same stage (its first and last line always print).
+        prefix: Put before every line (e.g. ``"spa-compile "``).
+        quiet: Seconds after creation during which nothing is written.
+        clock: Time source (tests pass a fake one).
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, every: float = 5.0, prefix: str = "",
+                 quiet: float = 2.0, clock: object = None) -> None:
+        self._stream = stream
+        self.every = every
+        self.quiet = quiet
+        self.prefix = prefix
+        self._clock = clock if callable(clock) else time.monotonic
+        self.t0 = self._clock()
+        self.started: dict[str, float] = {}
+        self.last_line: dict[str, float] = {}
+        self.finished: set[str] = set()
+
+    def _write(self, text: str) -> None:
+        if self._clock() - self.t0 < self.quiet:
+            return
+        stream = self._stream or sys.stderr
+        try:
+            stream.write(f"{self.prefix}[{self._clock() - self.t0:7.1f}s] {text}\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken log must not break the compile
+            pass
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        now = self._clock()
+        if task not in self.started or task in self.finished and done < max(total, 1):
+            # a new stage, or one that starts again (a second search round re-profiles)
+            self.started[task] = now
+            self.finished.discard(task)
+            self.last_line[task] = now
+            if total > 0 and done >= total:  # a one-shot stage reported as done at once
+                self.finished.add(task)
+                self._write(f"{task}: done")
+                return
+            self._write(f"{task}: started" + (f" (0/{total})" if total > 1 and done == 0 else
+                                              f" ({done}/{total})" if total > 1 else ""))
+            return
+        if task in self.finished:
+            return
+        elapsed = now - self.started[task]
+        if self.last_line[task] - self.t0 < self.quiet <= now - self.t0:
+            self.last_line[task] = self.t0 - self.every  # its lines were held back: write one now
+        if total > 0 and done >= total:
+            self.finished.add(task)
+            self._write(f"{task}: done ({total}/{total}) in {format_seconds(elapsed)}" if total > 1
+                        else f"{task}: done in {format_seconds(elapsed)}")
+            return
+        if now - self.last_line[task] < self.every:
+            return
+        self.last_line[task] = now
+        if total > 0:
+            frac = done / total
+            eta = f", about {format_seconds(elapsed * (1 - frac) / frac)} left" if done > 0 else ""
+            self._write(f"{task}: {done}/{total} ({100 * frac:.0f}%), {format_seconds(elapsed)} in stage{eta}")
+        else:
+            self._write(f"{task}: {done} so far, {format_seconds(elapsed)} in stage")
+
+    def close(self) -> None:
+        """Nothing to release (the interface of the CLI's tqdm progress)."""
