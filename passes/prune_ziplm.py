@@ -235,7 +235,9 @@ class PruneZipLMPass(Pass):
 
     # ------------------------------------------------------------------ run
     def run(self, model: ModelIR, ctx: CompileContext) -> PassResult:
+        ctx.progress("channel groups", 0, 1)
         analysis = analyze(model, units=self.units)
+        ctx.progress("channel groups", 1, 1)
         groups = {g.id: g for g in analysis.prunable}
         skipped: dict[str, int] = {}
         for g in analysis.groups:
@@ -453,13 +455,21 @@ class PruneZipLMPass(Pass):
         under: float | None = None  # largest internal budget whose model measured within budget
         over: float | None = None  # smallest internal budget whose model measured over budget
         seen: dict[tuple[tuple[str, int], ...], float] = {}
+        from spa_compiler.latency.cache import entry_key, provider_cache
+
+        timings = provider_cache(model, ctx.input_shapes, ctx.latency)  # earlier runs' candidates
 
         def measure(kept: dict[str, int], predicted: float) -> float:
             key = tuple(sorted(kept.items()))
             if key not in seen:
+                entry = entry_key("candidate", [list(kv) for kv in key])
+                hit = timings.get(entry) if timings is not None else None
                 if ctx.latency is None:
                     seen[key] = predicted
+                elif hit is not None:
+                    seen[key] = hit[0] * dense_ref
                 else:
+                    ctx.progress("measure candidate", 0, 1)
                     clone = model.clone()
                     apply_plan(clone, groups, paths, kept, units=self.units, validate=False, analysis=analysis,
                                compensate=False)  # timed only: weight values do not change latency
@@ -468,6 +478,10 @@ class PruneZipLMPass(Pass):
                     t_dense, t_cand = ctx.latency.time_many([model, clone], ctx.feeds or {})
                     seen[key] = t_cand.ms / t_dense.ms * dense_ref
                     del clone
+                    if timings is not None:
+                        timings.put(entry, t_cand.ms / t_dense.ms, t_dense.ms)
+                        timings.flush()
+                    ctx.progress("measure candidate", 1, 1)
             return seen[key]
 
         for it in range(self.max_iters):

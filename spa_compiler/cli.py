@@ -46,6 +46,21 @@ def _add_shapes(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _NoCache(argparse.Action):
+    """--no-cache: the process's timing cache off (spa_compiler.latency.cache)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        from spa_compiler.latency.cache import ENV_DISABLE
+
+        os.environ[ENV_DISABLE] = "1"
+        setattr(namespace, self.dest, True)
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action=_NoCache, nargs=0, default=False,
+                   help="do not read or write the timing cache (also: SPA_COMPILER_NO_CACHE=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
     parser = _ArgumentParser(
@@ -76,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads when timing")
     c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
     c.add_argument("--seed", type=int, default=0)
+    _add_cache(c)
     _add_shapes(c)
     _add_common(c)
 
@@ -98,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-ratio", type=float, default=0.75, help="largest share of a group removed")
     pr.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median)")
     pr.add_argument("--threads", type=int, default=1)
+    _add_cache(pr)
     _add_shapes(pr)
     _add_common(pr)
 

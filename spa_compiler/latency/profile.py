@@ -26,6 +26,7 @@ import numpy as np
 from spa_compiler import __version__
 from spa_compiler.groups.analysis import ChannelGroup, GroupAnalysis, analyze, prune_groups
 from spa_compiler.ir import ModelIR
+from spa_compiler.latency.cache import entry_key, open_cache
 from spa_compiler.latency.table import GroupLatency, LatencyTable, LevelLatency, Provenance, structure_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -102,21 +103,41 @@ def build_table(
     measured: dict[tuple[Any, ...], dict[int, float]] = {sig: {} for sig in by_sig}
     ratios: dict[tuple[Any, ...], dict[int, float]] = {sig: {} for sig in by_sig}
     dense_times: list[float] = []
-    if jobs and analysis is None:
-        analysis = analyze(model, units=units)
+    fingerprint = structure_fingerprint(model.to_proto(weights=False))
+    # timings of earlier runs of this model, shapes and provider (analytic estimates: never cached)
+    cache = (open_cache(fingerprint, input_shapes, provider.provenance())
+             if provider.kind != "analytic" else None)
+    if progress and jobs:
+        progress("latency table", 0, len(jobs))
     for i, (sig, k) in enumerate(jobs):
         members = by_sig[sig]
-        clone = model.clone()
-        plan = {g.id: list(range(g.n_units - k)) for g in members}
-        assert analysis is not None
-        prune_groups(clone, plan, analysis=analysis.for_clone(clone), validate=False)
-        # timed in alternation with the dense model: the ratio is immune to load drift
-        t_dense, t_var = provider.time_many([model, clone], feeds)
-        dense_times.append(t_dense.ms)
-        ratios[sig][k] = t_var.ms / t_dense.ms
+        entry = entry_key("table", [sorted(g.id for g in members), int(k)])
+        hit = cache.get(entry) if cache is not None else None
+        if hit is not None:
+            ratios[sig][k], dense_ms_then = hit
+            dense_times.append(dense_ms_then)
+        else:
+            if analysis is None:
+                analysis = analyze(model, units=units)
+            clone = model.clone()
+            plan = {g.id: list(range(g.n_units - k)) for g in members}
+            prune_groups(clone, plan, analysis=analysis.for_clone(clone), validate=False)
+            # timed in alternation with the dense model: the ratio is immune to load drift
+            t_dense, t_var = provider.time_many([model, clone], feeds)
+            del clone
+            dense_times.append(t_dense.ms)
+            ratios[sig][k] = t_var.ms / t_dense.ms
+            if cache is not None:
+                cache.put(entry, ratios[sig][k], t_dense.ms)
+                if i % 8 == 7:
+                    cache.flush()  # a stopped run keeps what it measured
         if progress:
             progress("latency table", i + 1, len(jobs))
         logger.debug("profile %s x%d at %d units: %.4f of dense", members[0].id, len(members), k, ratios[sig][k])
+    if cache is not None:
+        cache.flush()
+        if cache.hits:
+            logger.info("latency table: %d of %d timings from the cache (%s)", cache.hits, len(jobs), cache.path)
     dense = provider.time(model, feeds) if not dense_times else None
     dense_ms = float(np.median(dense_times)) if dense_times else dense.ms  # type: ignore[union-attr]
     for sig in by_sig:
@@ -158,12 +179,13 @@ def build_table(
         runtime_version=str(prov.get("runtime_version") or ""),
         precision=str(prov.get("precision") or "fp32"),
         input_shapes={k: tuple(int(d) for d in v) for k, v in input_shapes.items()},
-        model_fingerprint=structure_fingerprint(model.to_proto()),
+        model_fingerprint=fingerprint,
         tool_version=__version__,
         provider=prov.get("provider"),
         threads=prov.get("threads"),
         model_name=str(model.source.name if model.source else ""),
-        notes=f"in-context timing, {len(by_sig)} signatures, {len(jobs)} pruned variants",
+        notes=f"in-context timing, {len(by_sig)} signatures, {len(jobs)} pruned variants"
+              + (f" ({cache.hits} from the timing cache)" if cache is not None and cache.hits else ""),
     )
     return LatencyTable(
         kind="analytic" if provider.kind == "analytic" else "measured",

@@ -69,6 +69,41 @@ def _interleaved(
     ]
 
 
+class SessionCache:
+    """Sessions (or anything built per model) reused while the model's structure is unchanged.
+
+    Keyed by `structure_fingerprint` (nodes, attributes, shapes; not weight values: a provider
+    only times, and the latency does not depend on the values), least recently used first out.
+    The dense model, timed against every variant of a latency table and every search candidate,
+    is built once instead of once per timing (a ResNet-50 CPU session takes ~0.7 s to build).
+    Shared by the copies `dataclasses.replace` makes of a provider.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.size = size
+        self.items: dict[str, Any] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, model: ModelIR | onnx.ModelProto, build: Any) -> Any:
+        from spa_compiler.latency.table import structure_fingerprint
+
+        key = structure_fingerprint(model)
+        if key in self.items:
+            self.hits += 1
+            self.items[key] = self.items.pop(key)  # most recently used last
+            return self.items[key]
+        self.misses += 1
+        value = build(model)
+        self.items[key] = value
+        while len(self.items) > self.size:
+            del self.items[next(iter(self.items))]
+        return value
+
+    def __deepcopy__(self, memo: Any) -> SessionCache:
+        return self  # sessions cannot be copied; copies of a provider share them
+
+
 @dataclasses.dataclass
 class OrtCpuProvider:
     """ONNX Runtime CPU execution provider, fixed thread count."""
@@ -77,6 +112,7 @@ class OrtCpuProvider:
     runs: int = 30
     min_seconds: float = 0.3
     kind: str = "measured"
+    sessions: SessionCache = dataclasses.field(default_factory=SessionCache, repr=False, compare=False)
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
         return self.time_many([model], feeds)[0]
@@ -87,7 +123,7 @@ class OrtCpuProvider:
         runners = []
         for m in models:
             # a ModelIR goes to ORT with its own arrays (no exported copy of the weights)
-            sess = make_session(m, threads=self.threads, optimize=True)
+            sess = self.sessions.get(m, lambda m: make_session(m, threads=self.threads, optimize=True))
             runners.append(lambda sess=sess: sess.run(None, dict(feeds)))
         return _interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
 
@@ -112,6 +148,7 @@ class OrtCudaProvider:
     runs: int = 50
     min_seconds: float = 0.3
     kind: str = "measured"
+    sessions: SessionCache = dataclasses.field(default_factory=SessionCache, repr=False, compare=False)
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
         return self.time_many([model], feeds)[0]
@@ -119,12 +156,15 @@ class OrtCudaProvider:
     def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
         from spa_compiler.latency.ort_cuda import convert_float16, iobound_runner, make_cuda_session
 
+        def build(m: ModelIR | onnx.ModelProto) -> Any:
+            proto = _proto(m)
+            if self.fp16:  # the fp16 conversion, too, is made once per structure
+                proto = convert_float16(proto)
+            return make_cuda_session(proto)
+
         runners = []
         for m in models:
-            proto = _proto(m)
-            if self.fp16:
-                proto = convert_float16(proto)
-            runners.append(iobound_runner(make_cuda_session(proto), feeds))
+            runners.append(iobound_runner(self.sessions.get(m, build), feeds))
         return _interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:
