@@ -37,6 +37,9 @@ from spa_compiler.requirements import Requirement
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ERROR = 0.35
+#: Data-free statistics of a non-language model read at most this many samples (leading axis) of
+#: random input in all: 8 feeds at batch <= 8, 2 feeds at batch 32 (see `PruneZipLMPass._synthetic`).
+SYNTHETIC_SAMPLES = 64
 
 
 def apply_plan(
@@ -156,7 +159,8 @@ class PruneZipLMPass(Pass):
         tolerance: Accept a measured latency within this fraction under the budget.
         safety: Aim this fraction under the budget, against timing noise in the final check.
         max_error: Mean relative error bound (negative: the context's or the default).
-        synthetic_feeds: Random input feeds the data-free criterion (obspa) uses.
+        synthetic_feeds: Random input feeds the data-free criterion (obspa) uses (at most
+            SYNTHETIC_SAMPLES samples in all; language models: as many as synthetic_tokens need).
         moments: obspa: auto (BatchNorm closed form where it applies) or response (random inputs).
         synthetic_tokens: For language models, at least this many synthetic tokens in all (more feeds
             of the input shape when it is short).
@@ -224,7 +228,11 @@ class PruneZipLMPass(Pass):
         n = self.synthetic_feeds
         io = _language_model_io(model)
         if io is not None:  # a short latency shape (1x128) must not starve the statistics
-            n = max(n, -(-self.synthetic_tokens // max(1, int(np.asarray(first[io[0]]).size))))
+            # ... and a long one (8x512) needs one feed, not synthetic_feeds of them
+            n = -(-self.synthetic_tokens // max(1, int(np.asarray(first[io[0]]).size)))
+        else:  # at most SYNTHETIC_SAMPLES samples in all: the cost must not grow with the deploy batch
+            batch = max(1, int(np.asarray(next(iter(first.values()))).shape[0])) if first else 1
+            n = min(n, max(1, -(-SYNTHETIC_SAMPLES // batch)))
         feeds = [first, *(random_feeds(model, ctx.input_shapes, seed=ctx.seed + 1 + i) for i in range(1, n))]
         return self_generated(model, feeds, rounds=self.lm_rounds, seed=ctx.seed)
 

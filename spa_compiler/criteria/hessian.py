@@ -43,6 +43,7 @@ __all__ = [
     "conv_output_shape",
     "conv_weight_2d",
     "im2col",
+    "im2col_rows",
 ]
 
 
@@ -248,6 +249,59 @@ def im2col(
     # -> (N, *out_spatial, C, *kernel)
     order = (0, *range(2 + rank, 2 + 2 * rank), 1, *range(2, 2 + rank))
     return patches.transpose(order).reshape(n * math.prod(out_sp), c * math.prod(k))
+
+
+def im2col_rows(
+    x: npt.ArrayLike,
+    kernel_shape: Sequence[int],
+    rows: npt.ArrayLike,
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+) -> npt.NDArray[np.generic]:
+    """``im2col(x, ...)[rows]`` without building the whole im2col matrix.
+
+    Gathers only the patches of the requested output positions (row ``r`` is sample
+    ``r // prod(out_spatial)`` at output position ``r % prod(out_spatial)``, as in `im2col`), so
+    the cost and memory follow ``len(rows)``, not the batch and image size. Same values and
+    order as indexing the full matrix.
+
+    Args:
+        x: ``(N, C, *spatial)``.
+        kernel_shape: ``(k_1, ..., k_r)``.
+        rows: Row indices into `im2col`'s output (any order, repeats allowed).
+        strides: As in `im2col`.
+        pads: As in `im2col`.
+        dilations: As in `im2col`.
+
+    Returns:
+        ``(len(rows), C * prod(kernel))``, same dtype as x.
+    """
+    arr = np.asarray(x)
+    rank = len(kernel_shape)
+    if arr.ndim != rank + 2:
+        raise ValueError(f"expected x of rank {rank + 2} for a {rank}-D kernel, got {arr.shape}")
+    k = tuple(int(v) for v in kernel_shape)
+    s = _spatial(strides, 1, rank, "strides")
+    d = _spatial(dilations, 1, rank, "dilations")
+    p = tuple(int(v) for v in pads) if pads is not None else (0,) * (2 * rank)
+    out_sp = conv_output_shape(arr.shape[2:], k, strides=s, pads=p, dilations=d)
+    n, c = arr.shape[:2]
+    r = np.asarray(rows, dtype=np.intp).reshape(-1)
+    per = math.prod(out_sp)
+    if r.size and (r.min() < 0 or r.max() >= n * per):
+        raise ValueError(f"rows must lie in [0, {n * per})")
+    if any(p):
+        arr = np.pad(arr, [(0, 0), (0, 0)] + [(p[i], p[i + rank]) for i in range(rank)])
+    sample = r // per
+    pos = np.unravel_index(r % per, out_sp)  # per spatial axis, the output coordinate
+    out = np.empty((r.size, c, *k), dtype=arr.dtype)
+    for offs in itertools.product(*(range(ki) for ki in k)):
+        coords = tuple(pos[i] * s[i] + offs[i] * d[i] for i in range(rank))
+        # advanced indices (sample, *coords) around the channel slice -> (R, C)
+        out[(slice(None), slice(None), *offs)] = arr[(sample, slice(None), *coords)]
+    return out.reshape(r.size, c * math.prod(k))
 
 
 def conv_weight_2d(w: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:

@@ -83,15 +83,14 @@ class LinearView:
         """Rows of input features (n, cols) from one captured activation."""
         if self.conv is None:
             return np.asarray(x, dtype=np.float64).reshape(-1, self.w2d.shape[1])
-        from spa_compiler.criteria.hessian import im2col
+        from spa_compiler.criteria.hessian import conv_output_shape, im2col_rows
 
-        cols = im2col(
-            np.asarray(x, dtype=np.float64), self.conv["kernel"], strides=self.conv["strides"],
-            pads=self.conv["pads"], dilations=self.conv["dilations"],
-        )
-        if cols.shape[0] > MAX_CONV_ROWS:
-            cols = cols[rng.choice(cols.shape[0], MAX_CONV_ROWS, replace=False)]
-        return cols
+        arr = np.asarray(x)
+        conv = {"strides": self.conv["strides"], "pads": self.conv["pads"], "dilations": self.conv["dilations"]}
+        n_rows = arr.shape[0] * int(np.prod(conv_output_shape(arr.shape[2:], self.conv["kernel"], **conv)))
+        # positions subsampled before the patches are gathered: the cost does not grow with the batch
+        rows = rng.choice(n_rows, MAX_CONV_ROWS, replace=False) if n_rows > MAX_CONV_ROWS else np.arange(n_rows)
+        return np.asarray(im2col_rows(arr, self.conv["kernel"], rows, **conv), dtype=np.float64)
 
 
 def linear_view(model: ModelIR, member: Member, n_units: int) -> tuple[LinearView | None, str | None]:
