@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -434,21 +435,30 @@ def _errors_from_gram(blocks: FloatArray, gram: FloatArray) -> FloatArray:
     return 0.5 * np.einsum("gab,gab->g", binv, gram)
 
 
+def _blas_gemm() -> Callable[..., Any] | None:
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # SciPy is optional
+        return None
+    return blas.dgemm
+
+
 class _GreedyState:
     """W and a lazily downdated ``H^-1`` for the greedy loop, on the columns still kept.
 
     ``H^-1`` is kept as ``H0 - U U^T``: a removal appends ``u = (H^-1)_:,S C`` (with
-    ``C C^T = ((H^-1)_SS)^-1``) to ``U`` instead of rewriting the whole matrix, and ``U`` is folded
-    into ``H0`` with one matrix product once it has ``fold_cols`` columns (SparseGPT's lazy batch
-    idea; ``fold_cols`` grows with the layer, so a fold's ``k x k`` rewrite is amortized over
-    ``k / 8`` removed columns). The diagonal blocks ``(H^-1)_SS`` of all groups, which the errors
-    need, are downdated directly, and so are the Gram matrices ``W_S^T W_S`` of groups of more than
-    one column (``W`` changes by the rank-``s`` term ``A u^T``, ``A = W_:,S C``, so
-    ``W_S^T W_S`` changes by ``-P u_S^T - u_S P^T + u_S (A^T A) u_S^T`` with ``P = W_S^T A``): a
-    step never copies ``W`` per group. Blocks and Grams are recomputed exactly at every fold, so
-    rounding never accumulates over more than one fold. Removed columns are physically dropped
-    from W and H0 once they are a quarter of them. A step costs ``O(out * k * s + k * r * s)`` for
-    ``k`` kept columns and ``r <= fold_cols`` pending columns, plus the amortized fold.
+    ``C C^T = ((H^-1)_SS)^-1``) to ``U`` instead of rewriting the ``k x k`` matrix. Rows ``S`` of
+    the current ``H^-1`` cost ``O(s * r * k)`` for ``r`` pending columns, so a removed column costs
+    ``O(r * k)``, while folding ``U`` into ``H0`` costs ``O(k^2)`` per column whatever the batch
+    size: ``U`` is folded only once it is as wide as ``H0`` (``r >= k``), which is never for most
+    paths. The diagonal blocks ``(H^-1)_SS`` of all groups, which the errors need, are downdated
+    directly, and so are the Gram matrices ``W_S^T W_S`` of groups of more than one column (``W``
+    changes by the rank-``s`` term ``A u^T``, ``A = W_:,S C``, so ``W_S^T W_S`` changes by
+    ``-P u_S^T - u_S P^T + u_S (A^T A) u_S^T`` with ``P = W_S^T A``): a step never copies ``W`` per
+    group. Blocks and Grams are recomputed exactly (from ``H0 - U U^T`` and ``W``) every
+    ``refresh_cols`` removed columns, so rounding never accumulates for long. W is stored
+    column-major and updated in place by BLAS (``dgemm`` with ``beta = 1``) when SciPy is there.
+    Removed columns are physically dropped from W, H0 and U once they are a quarter of them.
     """
 
     def __init__(
@@ -456,39 +466,56 @@ class _GreedyState:
         w: FloatArray,
         hinv: FloatArray,
         buckets: dict[int, tuple[IndexArray, IndexArray]],
-        fold_cols: int = 64,
+        refresh_cols: int = 64,
     ) -> None:
         self.n_in = w.shape[1]
-        self.w = w.copy()
+        self.w = np.array(w, dtype=np.float64, order="F", copy=True)
         self.h0 = hinv
         self.buckets = buckets
         self.cols = np.arange(self.n_in)  # local index -> original column
         self.pos = np.arange(self.n_in)  # original column -> local index (0 once dropped)
         self.zeroed: list[int] = []  # local indices removed since the last compaction
-        max_size = max(buckets) if buckets else 1
-        self.fold_cols = max(fold_cols, 4 * max_size, self.n_in // 8)
-        self.u = np.zeros((self.n_in, self.fold_cols + max_size))
+        self.max_size = max(buckets) if buckets else 1
+        self.refresh_cols = max(refresh_cols, 4 * self.max_size)
+        self.u = np.zeros((self.n_in, min(self.n_in, 256) + self.max_size))
         self.r = 0
+        self.since_refresh = 0
+        self.gemm = _blas_gemm()
         self.blocks: dict[int, FloatArray] = {}
         self.grams: dict[int, FloatArray] = {}
         self._refresh_blocks()
 
     def _refresh_blocks(self) -> None:
-        """Diagonal blocks of ``H^-1`` and Grams of W for every group (exact after a fold)."""
+        """Diagonal blocks of ``H^-1 = H0 - U U^T`` and Grams of W for every group, exactly."""
+        ur = self.u[:, : self.r]
         for size, (_, idx) in self.buckets.items():
             local = self.pos[idx]
-            self.blocks[size] = self.h0[local[:, :, None], local[:, None, :]].copy()
+            blocks = self.h0[local[:, :, None], local[:, None, :]]
+            if self.r:
+                ug = ur[local]  # (G, s, r)
+                blocks = blocks - ug @ np.transpose(ug, (0, 2, 1))
+            self.blocks[size] = np.ascontiguousarray(blocks)
             if size > 1:
                 wg = self.w[:, local]  # (out, G, s)
                 self.grams[size] = np.einsum("ogs,ogt->gst", wg, wg)
+        self.since_refresh = 0
 
     def _fold(self) -> None:
         if self.r:
             ur = self.u[:, : self.r]
             self.h0 -= ur @ ur.T
             self.h0 = 0.5 * (self.h0 + self.h0.T)
+            self.u[:, : self.r] = 0.0
             self.r = 0
-            self._refresh_blocks()
+
+    def _reserve(self, extra: int) -> None:
+        """Room for ``extra`` more pending columns in U (grown by doubling, folded at r >= k)."""
+        if self.r + extra > self.cols.size:
+            self._fold()
+        if self.r + extra > self.u.shape[1]:
+            grown = np.zeros((self.u.shape[0], max(2 * self.u.shape[1], self.r + extra)))
+            grown[:, : self.r] = self.u[:, : self.r]
+            self.u = grown
 
     def errors(self, active: npt.NDArray[np.bool_], out: FloatArray) -> None:
         """Add each active group's OBS error to ``out`` (inactive entries are left alone)."""
@@ -520,8 +547,12 @@ class _GreedyState:
         if self.grams:
             wta = self.w.T @ a  # (k, s'): W^T A before the update
             ata = a.T @ a
-        self.w -= a @ u_new.T
+        if self.gemm is not None:  # W -= A u^T in place (W is column-major)
+            self.w = self.gemm(-1.0, a, u_new, beta=1.0, c=self.w, trans_b=True, overwrite_c=True)
+        else:
+            self.w -= a @ u_new.T
         self.w[:, local] = 0.0
+        self._reserve(u_new.shape[1])
         self.u[:, self.r : self.r + u_new.shape[1]] = u_new
         self.r += u_new.shape[1]
         for size, (_, idx) in self.buckets.items():
@@ -534,19 +565,19 @@ class _GreedyState:
                 cross = pg @ ugt
                 self.grams[size] -= cross + np.transpose(cross, (0, 2, 1)) - (ug @ ata) @ ugt
         self.zeroed.extend(local.tolist())
-        if self.r >= self.fold_cols:
-            self._fold()
+        self.since_refresh += local.size
         if 4 * len(self.zeroed) > self.cols.size and len(self.zeroed) < self.cols.size:
-            self._fold()
             keep = np.ones(self.cols.size, dtype=bool)
             keep[self.zeroed] = False
-            self.w = np.ascontiguousarray(self.w[:, keep])
+            self.w = np.asfortranarray(self.w[:, keep])
             self.h0 = np.ascontiguousarray(self.h0[np.ix_(keep, keep)])
             self.u = np.ascontiguousarray(self.u[keep])
             self.pos[self.cols[~keep]] = 0  # removed columns: any valid index (never read as data)
             self.cols = self.cols[keep]
             self.pos[self.cols] = np.arange(self.cols.size)
             self.zeroed = []
+            self._refresh_blocks()
+        elif self.since_refresh >= self.refresh_cols:
             self._refresh_blocks()
 
     def full_weight(self, dtype: npt.DTypeLike) -> npt.NDArray[np.floating]:
