@@ -20,8 +20,10 @@ acts on the im2col columns of its input (`im2col`); input channel ``c`` (within 
 (`conv_channel_columns`). The Hessian of group ``j`` of a grouped Conv is the accumulator fed with
 ``im2col(x)[:, conv_group_slice(j, ...)]``.
 
-Accumulation is in float64 whatever the input dtype (the running mean is rescaled at every batch,
-as in SparseGPT, so the sum never grows with ``n``).
+Accumulation is in float64 whatever the input dtype: raw sums of ``X^T X`` (BLAS ``syrk`` into the
+upper triangle, in place) divided by ``n`` when read; float64 sums of ``n`` terms lose nothing that
+matters at the sizes calibration has (a running mean rescaled at every batch, as in SparseGPT, costs
+three passes over the ``in x in`` matrix per batch).
 """
 
 from __future__ import annotations
@@ -63,20 +65,41 @@ class HessianAccumulator:
         n_samples: Number of feature vectors accumulated so far.
     """
 
-    def __init__(self, n_features: int, dtype: npt.DTypeLike = np.float64) -> None:
+    def __init__(self, n_features: int, dtype: npt.DTypeLike = np.float64, *,
+                 product_dtype: npt.DTypeLike | None = None) -> None:
         """Create an empty accumulator.
 
         Args:
             n_features: Length of the last axis of every batch.
             dtype: Accumulation dtype (float64 unless memory forbids it).
+            product_dtype: dtype of each batch's ``X^T X`` before it is added (default: `dtype`);
+                float32 halves the cost of the product of float32 activations, the sum across
+                batches stays in `dtype`.
         """
         if n_features <= 0:
             raise ValueError(f"n_features must be positive, got {n_features}")
         self.n_features = int(n_features)
         self.dtype = np.dtype(dtype)
+        self.product_dtype = np.dtype(product_dtype or dtype)
         self.n_samples = 0
-        self._xtx = np.zeros((self.n_features, self.n_features), dtype=self.dtype)  # mean x x^T
-        self._sum = np.zeros(self.n_features, dtype=self.dtype)  # mean x
+        # raw sums (upper triangle of X^T X, column-major so BLAS syrk adds in place); the means
+        # are taken when read
+        self._sxx = np.zeros((self.n_features, self.n_features), dtype=self.dtype, order="F")
+        self._sx = np.zeros(self.n_features, dtype=self.dtype)
+
+    @property
+    def _xtx(self) -> npt.NDArray[np.float64]:
+        """Mean ``x x^T`` (full, symmetric)."""
+        if self.n_samples == 0:
+            return np.zeros((self.n_features, self.n_features), dtype=self.dtype)
+        upper = np.triu(self._sxx)
+        full = upper + np.triu(upper, 1).T
+        return np.ascontiguousarray(full / self.n_samples)
+
+    @property
+    def _sum(self) -> npt.NDArray[np.float64]:
+        """Mean ``x``."""
+        return self._sx / max(self.n_samples, 1)
 
     def add_batch(self, x: npt.ArrayLike) -> None:
         """Add a batch of activations.
@@ -93,31 +116,23 @@ class HessianAccumulator:
             raise ValueError(
                 f"expected activations (..., {self.n_features}), got shape {arr.shape}"
             )
-        flat = arr.reshape(-1, self.n_features).astype(self.dtype, copy=False)
+        flat = arr.reshape(-1, self.n_features).astype(self.product_dtype, copy=False)
         m = flat.shape[0]
         if m == 0:
             return
         if not np.all(np.isfinite(flat)):
             raise ValueError("activations contain NaN or inf")
-        total = self.n_samples + m
-        # Running means: H_new = H_old * n/(n+m) + X^T X/(n+m) (SparseGPT rescales the same way).
-        self._xtx *= self.n_samples / total
-        self._xtx += (flat.T @ flat) / total
-        self._sum *= self.n_samples / total
-        self._sum += flat.sum(axis=0) / total
-        self.n_samples = total
+        _syrk_add(self._sxx, flat)
+        self._sx += flat.sum(axis=0, dtype=self.dtype)
+        self.n_samples += m
 
     def merge(self, other: HessianAccumulator) -> None:
         """Fold another accumulator of the same size into this one (e.g. from a worker)."""
         if other.n_features != self.n_features:
             raise ValueError(f"cannot merge {other.n_features} features into {self.n_features}")
-        total = self.n_samples + other.n_samples
-        if total == 0:
-            return
-        a, b = self.n_samples / total, other.n_samples / total
-        self._xtx = self._xtx * a + other._xtx.astype(self.dtype) * b
-        self._sum = self._sum * a + other._sum.astype(self.dtype) * b
-        self.n_samples = total
+        self._sxx += np.triu(other._sxx).astype(self.dtype)
+        self._sx += other._sx.astype(self.dtype)
+        self.n_samples += other.n_samples
 
     def _require_samples(self) -> None:
         if self.n_samples == 0:
@@ -158,6 +173,26 @@ class HessianAccumulator:
             mean_diag = float(np.mean(np.diag(h)))
             h[np.diag_indices_from(h)] += damp * (mean_diag if mean_diag > 0 else 1.0)
         return h
+
+
+def _syrk_add(acc: npt.NDArray[np.floating], flat: npt.NDArray[np.floating]) -> None:
+    """``acc += flat^T flat`` on the upper triangle of the column-major `acc`, in place.
+
+    BLAS ``syrk`` (half the flops of a full product, no temporary) when SciPy is there and the
+    dtypes agree; else the full product added (its lower triangle is ignored by the readers).
+    """
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # SciPy is optional
+        blas = None
+    if blas is not None and acc.dtype == flat.dtype and acc.dtype in (np.float32, np.float64):
+        syrk = blas.dsyrk if acc.dtype == np.float64 else blas.ssyrk
+        out = syrk(1.0, flat, beta=1.0, c=acc, trans=1, lower=0, overwrite_c=1)
+        if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover - BLAS copied
+            acc[...] = out
+        return
+    prod = flat.T @ flat
+    acc += prod.astype(acc.dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------- Conv

@@ -79,10 +79,12 @@ class LinearView:
         """A (out, cols) matrix back in the constant's layout and dtype."""
         return self._to_weight(w2d).astype(np.asarray(self.const.values).dtype)
 
-    def features(self, x: npt.NDArray[Any], rng: np.random.Generator) -> npt.NDArray[np.float64]:
-        """Rows of input features (n, cols) from one captured activation."""
+    def features(self, x: npt.NDArray[Any], rng: np.random.Generator) -> npt.NDArray[np.floating]:
+        """Rows of input features (n, cols) from one captured activation, in its float dtype
+        (float32 and float64 kept, others made float64)."""
+        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
         if self.conv is None:
-            return np.asarray(x, dtype=np.float64).reshape(-1, self.w2d.shape[1])
+            return np.asarray(x, dtype=dtype).reshape(-1, self.w2d.shape[1])
         from spa_compiler.criteria.hessian import conv_output_shape, im2col_rows
 
         arr = np.asarray(x)
@@ -90,7 +92,7 @@ class LinearView:
         n_rows = arr.shape[0] * int(np.prod(conv_output_shape(arr.shape[2:], self.conv["kernel"], **conv)))
         # positions subsampled before the patches are gathered: the cost does not grow with the batch
         rows = rng.choice(n_rows, MAX_CONV_ROWS, replace=False) if n_rows > MAX_CONV_ROWS else np.arange(n_rows)
-        return np.asarray(im2col_rows(arr, self.conv["kernel"], rows, **conv), dtype=np.float64)
+        return np.asarray(im2col_rows(arr, self.conv["kernel"], rows, **conv), dtype=dtype)
 
 
 def linear_view(model: ModelIR, member: Member, n_units: int) -> tuple[LinearView | None, str | None]:
@@ -278,7 +280,9 @@ def collect_hessians(
         return {}
     names = sorted({v.input_name for v in views})
     collector = ActivationCollector(model, names)
-    accs = {i: HessianAccumulator(v.w2d.shape[1]) for i, v in enumerate(views)}
+    # each batch's X^T X in float32 (the activations' own precision; half the cost), summed in
+    # float64 (tests/core/test_hessian_fast.py: same paths as float64 products)
+    accs = {i: HessianAccumulator(v.w2d.shape[1], product_dtype=np.float32) for i, v in enumerate(views)}
     rng = np.random.default_rng(seed)
     n = 0
     for n, acts in enumerate(collector.collect(feeds), start=1):
