@@ -586,8 +586,22 @@ class _GreedyState:
         return out
 
 
+def _make_state(w0: FloatArray, hh: FloatArray, buckets: dict[int, tuple[IndexArray, IndexArray]]) -> Any:
+    """The greedy state of one layer: on a CUDA GPU for large layers (`criteria.backend`), else numpy."""
+    from spa_compiler.criteria.backend import TorchGreedyState, spd_inverse, torch_device
+
+    dev = torch_device(w0.shape[1])
+    if dev is None:
+        return _GreedyState(w0, inverse_hessian(hh), buckets)
+    try:
+        hinv = spd_inverse(hh, dev)
+    except np.linalg.LinAlgError:  # the CPU path escalates the damping (with its warnings)
+        hinv = inverse_hessian(hh)
+    return TorchGreedyState(w0, hinv, buckets, dev)
+
+
 def _greedy_loop(
-    states: Sequence[_GreedyState],
+    states: Sequence[Any],
     groups: Sequence[Sequence[IndexArray]],
     n_groups: int,
     total: int,
@@ -661,7 +675,7 @@ def joint_greedy_order(
         hh = prepare_hessian(h, damp)
         _check_square(hh, w0.shape[1], "H")
         gs_v = _as_groups(g, w0.shape[1], disjoint=True)
-        states.append(_GreedyState(w0, inverse_hessian(hh), _bucket(gs_v)))
+        states.append(_make_state(w0, hh, _bucket(gs_v)))
         gsv.append(gs_v)
     tick = None if progress is None else (lambda step: progress(step + 1, n_remove))
     return _greedy_loop(states, gsv, n_groups, n_remove, tick)
@@ -789,7 +803,7 @@ def greedy_prune(
         snapshot_dtype = w_in.dtype if np.issubdtype(w_in.dtype, np.floating) else np.float64
     total = lv[-1]
 
-    state = _GreedyState(w0, inverse_hessian(hh), _bucket(gs))
+    state = _make_state(w0, hh, _bucket(gs))
     snaps: dict[int, npt.NDArray[np.floating]] | None = {} if snapshots else None
     want = set(lv)
     if snaps is not None and 0 in want:

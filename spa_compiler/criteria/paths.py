@@ -282,7 +282,15 @@ def collect_hessians(
     collector = ActivationCollector(model, names)
     # each batch's X^T X in float32 (the activations' own precision; half the cost), summed in
     # float64 (tests/core/test_hessian_fast.py: same paths as float64 products)
-    accs = {i: HessianAccumulator(v.w2d.shape[1], product_dtype=np.float32) for i, v in enumerate(views)}
+    from spa_compiler.criteria.backend import TorchHessianAccumulator, torch_device
+
+    def accumulator(n: int) -> Any:
+        dev = torch_device(n)
+        if dev is not None and dev.type == "cuda":
+            return TorchHessianAccumulator(n, dev)
+        return HessianAccumulator(n, product_dtype=np.float32)
+
+    accs = {i: accumulator(v.w2d.shape[1]) for i, v in enumerate(views)}
     rng = np.random.default_rng(seed)
     n = 0
     for n, acts in enumerate(collector.collect(feeds), start=1):
@@ -306,7 +314,9 @@ def _relative_obs_path(
     from spa_compiler.criteria import obs
 
     # sum(W H * W) is tr(W H W^T) in one matrix product (a 3-operand einsum loops in C, no BLAS)
-    energy = sum(0.5 * float(np.sum((v.w2d @ h) * v.w2d)) for v, h in zip(views, hessians))
+    from spa_compiler.criteria.backend import energy as _energy
+
+    energy = sum(0.5 * _energy(v.w2d, h) for v, h in zip(views, hessians))
     energy = energy if energy > 0 else 1.0
     if len(views) == 1:
         v, h = views[0], hessians[0]
