@@ -1,10 +1,21 @@
-"""The pass registry: CLI name -> "module:Class", one line per pass (imported lazily)."""
+"""The pass registry: CLI name -> "module:Class", one line per pass (imported lazily).
+
+`ALIASES` keeps the names of earlier releases working: old name -> (new name, options it implies,
+renamed options). `pipeline.parse` resolves them and logs the new spelling.
+"""
 
 from __future__ import annotations
 
 PASSES: dict[str, str] = {
     "cleanup": "spa_compiler.passes.cleanup:CleanupPass",
-    "prune-magnitude": "spa_compiler.passes.prune_magnitude:PruneMagnitudePass",
-    "prune-spa": "spa_compiler.passes.prune_spa:PruneSpaPass",
-    "prune-ziplm": "spa_compiler.passes.prune_ziplm:PruneZipLMPass",
+    "prune-uniform": "spa_compiler.passes.prune_uniform:PruneUniformPass",
+    "prune-to-budget": "spa_compiler.passes.prune_to_budget:PruneToBudgetPass",
+}
+
+ALIASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
+    # prune-ziplm{uniform=true} is prune-uniform: see pipeline.resolve_alias
+    "prune-ziplm": ("prune-to-budget", {}, {}),
+    "prune-spa": ("prune-uniform", {"criterion": "magnitude", "min-units": "2"}, {}),
+    # simple Conv/Gemm chains are a subset of the coupled-channel groups
+    "prune-magnitude": ("prune-uniform", {"criterion": "magnitude", "min-units": "4"}, {"min-channels": "min-units"}),
 }

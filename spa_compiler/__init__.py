@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 # Installed, `spa_compiler.passes` / `.runtime_ops` / `.models_zoo` are the top-level folders
 # passes/, runtime_ops/ and models_zoo/ (setuptools package-dir mapping). Run from a source
 # checkout without installing (e.g. PYTHONPATH=.), they are found through the checkout's root.
 import os as _os
+
+from spa_compiler._version import __version__
 
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and _os.path.isfile(

@@ -56,7 +56,6 @@ from onnx import numpy_helper
 
 from spa_compiler.errors import (
     InvalidModelError,
-    MissingRequirementError,
     PreconditionError,
     SpaError,
     UsageError,
@@ -626,17 +625,6 @@ def _copy_fields(dst: Any, src: Any, skip: str) -> None:
             getattr(dst, field.name).CopyFrom(value)
 
 
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise MissingRequirementError(
-            "ONNX Runtime is needed to collect calibration activations",
-            hint="pip install onnxruntime",
-        ) from e
-    return onnxruntime
-
-
 class ActivationCollector:
     """Capture intermediate tensors of a model on calibration feeds (ONNX Runtime, CPU).
 
@@ -677,8 +665,9 @@ class ActivationCollector:
             PreconditionError: A name is not a tensor of the main graph.
             InvalidModelError: ONNX Runtime refuses the model.
         """
-        ort = _import_ort()
-        from spa_compiler.ort import add_initializers
+        from spa_compiler.ort import add_initializers, import_ort
+
+        ort = import_ort()
 
         weights: dict[str, npt.NDArray[Any]] = {}
         if isinstance(model, ModelIR):

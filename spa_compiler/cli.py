@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latency-budget", help="milliseconds (12.5) or fraction of dense latency (0.6x)")
     c.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
     g = c.add_mutually_exclusive_group()
-    g.add_argument("-p", "--passes", help='pipeline spec, e.g. "cleanup,prune-magnitude{ratio=0.3}"')
+    g.add_argument("-p", "--passes", help='pipeline spec, e.g. "cleanup,prune-uniform{ratio=0.3}"')
     g.add_argument("--preset", help="named pipeline (see list-passes)")
     c.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
                    help="precision the target runs in (ort-cuda/tensorrt timing)")
@@ -151,7 +151,7 @@ class _Progress:
         if enabled and not self.enabled and os.environ.get("SPA_COMPILER_PROGRESS", "1") != "0":
             from spa_compiler.progress import LogProgress
 
-            self.log = LogProgress(prefix="spa-compile ")
+            self.log = LogProgress(prefix="spa-compile ", heartbeat=True)
 
     def __call__(self, task: str, done: int, total: int) -> None:
         if self.log is not None:
@@ -173,6 +173,8 @@ class _Progress:
                 del self.bars[task]
 
     def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
@@ -307,20 +309,23 @@ def cmd_list_passes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from spa_compiler.demo import run_demo
 
-    report = run_demo(Path(args.out_dir), runs=args.runs, progress=_Progress(enabled=True))
+    progress = _Progress(enabled=True)
+    try:
+        report = run_demo(Path(args.out_dir), runs=args.runs, progress=progress)
+    finally:
+        progress.close()
     print(report.summary())
     print(f"wrote {report.output.get('path')} and {Path(args.out_dir) / 'report.json'}")
     return EXIT_OK
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from spa_compiler.groups.analysis import analyze
     from spa_compiler.compile import check_paths, parse_input_shapes
+    from spa_compiler.groups.analysis import analyze
     from spa_compiler.ir import ModelIR
-    from spa_compiler.latency.profile import build_table, kept_levels
-    from spa_compiler.latency.provider import make_provider
+    from spa_compiler.latency.profile import profile_pruning
     from spa_compiler.ort import random_feeds
-    from spa_compiler.targets import get_target, width_multiple
+    from spa_compiler.targets import get_target
 
     out = Path(args.output)
     if out.suffix.lower() != ".json":
@@ -335,15 +340,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     units = tuple(u.strip() for u in args.units.split(",") if u.strip())
     analysis = analyze(model, units=units, input_shapes=shapes)
     groups = analysis.prunable
-    round_to = args.round_to or width_multiple(tgt.name)
-    levels = {g.id: kept_levels(g.n_units, g.unit_size, round_to=round_to, max_ratio=args.max_ratio,
-                                count=args.levels) for g in groups}
-    provider = make_provider(tgt.name, precision=args.precision, threads=args.threads, runs=args.runs,
-                             input_shapes=shapes)
+    provider = tgt.provider(precision=args.precision, threads=args.threads, runs=args.runs, input_shapes=shapes)
     progress = _Progress(enabled=True)
     try:
-        table = build_table(model, groups, levels, provider, random_feeds(model, shapes), units=units,
-                            input_shapes=shapes, progress=progress)
+        table = profile_pruning(model, tgt.name, provider, random_feeds(model, shapes), units=units,
+                                input_shapes=shapes, round_to=args.round_to, max_ratio=args.max_ratio,
+                                levels=args.levels, progress=progress, analysis=analysis)
     finally:
         progress.close()
     table.save(out)

@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from spa_compiler import __version__
-from spa_compiler.context import CompileContext, ProgressFn, _no_progress
+from spa_compiler._version import __version__
+from spa_compiler.context import CompileContext, ProgressFn, no_progress
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR, file_digest
+from spa_compiler.ort import random_feeds
 from spa_compiler.pass_manager import PassManager, Validate
 from spa_compiler.pipeline import DEFAULT_PRESET, parse, preset
 from spa_compiler.report import Report
-from spa_compiler.ort import random_feeds
 from spa_compiler.stats import model_stats
-from spa_compiler.targets import check_opset, get_target, output_ir_version
+from spa_compiler.targets import get_target
 
 logger = logging.getLogger(__name__)
 
@@ -132,34 +132,6 @@ def measure(
     return stats
 
 
-def deploy_check(path: Path, target: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
-    """Check the written model deploys on the target's toolchain as far as this machine allows.
-
-    tensorrt: parse and build an engine (ahead of time for SM 8.9 with TensorRT-RTX on a machine
-    without a GPU), dense and with the sparse-weights flag. ort-*: the session already loaded when
-    the output was timed.
-    """
-    if target != "tensorrt":
-        return {"checked": "onnxruntime session created and run on the output"}
-    from spa_compiler.errors import SpaError
-    from spa_compiler.latency.tensorrt import build_engine, describe, trt_module
-
-    try:
-        trt = trt_module()
-    except SpaError as e:
-        return {"checked": False, "why": e.one_line()}
-    out: dict[str, Any] = {"runtime": describe(trt)}
-    for label, sparse in (("dense", False), ("sparse_weights", True)):
-        res = build_engine(path, shapes={k: tuple(v) for k, v in shapes.items()}, sparse_weights=sparse,
-                           module=trt)
-        out[label] = {"ok": res.ok, "seconds": round(res.seconds, 3), "engine_bytes": res.engine_bytes,
-                      "compute_capability": res.compute_capability}
-        if not res.ok:
-            out[label]["log"] = res.log[-2000:]
-    out["checked"] = True
-    return out
-
-
 def compile_model(
     model_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -178,7 +150,7 @@ def compile_model(
     latency_table: Any = None,
     max_error: float | None = None,
     seed: int = 0,
-    progress: ProgressFn = _no_progress,
+    progress: ProgressFn = no_progress,
     measure_latency: bool = True,
 ) -> Report:
     """Compile one model file; the input file is never modified, the output written atomically.
@@ -199,7 +171,7 @@ def compile_model(
     model = ModelIR.load(src)
     digest = file_digest(src)
     report.input = {"path": str(src), "sha256": digest, "opset": model.opset, "ir_version": model.ir_version}
-    check_opset(model, tgt)
+    tgt.check_opset(model)
     progress("load", 1, 1)
 
     shapes = dict(input_shapes or {})
@@ -220,11 +192,7 @@ def compile_model(
     feeds = random_feeds(model, shapes, seed=seed)
     provider = None
     if measure_latency:
-        from spa_compiler.latency.provider import make_provider
-
-        provider = make_provider(
-            tgt.name, precision=precision, threads=threads, runs=measure_runs, input_shapes=shapes
-        )
+        provider = tgt.provider(precision=precision, threads=threads, runs=measure_runs, input_shapes=shapes)
 
     ctx = CompileContext(
         calibration=calibration,
@@ -242,11 +210,11 @@ def compile_model(
         from spa_compiler.latency.table import structure_fingerprint
 
         # tables are profiled on the input file; passes before the search may tidy the graph
-        ctx.options["input_fingerprint"] = structure_fingerprint(model)
+        ctx.input_fingerprint = structure_fingerprint(model)
     if provider is not None:
         progress("measure dense", 0, 1)
         report.before = measure(model, feeds, provider, shapes=shapes)
-        ctx.options["dense_ms"] = report.before["latency_ms"]
+        ctx.dense_ms = report.before["latency_ms"]
         progress("measure dense", 1, 1)
         if provider.kind == "analytic":
             report.notes.append(
@@ -267,11 +235,10 @@ def compile_model(
             )
         report.budget = {"requested": budget.describe(), "ms": budget_ms}
         ctx.budget_ms = budget_ms
-        ctx.options["budget_ms"] = budget_ms
 
     if passes:
         PassManager(passes, validate=validate).run(model, ctx)
-    ir_version = output_ir_version(model, tgt)
+    ir_version = tgt.output_ir_version(model)
     progress("save", 0, 1)
     model.save(dst, ir_version=ir_version)
     progress("save", 1, 1)
@@ -294,7 +261,7 @@ def compile_model(
         progress("measure compiled", 1, 1)
     else:
         report.after = model_stats(out, shapes)
-    report.output["deploy"] = deploy_check(dst, tgt.name, shapes)
+    report.output["deploy"] = tgt.deploy_check(dst, shapes)
     paired = report.after.get("paired")
     if report.budget.get("ms") is not None and paired:
         # a relative budget is judged on the paired ratio; an absolute one on the paired time

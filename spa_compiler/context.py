@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from spa_compiler.errors import MissingRequirementError
 from spa_compiler.report import Report
 from spa_compiler.requirements import Requirement
 
@@ -14,7 +13,7 @@ from spa_compiler.requirements import Requirement
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _no_progress(task: str, done: int, total: int) -> None:
+def no_progress(task: str, done: int, total: int) -> None:
     del task, done, total
 
 
@@ -30,10 +29,13 @@ class CompileContext:
         seed: Seed for every random choice a pass makes.
         report: The report the PassManager fills.
         progress: Progress callback.
-        options: Free-form compile options passes may read (e.g. the latency budget).
         feeds: Fixed inputs used for every latency measurement of this compile.
         latency_table: A loaded `LatencyTable` (from --latency-table), if any.
         budget_ms: The latency budget in milliseconds, if one was given.
+        dense_ms: The dense model's latency as measured at the start of this compile (the
+            reference a relative budget and a table from another run are scaled to).
+        input_fingerprint: `structure_fingerprint` of the input file (latency tables are
+            profiled on it; passes before the search may tidy the graph).
         max_error: Bound on the search's summed error above which a budget counts as unreachable.
     """
 
@@ -42,13 +44,14 @@ class CompileContext:
     feeds: dict[str, Any] | None = None
     latency_table: Any = None
     budget_ms: float | None = None
+    dense_ms: float | None = None
+    input_fingerprint: str | None = None
     max_error: float | None = None
     target: str = "ort-cpu"
     input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     seed: int = 0
     report: Report = dataclasses.field(default_factory=Report)
-    progress: ProgressFn = _no_progress
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    progress: ProgressFn = no_progress
 
     def provides(self, req: Requirement) -> bool:
         """Whether this context satisfies `req` (STATIC_SHAPES is checked on the model)."""
@@ -59,19 +62,3 @@ class CompileContext:
         if req is Requirement.GPU:
             return self.target in ("ort-cuda", "tensorrt")
         return True
-
-    def need_calibration(self) -> Any:
-        """The calibration source, or MissingRequirementError naming the flag."""
-        if self.calibration is None:
-            raise MissingRequirementError(
-                "this pass needs calibration data", hint=f"pass {Requirement.CALIBRATION.flag}"
-            )
-        return self.calibration
-
-    def need_latency(self) -> Any:
-        """The latency model, or MissingRequirementError naming the flag."""
-        if self.latency is None:
-            raise MissingRequirementError(
-                "this pass needs a latency model", hint=f"pass {Requirement.LATENCY_MODEL.flag}"
-            )
-        return self.latency

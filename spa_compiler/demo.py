@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from spa_compiler.compile import compile_model, parse_budget
-from spa_compiler.context import ProgressFn, _no_progress
+from spa_compiler.context import ProgressFn, no_progress
 from spa_compiler.errors import MissingRequirementError
 from spa_compiler.report import Report
 
@@ -21,7 +21,7 @@ DEMO_PIPELINE = "cleanup,prune-ziplm{criterion=obspa},cleanup"
 DEMO_BUDGET = "0.7x"
 
 
-def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = _no_progress) -> Report:
+def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = no_progress) -> Report:
     """Export the demo model, compile it, write the report; returns the report."""
     try:
         import torch  # noqa: F401

@@ -25,11 +25,6 @@ def unique_name(model: ModelIR, base: str) -> str:
             return name
 
 
-def constant_users(const: gs.Constant) -> list[gs.Node]:
-    """Nodes that read a constant."""
-    return list(const.outputs)
-
-
 def slice_constant(
     const: gs.Constant,
     axis: int,
@@ -60,8 +55,3 @@ def slice_constant(
     return copy
 
 
-def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    """Make `node` read `new` wherever it read `old`."""
-    for i, t in enumerate(node.inputs):
-        if t is old:
-            node.inputs[i] = new

@@ -12,26 +12,15 @@ from spa_compiler.stats import model_stats
 
 
 def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
-    """A JSON-able description: inputs, outputs, opset, ops, params, MACs, prunable chains."""
-    from spa_compiler.passes.prune_magnitude import _find_chain
-
+    """A JSON-able description: inputs, outputs, opset, ops, params, MACs, coupled-channel groups."""
     from spa_compiler.groups.analysis import analyze
 
     model = ModelIR.load(path)
     stats = model_stats(model, shapes)
     analysis = analyze(model, input_shapes=shapes)
-    prunable = []
-    reasons: Counter[str] = Counter()
-    for node in model.nodes(("Conv", "Gemm")):
-        chain, why = _find_chain(model, node)
-        if chain is None:
-            if why:
-                reasons[why] += 1
-            continue
-        prunable.append(
-            {"producer": chain.producer.name, "consumer": chain.consumer.name, "channels": chain.channels,
-             "through": [m.op for m in chain.middle]}
-        )
+    reasons: Counter[str] = Counter(
+        (g.reason or "unknown").split(":")[0] for g in analysis.groups if g.frozen
+    )
     return {
         "path": str(path),
         "ir_version": model.ir_version,
@@ -48,8 +37,7 @@ def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None =
                            for u in sorted({g.unit for g in analysis.prunable})},
         "prunable_mac_share": analysis.coverage,
         "unknown_ops": dict(analysis.unknown_ops),
-        "prunable_chains": prunable,
-        "not_prunable": dict(reasons),
+        "frozen_groups": dict(reasons),
     }
 
 
@@ -70,10 +58,7 @@ def format_inspection(info: Mapping[str, Any]) -> str:
     if info["unknown_ops"]:
         lines.append("  ops without a rule (their channels frozen): "
                      + ", ".join(f"{k} x{v}" for k, v in info["unknown_ops"].items()))
-    lines.append(f"  simple Conv/Gemm chains (prune-magnitude): {len(info['prunable_chains'])}")
-    for c in info["prunable_chains"]:
-        through = " -> ".join(c["through"]) or "direct"
-        lines.append(f"    {c['producer']} -> [{through}] -> {c['consumer']}: {c['channels']} channels")
-    if info["not_prunable"]:
-        lines.append("  left alone: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["not_prunable"].items())))
+    if info["frozen_groups"]:
+        lines.append("  frozen groups by reason: "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(info["frozen_groups"].items())))
     return "\n".join(lines)

@@ -18,7 +18,6 @@ Invariants kept here:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
@@ -37,30 +36,19 @@ from google.protobuf.message import DecodeError
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from spa_compiler.errors import InvalidModelError, UnsupportedModelError, UsageError
+from spa_compiler.protos import (  # noqa: F401  (re-exported: the names ir.py has always offered)
+    EXTERNAL_DATA_MIN_TENSOR,
+    EXTERNAL_DATA_THRESHOLD,
+    STRIPPED_LOCATION,
+    proto_bytes,
+    stripped_large_tensors,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Opsets of the default domain that the passes and channel rules are written and tested for.
 MIN_OPSET = 11
 MAX_OPSET = onnx.defs.onnx_opset_version()
-
-#: Above this many bytes of tensor data the model is written with an external-data file.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-
-#: Tensors smaller than this stay inline when external data is used.
-EXTERNAL_DATA_MIN_TENSOR = 1024
-
-#: Where a weightless export (`ModelIR.to_proto_split`) points the float tensors it leaves out.
-STRIPPED_LOCATION = "__stripped__"
-
-
-def _proto_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of inline tensor data (initializers) of a model, without serializing it."""
-    total = 0
-    for t in model.graph.initializer:
-        total += len(t.raw_data) if t.HasField("raw_data") else int(np.prod(t.dims or [1])) * 4
-    return total
-
 
 def file_digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file, in hex (for reports and the never-modified check)."""
@@ -317,7 +305,7 @@ class ModelIR:
         arrays are: the re-imported graph holds the same arrays (no copy of the weights).
         """
         proto, left = self._export(None)
-        with _stripped_large_tensors(proto) as stripped:
+        with stripped_large_tensors(proto) as stripped:
             del stripped.graph.value_info[:]
             inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
         del proto.graph.value_info[:]
@@ -556,7 +544,7 @@ def save_proto(
     if not parent.is_dir():
         raise UsageError(f"output folder {parent} does not exist", hint="create it first")
     if external_data is None:
-        external_data = _proto_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        external_data = proto_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = dest.name + ".data"
     tmpdir = Path(tempfile.mkdtemp(prefix=".spa-tmp-", dir=parent))
     try:
@@ -578,23 +566,3 @@ def save_proto(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return dest
-
-
-@contextlib.contextmanager
-def _stripped_large_tensors(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
-    """Yield a shallow-data copy of `model` whose large initializers carry dims but no data.
-
-    Shape inference and the checker need only dims; this keeps them under protobuf's 2 GB limit.
-    """
-    if _proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
-        yield model
-        return
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    for t in stripped.graph.initializer:
-        if t.HasField("raw_data") and len(t.raw_data) > EXTERNAL_DATA_MIN_TENSOR:
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            del t.external_data[:]
-            t.external_data.add(key="location", value="__stripped__")
-    yield stripped

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,11 +26,6 @@ def import_ort() -> Any:
             hint="pip install 'spa-compiler[cpu]' (or [gpu] for onnxruntime-gpu; never both)",
         ) from e
     return onnxruntime
-
-PROVIDERS = {
-    "ort-cpu": ["CPUExecutionProvider"],
-    "ort-cuda": ["CUDAExecutionProvider"],
-}
 
 
 def make_session(
@@ -139,7 +133,7 @@ def random_feeds(
                 feeds[t.name] = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
             else:
                 high = 32 if ("id" in name and "type" not in name) else 2
-                rows = _gather_rows(t)
+                rows = gather_rows(t)
                 if rows:  # indices into an embedding table: draw from all of its rows
                     high = rows
                 feeds[t.name] = rng.integers(0, high, size=shape).astype(dtype)
@@ -148,7 +142,7 @@ def random_feeds(
     return feeds
 
 
-def _gather_rows(t: Any) -> int | None:
+def gather_rows(t: Any) -> int | None:
     """Rows of the smallest constant table that a Gather (axis 0) indexes with `t`, if any."""
     from spa_compiler.ir import constant_value
 

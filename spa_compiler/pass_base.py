@@ -29,6 +29,7 @@ class PassResult:
         stats: Small JSON-able numbers for the report, e.g. {"groups_pruned": 12}.
         skipped: Why candidates were left alone, reason -> count.
         details: Optional per-candidate records (e.g. per group: level chosen, error).
+        notes: Lines the report should show (e.g. a budget found unreachable).
     """
 
     model: ModelIR
@@ -36,6 +37,7 @@ class PassResult:
     stats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

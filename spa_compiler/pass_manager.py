@@ -78,6 +78,7 @@ class PassManager:
                 rec.stats = dict(result.stats)
                 rec.skipped = dict(result.skipped)
                 rec.details = list(result.details)
+                ctx.report.notes.extend(result.notes)
                 if result.modified:
                     model.version += 1
                     model.cleanup()

@@ -4,29 +4,38 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import re
 
 from spa_compiler.errors import UsageError
 from spa_compiler.pass_base import Pass, convert_option
-from spa_compiler.passes.registry import PASSES
+from spa_compiler.passes.registry import ALIASES, PASSES
+
+logger = logging.getLogger(__name__)
 
 #: Named pipelines for `--preset`.
 PRESETS: dict[str, str] = {
     "none": "",
     "cleanup": "cleanup",
     # latency-driven: OBS with --calib, data-free OBSPA without; uniform 25% without a budget
-    "spa": "cleanup,prune-ziplm,cleanup",
-    "ziplm": "cleanup,prune-ziplm{criterion=obs},cleanup",
-    "obspa": "cleanup,prune-ziplm{criterion=obspa},cleanup",
-    "magnitude": "cleanup,prune-ziplm{criterion=magnitude},cleanup",
-    "simple-chains": "cleanup,prune-magnitude{ratio=0.25},cleanup",
+    "spa": "cleanup,prune-to-budget,cleanup",
+    "ziplm": "cleanup,prune-to-budget{criterion=obs},cleanup",
+    "obspa": "cleanup,prune-to-budget{criterion=obspa},cleanup",
+    "magnitude": "cleanup,prune-to-budget{criterion=magnitude},cleanup",
+    # the common tools' baseline: one share for every group (searched to the budget when given)
+    "uniform": "cleanup,prune-uniform,cleanup",
+    "uniform-magnitude": "cleanup,prune-uniform{criterion=magnitude},cleanup",
 }
+
+#: Preset names of earlier releases.
+PRESET_ALIASES: dict[str, str] = {"simple-chains": "uniform-magnitude"}
 
 DEFAULT_PRESET = "spa"
 
 
 def pass_class(name: str) -> type[Pass]:
-    """Import the pass class registered under `name`."""
+    """Import the pass class registered under `name` (or under an earlier release's name)."""
+    name = ALIASES[name][0] if name in ALIASES else name
     try:
         target = PASSES[name]
     except KeyError as e:
@@ -37,7 +46,7 @@ def pass_class(name: str) -> type[Pass]:
 
 
 def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name, PASSES, n=1)
+    close = difflib.get_close_matches(name, [*PASSES, *ALIASES], n=1)
     base = f"did you mean {close[0]!r}? " if close else ""
     return base + "see `spa-compile list-passes`"
 
@@ -81,9 +90,36 @@ def _split_options(name: str, body: str) -> dict[str, str]:
     return opts
 
 
+def resolve_alias(name: str, raw: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """A pass name of an earlier release and its options, in today's spelling.
+
+    prune-ziplm is prune-to-budget (prune-uniform with `uniform=true`); prune-spa is
+    prune-uniform with the magnitude criterion (its `magnitude-normalized` is `normalize=true`);
+    prune-magnitude's simple Conv/Gemm chains are a subset of the coupled-channel groups
+    prune-uniform prunes.
+    """
+    if name not in ALIASES:
+        return name, raw
+    new, implied, renamed = ALIASES[name]
+    opts = {renamed.get(k.replace("_", "-"), k): v for k, v in raw.items()}
+    if name == "prune-ziplm" and opts.pop("uniform", "false").strip().lower() in ("1", "true", "yes", "on"):
+        new = "prune-uniform"
+        opts.pop("levels", None)
+    if name in ("prune-spa", "prune-magnitude"):
+        if opts.get("criterion") == "magnitude-normalized":
+            opts["criterion"] = "magnitude"
+            opts["normalize"] = "true"
+        opts.setdefault("max-ratio", "0.95")  # these took any ratio below 1
+        opts.setdefault("round-to", "1")
+    merged = {**implied, **opts}
+    spelled = ",".join(f"{k}={v}" for k, v in merged.items())
+    logger.info("pass %r is now %s", name, f"{new}{{{spelled}}}" if spelled else new)
+    return new, merged
+
+
 def parse(spec: str) -> list[Pass]:
     """Build the passes of a pipeline spec; every unknown name is reported at once."""
-    items = split_spec(spec)
+    items = [resolve_alias(n, raw) for n, raw in split_spec(spec)]
     unknown = [n for n, _ in items if n not in PASSES]
     if unknown:
         hints = "; ".join(f"{n}: {_did_you_mean(n)}" for n in unknown)
@@ -101,6 +137,7 @@ def parse(spec: str) -> list[Pass]:
 
 def preset(name: str) -> str:
     """The spec of a named preset."""
+    name = PRESET_ALIASES.get(name, name)
     try:
         return PRESETS[name]
     except KeyError as e:

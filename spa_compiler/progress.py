@@ -12,15 +12,18 @@ count, the elapsed time of the stage and of the whole run, and an estimate of wh
     [  12.0s] obspa paths: 9/37 (24%), 8.1s in stage, about 25s left
 
 Times are wall-clock (`time.monotonic`), so the first line appears as soon as the first stage
-starts. No tqdm, no threads: a line is written only from inside a callback. Like tqdm's bars,
-nothing is written during the first `quiet` seconds (2 by default), so a command that fails at
-once still prints its one-line error alone; the first callback after that writes the stage in
-progress, so a long run's first line comes a few seconds after its start.
+starts. Like tqdm's bars, nothing is written during the first `quiet` seconds (2 by default), so
+a command that fails at once still prints its one-line error alone. A daemon heartbeat thread
+(``heartbeat=True``) writes the stage in progress when the quiet period ends and then whenever a
+stage has gone `every` seconds without a line (a stage with no inner callbacks, e.g. timing the
+dense model, still shows it is alive), so a long run's first line comes `quiet` seconds after the
+start whatever the stage is doing.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -49,16 +52,42 @@ class LogProgress:
     """
 
     def __init__(self, stream: TextIO | None = None, *, every: float = 5.0, prefix: str = "",
-                 quiet: float = 2.0, clock: object = None) -> None:
+                 quiet: float = 2.0, clock: object = None, heartbeat: bool = False) -> None:
         self._stream = stream
         self.every = every
         self.quiet = quiet
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.prefix = prefix
         self._clock = clock if callable(clock) else time.monotonic
         self.t0 = self._clock()
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
         self.finished: set[str] = set()
+        self.current: tuple[str, int, int] | None = None
+        if heartbeat:
+            self._thread = threading.Thread(target=self._beat, name="spa-progress", daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        """Write the running stage when the quiet period ends and when it has been silent."""
+        if self._stop.wait(self.quiet):
+            return
+        while True:
+            with self._lock:
+                now = self._clock()
+                cur = self.current
+                if cur is not None and cur[0] not in self.finished:
+                    task, done, total = cur
+                    if now - self.last_line.get(task, self.t0) >= self.every or \
+                            self.last_line.get(task, self.t0) - self.t0 < self.quiet:
+                        self.last_line[task] = now
+                        elapsed = format_seconds(now - self.started.get(task, now))
+                        count = f" ({done}/{total})" if total > 1 else f" ({done} so far)" if total == 0 and done else ""
+                        self._write(f"{task}: running{count}, {elapsed} in stage")
+            if self._stop.wait(min(1.0, self.every)):
+                return
 
     def _write(self, text: str) -> None:
         if self._clock() - self.t0 < self.quiet:
@@ -71,6 +100,11 @@ class LogProgress:
             pass
 
     def __call__(self, task: str, done: int, total: int) -> None:
+        with self._lock:
+            self.current = (task, done, total)
+            self._call(task, done, total)
+
+    def _call(self, task: str, done: int, total: int) -> None:
         now = self._clock()
         if task not in self.started or task in self.finished and done < max(total, 1):
             # a new stage, or one that starts again (a second search round re-profiles)
@@ -105,4 +139,7 @@ class LogProgress:
             self._write(f"{task}: {done} so far, {format_seconds(elapsed)} in stage")
 
     def close(self) -> None:
-        """Nothing to release (the interface of the CLI's tqdm progress)."""
+        """Stop the heartbeat (the interface of the CLI's tqdm progress)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)

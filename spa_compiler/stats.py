@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from spa_compiler.ir import ModelIR, _stripped_large_tensors
+from spa_compiler.ir import ModelIR
+from spa_compiler.protos import stripped_large_tensors
 
 #: Op types whose MACs are counted (the dense linear algebra pruning shrinks).
 COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -87,7 +88,7 @@ def model_stats(model: ModelIR, input_shapes: Mapping[str, Sequence[int]] | None
             for d, v in zip(dims, input_shapes[vi.name]):
                 d.Clear()
                 d.dim_value = int(v)
-    with _stripped_large_tensors(proto) as small:
+    with stripped_large_tensors(proto) as small:
         try:
             inferred = onnx.shape_inference.infer_shapes(small, data_prop=True)
         except Exception:  # stats are best effort; invalid models are caught elsewhere

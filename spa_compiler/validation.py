@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from spa_compiler.errors import InvalidModelError, SpaError, ValidationError
-from spa_compiler.ir import (
+from spa_compiler.protos import (
     EXTERNAL_DATA_THRESHOLD,
     STRIPPED_LOCATION,
-    ModelIR,
-    _proto_bytes,
-    _stripped_large_tensors,
+    proto_bytes,
+    stripped_large_tensors,
 )
+
+if TYPE_CHECKING:
+    from spa_compiler.ir import ModelIR
 
 
 def check_model(
@@ -34,15 +37,15 @@ def check_model(
     Args:
         model: The model (a ModelIR is exported first, without its weights).
         base_dir: Folder of the model file, for external data references.
-        what: How to name the model in the message, e.g. "after pass 'prune-magnitude'".
+        what: How to name the model in the message, e.g. "after pass 'prune-uniform'".
         error: The exception class to raise (InvalidModelError for input, ValidationError after
             a pass).
     """
-    proto = model.to_proto(weights=False) if isinstance(model, ModelIR) else model
+    proto = model if isinstance(model, onnx.ModelProto) else model.to_proto(weights=False)
     del base_dir  # external data is loaded by then; large tensors are stripped below
-    with _stripped_large_tensors(proto) as small:
+    with stripped_large_tensors(proto) as small:
         try:
-            if _proto_bytes(small) >= EXTERNAL_DATA_THRESHOLD:  # pragma: no cover - defensive
+            if proto_bytes(small) >= EXTERNAL_DATA_THRESHOLD:  # pragma: no cover - defensive
                 with tempfile.TemporaryDirectory() as d:
                     path = Path(d) / "m.onnx"
                     onnx.save_model(small, str(path), save_as_external_data=True)

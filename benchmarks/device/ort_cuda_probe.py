@@ -40,12 +40,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from spa_compiler.compile import parse_input_shapes  # noqa: E402
-from spa_compiler.latency.timing import measure_ort  # noqa: E402
 from spa_compiler.latency.ort_cuda import (  # noqa: E402
     convert_float16,
     make_cuda_session,
     measure_ort_cuda,
 )
+from spa_compiler.latency.timing import measure_ort  # noqa: E402
 from spa_compiler.ort import make_session, random_feeds  # noqa: E402
 from spa_compiler.stats import model_stats  # noqa: E402
 

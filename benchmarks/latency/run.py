@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
     from spa_compiler import __version__
-    from spa_compiler.groups.analysis import analyze
     from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
+    from spa_compiler.groups.analysis import analyze
     from spa_compiler.ir import ModelIR
-    from spa_compiler.latency.profile import build_table, kept_levels
-    from spa_compiler.latency.provider import make_provider
-    from spa_compiler.report import Report
+    from spa_compiler.latency.profile import profile_pruning
     from spa_compiler.ort import random_feeds
+    from spa_compiler.report import Report
+    from spa_compiler.targets import make_provider
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -169,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     units = ("channel", "head", "neuron")
     t0 = time.time()
     analysis = analyze(model, units=units, input_shapes=shapes)
-    levels = {g.id: kept_levels(g.n_units, g.unit_size, round_to=args.round_to, max_ratio=0.75, count=args.levels)
-              for g in analysis.prunable}
     provider = make_provider(args.target, precision=args.precision, threads=args.threads, runs=args.runs,
                              input_shapes=shapes)
     table_path = work / f"table-{args.model.replace('/', '_')}-{args.target}-{args.precision}.json"
@@ -179,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
         table = LatencyTable.load(table_path)
     else:
-        table = build_table(model, analysis.prunable, levels, provider, random_feeds(model, shapes), units=units,
-                            input_shapes=shapes)
+        table = profile_pruning(model, args.target, provider, random_feeds(model, shapes), units=units,
+                                input_shapes=shapes, round_to=args.round_to, levels=args.levels, analysis=analysis)
         table.save(table_path)
     profile_s = time.time() - t0
-    pipe = f"cleanup,prune-ziplm{{criterion={args.criterion},round-to={args.round_to},levels={args.levels}}},cleanup"
+    pipe = f"cleanup,prune-to-budget{{criterion={args.criterion},round-to={args.round_to},levels={args.levels}}},cleanup"
 
     def one(pipeline: str, budget: str | None, tag: str) -> dict[str, Any]:
         rep = Report()
@@ -237,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(one(pipe.replace("}", ",uniform=true}"), f"{b}x", f"uniform-budget{b}"))
             summarize()
     for r in [r for r in args.uniform.split(",") if r]:
-        uniform.append(one(f"cleanup,prune-ziplm{{criterion=magnitude,ratio={r},round-to={args.round_to}}},cleanup",
+        uniform.append(one(f"cleanup,prune-to-budget{{criterion=magnitude,ratio={r},round-to={args.round_to}}},cleanup",
                            None, f"uniform{r}"))
         summarize()
     print(f"{'run':>12} {'lat x':>7} {'MACs x':>7} {'meas/bud':>8} {'conv':>6} {'unif conv':>9}")

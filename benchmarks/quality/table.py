@@ -165,9 +165,9 @@ def remeasure(name: str, work: pathlib.Path, runs: int, repeats: int,
 
     from spa_compiler.compile import parse_input_shapes
     from spa_compiler.ir import ModelIR
-    from spa_compiler.latency.provider import make_provider
     from spa_compiler.models_zoo import real
     from spa_compiler.ort import random_feeds
+    from spa_compiler.targets import make_provider
 
     cfg = MODELS[name]
     out = RESULTS / f"table-{name}.json"

@@ -41,8 +41,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx_graphsurgeon as gs
 
-from spa_compiler.ir import constant_array
 from spa_compiler.criteria.moments import ChannelMoments, activation_moments, batchnorm_gaussian
+from spa_compiler.ir import constant_array
 
 __all__ = [
     "BATCHNORM",

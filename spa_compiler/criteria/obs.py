@@ -36,7 +36,7 @@ to four times (with a warning), then `PreconditionError`. A group whose ``(H^-1)
 positive definite (only possible through rounding) gets error ``inf``; if it must be removed anyway,
 `remove_group` uses the pseudo-inverse of the block.
 
-Weights are processed in float64. Importances of the baseline criteria (`magnitude_scores`,
+Weights are processed in float64. Importances of the baseline criterion (
 `wanda_scores`) are "higher = keep"; OBS errors are costs, "lower = remove first".
 """
 
@@ -60,7 +60,6 @@ __all__ = [
     "group_errors",
     "inverse_hessian",
     "joint_greedy_order",
-    "magnitude_scores",
     "prepare_hessian",
     "remove_group",
     "solve_kept",
@@ -838,19 +837,6 @@ def greedy_prune(
 
 
 # ------------------------------------------------------------------------ baseline criteria
-
-
-def magnitude_scores(w: npt.ArrayLike, groups: Sequence[npt.ArrayLike], p: float = 2) -> FloatArray:
-    """Group magnitude importance ``||W[:, S]||_p`` over all entries (higher = keep).
-
-    Args:
-        w: ``W: (out, in)``; columns are the prunable inputs (transpose an ONNX MatMul weight).
-        groups: Column-index arrays.
-        p: Norm order (1: group L1, 2: group L2, inf: max).
-    """
-    ww = _as_matrix(w, "W")
-    gs = _as_groups(groups, ww.shape[1], disjoint=False)
-    return np.asarray([np.linalg.norm(ww[:, g].ravel(), ord=p) for g in gs])
 
 
 def wanda_scores(

@@ -38,14 +38,19 @@ import numpy as np
 import numpy.typing as npt
 import onnx_graphsurgeon as gs
 
-from spa_compiler.groups.analysis import ChannelGroup, Member
+from spa_compiler.criteria.magnitude import group_magnitude
+from spa_compiler.criteria.moment_sources import (
+    CALIBRATION,
+    RESPONSE,
+    SourcedMoments,
+    batchnorm_moments,
+)
+from spa_compiler.criteria.registry import CRITERIA
 from spa_compiler.errors import UsageError
+from spa_compiler.groups.analysis import ChannelGroup, Member
 from spa_compiler.ir import ModelIR, constant_value
-from spa_compiler.criteria.moment_sources import CALIBRATION, RESPONSE, SourcedMoments, batchnorm_moments
 
 logger = logging.getLogger(__name__)
-
-CRITERIA = ("magnitude", "wanda", "obs", "obspa")
 
 #: Rows of im2col kept per calibration batch and Conv consumer (random subset of positions).
 MAX_CONV_ROWS = 8192
@@ -225,23 +230,10 @@ def max_removable(n_units: int, max_ratio: float) -> int:
 
 
 def _magnitude_path(
-    model: ModelIR, group: ChannelGroup, n_remove: int, p: float
+    model: ModelIR, group: ChannelGroup, n_remove: int, p: float, *, normalize: bool = False,
+    nodes: Mapping[str, gs.Node] | None = None,
 ) -> tuple[list[int], npt.NDArray[np.float64]]:
-    scores = np.zeros(group.n_units)
-    for m in group.members:
-        if m.role == "activation":
-            continue
-        node = next((n for n in model.graph.nodes if n.name == m.node), None)
-        if node is None:
-            continue
-        c = constant_value(node.inputs[m.input_index])
-        if c is None:
-            continue
-        w = np.abs(np.moveaxis(np.asarray(c.values, dtype=np.float64), m.axis, 0))
-        w = w.reshape(w.shape[0], -1) ** p
-        per_pos = w.sum(axis=1)
-        valid = m.coords >= 0
-        np.add.at(scores, m.coords[valid], per_pos[valid])
+    scores = group_magnitude(model, group, p=p, normalize=normalize, nodes=nodes)
     return _path_from_scores(scores, n_remove)
 
 
@@ -253,14 +245,6 @@ def _path_from_scores(scores: npt.NDArray[np.float64], n_remove: int) -> tuple[l
 
 
 # ---------------------------------------------------------------------- statistics
-@dataclasses.dataclass
-class ConsumerStats:
-    """Streaming second moments of every consumer input the criteria need."""
-
-    accumulators: dict[str, Any]
-    samples: int = 0
-
-
 def collect_hessians(
     model: ModelIR,
     views: Sequence[LinearView],
@@ -340,6 +324,7 @@ def group_paths(
     synthetic_feeds: Iterable[Mapping[str, npt.NDArray[Any]]] | None = None,
     closed_form: bool = True,
     norm: float = 2.0,
+    normalize: bool = False,
     damp: float = 0.01,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
@@ -356,7 +341,8 @@ def group_paths(
         closed_form: obspa only: synthesize the moments of consumers fed by BatchNormalization
             (+ activation) in closed form (`spa_compiler.criteria.moment_sources`); False: the random-input
             response for every consumer.
-        norm: p of the magnitude norm.
+        norm: p of the magnitude norm (`criteria.magnitude`).
+        normalize: magnitude: divide each member's scores by their mean before summing.
         damp: Relative Hessian damping.
         seed: For the im2col row subsampling.
         progress: (task, done, total) callback.
@@ -367,9 +353,11 @@ def group_paths(
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion {criterion!r}", hint=f"use one of {', '.join(CRITERIA)}")
     paths: dict[str, GroupPath] = {}
+    nodes = {n.name: n for n in model.graph.nodes}
     if criterion == "magnitude":
         for g in groups:
-            order, errs = _magnitude_path(model, g, max_removable(g.n_units, max_ratio), norm)
+            order, errs = _magnitude_path(model, g, max_removable(g.n_units, max_ratio), norm,
+                                          normalize=normalize, nodes=nodes)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "magnitude")
         return paths
 
@@ -446,7 +434,7 @@ def group_paths(
                 sources.append(data_source)
             k += 1
         if not vs:
-            order, errs = _magnitude_path(model, g, n_remove, norm)
+            order, errs = _magnitude_path(model, g, n_remove, norm, normalize=normalize, nodes=nodes)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "magnitude",
                                     note=f"fallback: {notes.get(g.id, 'no linear consumer')}")
             continue

@@ -42,9 +42,9 @@ import numpy.typing as npt
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa_compiler.groups.rules import RULES, Req, Rule, rule_for
 from spa_compiler.errors import UsageError, ValidationError
 from spa_compiler.groups.dims import DimSpace, Term
+from spa_compiler.groups.rules import RULES, Req, Rule, rule_for
 from spa_compiler.groups.shape_eval import Namer, ShapeEvaluator, element_source, rebuild
 from spa_compiler.ir import ModelIR, constant_value
 

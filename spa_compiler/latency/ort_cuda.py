@@ -14,6 +14,7 @@ comes from the model's types)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from spa_compiler.errors import UsageError
+from spa_compiler.ir import ModelIR
+from spa_compiler.latency.provider import Feeds, SessionCache, Timing, as_proto, interleaved
 from spa_compiler.latency.timing import LatencyMeasurement, measure_runner
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -322,20 +325,6 @@ def iobound_runner(
     return run
 
 
-def run_ort_cuda(
-    model: onnx.ModelProto | str | Any,
-    feeds: Mapping[str, npt.NDArray[np.generic]],
-    *,
-    device_id: int = 0,
-    fp16: bool = False,
-) -> list[npt.NDArray[np.generic]]:
-    """Outputs of one run on the CUDA provider (numpy, on the host), for accuracy checks."""
-    if fp16:
-        model = convert_float16(_as_proto(model))
-    sess = make_cuda_session(model, device_id=device_id)
-    return list(sess.run(None, dict(feeds)))
-
-
 def providers_for(target: str) -> Sequence[str]:
     """Execution providers of an ORT target name ("ort-cpu", "ort-cuda"), CUDA with CPU fallback."""
     if target == "ort-cuda":
@@ -343,3 +332,49 @@ def providers_for(target: str) -> Sequence[str]:
     if target == "ort-cpu":
         return ("CPUExecutionProvider",)
     raise UsageError(f"{target!r} is not an ONNX Runtime target", hint="use ort-cpu or ort-cuda")
+
+
+@dataclasses.dataclass
+class OrtCudaProvider:
+    """ONNX Runtime CUDA execution provider with io-binding (fp32, or an fp16 copy for timing)."""
+
+    fp16: bool = False
+    runs: int = 50
+    min_seconds: float = 0.3
+    kind: str = "measured"
+    sessions: SessionCache = dataclasses.field(default_factory=SessionCache, repr=False, compare=False)
+
+    def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
+        return self.time_many([model], feeds)[0]
+
+    def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
+        def build(m: ModelIR | onnx.ModelProto) -> Any:
+            proto = as_proto(m)
+            if self.fp16:  # the fp16 conversion, too, is made once per structure
+                proto = convert_float16(proto)
+            return make_cuda_session(proto)
+
+        runners = []
+        for m in models:
+            runners.append(iobound_runner(self.sessions.get(m, build), feeds))
+        return interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
+
+    def provenance(self) -> dict[str, Any]:
+        from spa_compiler.ort import import_ort
+
+        device = "CUDA GPU"
+        try:  # torch is optional; it only names the device
+            import torch
+
+            if torch.cuda.is_available():
+                device = torch.cuda.get_device_name(0)
+        except ImportError:
+            pass
+        return {
+            "device": device,
+            "runtime": "onnxruntime",
+            "runtime_version": import_ort().__version__,
+            "provider": "CUDAExecutionProvider",
+            "threads": None,
+            "precision": "fp16" if self.fp16 else "fp32",
+        }

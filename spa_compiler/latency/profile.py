@@ -1,16 +1,21 @@
-"""Latency tables measured in context: the latency of every level of every prunable group.
+"""Latency tables measured in context: the latency of every variant of every site of a method.
 
 ZipLM times each layer variant in its real shapes. We time it in its real context: the whole model,
-with the group pruned to the level, on the target, with the compile's inputs. Groups that are the
-same layer at the same shapes (the 30 FFNs of a 30-layer decoder) share a *signature*; all groups of
-a signature are pruned to a level together and the measured saving is shared between them, so a
-table costs (signatures × levels) timings, not (groups × levels). A group's contribution is
-measured relative to its smallest level: c_g(k) = (T_s(k) - T_s(k_min)) / |s|, made non-decreasing in
-k (timing noise never makes a wider layer cheaper), and base_ms = T_dense - Σ_g c_g(n), so the
-additive model reproduces the dense latency exactly. Where groups overlap (one layer's input
-channels in one group, its output channels in another, as in every CNN chain) the summed savings
-can exceed the model's latency; they are then scaled down to fit (base 0), and the search's
-measure-and-correct rounds absorb the remaining error of the additive model.
+with the site changed to the variant (by the method itself, `Method.apply(exact=False)`), on the
+target, with the compile's inputs. Sites that are the same layer at the same shapes (the 30 FFNs of
+a 30-layer decoder) share a *signature* (`method.signature(site)`, when the method has one); all
+sites of a signature take a variant together and the measured saving is shared between them, so a
+table costs (signatures × variants) timings, not (sites × variants). A site's contribution is
+measured relative to its fastest variant: c_s(v) = (T_sig(v) - T_sig(v_min)) / |sig| (for pruning
+made non-decreasing in kept units: timing noise never makes a wider layer cheaper), and
+base_ms = T_dense - Σ_s c_s(dense), so the additive model reproduces the dense latency exactly.
+Where sites overlap (one layer's input channels in one group, its output channels in another, as in
+every CNN chain) the summed savings can exceed the model's latency; they are then scaled down to fit
+(base 0), and the search's measure-and-correct rounds absorb the remaining error of the additive
+model.
+
+`profile_pruning` is the one routine that builds a pruning table for a target: the CLI's `profile`,
+the pruning passes (when no table is given) and the benchmarks call it.
 """
 
 from __future__ import annotations
@@ -18,77 +23,47 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from spa_compiler import __version__
-from spa_compiler.groups.analysis import ChannelGroup, GroupAnalysis, analyze, prune_groups
+from spa_compiler._version import __version__
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.cache import entry_key, open_cache
-from spa_compiler.latency.table import GroupLatency, LatencyTable, LevelLatency, Provenance, structure_fingerprint
+from spa_compiler.latency.table import (
+    GroupLatency,
+    LatencyTable,
+    LevelLatency,
+    Provenance,
+    SiteLatency,
+    structure_fingerprint,
+)
+from spa_compiler.methods.base import Method, Site
 
 logger = logging.getLogger(__name__)
 
 
-def kept_levels(n_units: int, unit_size: int, *, round_to: int = 1, max_ratio: float = 0.75,
-                count: int = 8) -> list[int]:
-    """Kept-unit counts a group may take: hardware-friendly widths, at most `count`, dense included.
-
-    A level k is allowed when its width k·unit_size is a multiple of `round_to` (the dense width is
-    always allowed) and at most `max_ratio` of the units are removed. A group too narrow for any
-    such level gets the multiple halved until one exists (a 12-channel group under round_to=8 may
-    keep 8; under 16 it would have no level): the latency search then decides whether it pays.
-    """
-    lo = max(1, n_units - int(np.floor(n_units * max_ratio)))
-    allowed = [k for k in range(lo, n_units) if (k * max(1, unit_size)) % max(1, round_to) == 0]
-    if not allowed:
-        if round_to > 1:
-            return kept_levels(n_units, unit_size, round_to=round_to // 2, max_ratio=max_ratio, count=count)
-        return [n_units]
-    if len(allowed) > count - 1:
-        idx = np.unique(np.round(np.linspace(0, len(allowed) - 1, count - 1)).astype(int))
-        allowed = [allowed[i] for i in idx]
-    return [*allowed, n_units]
-
-
-def signature(model: ModelIR, group: ChannelGroup) -> tuple[Any, ...]:
-    """Groups with equal signatures are the same layer at the same shapes."""
-    tensors = model.tensors()
-    members = []
-    for m in group.members:
-        t = tensors.get(m.tensor)
-        shape = tuple(t.shape) if t is not None and t.shape is not None else None
-        members.append((m.op, m.role, m.axis, shape))
-    return (group.unit, group.n_units, group.unit_size, tuple(sorted(members, key=repr)))
-
-
 def build_table(
     model: ModelIR,
-    groups: Sequence[ChannelGroup],
-    levels: Mapping[str, Sequence[int]],
+    method: Method,
     provider: Any,
     feeds: Mapping[str, np.ndarray],
     *,
-    units: Sequence[str],
     input_shapes: Mapping[str, Sequence[int]],
     progress: Callable[[str, int, int], None] | None = None,
-    analysis: GroupAnalysis | None = None,
+    sites: Sequence[Site] | None = None,
 ) -> LatencyTable:
-    """Measure (or estimate, for an analytic provider) a latency table in context.
+    """Measure (or estimate, for an analytic provider) a latency table of `method`'s variants.
 
     Args:
-        model: The model (not modified; clones are pruned).
-        groups: Prunable groups to profile.
-        levels: group id -> kept-unit levels (dense included).
+        model: The model (not modified; clones are changed).
+        method: The method whose sites and variants are profiled (bound to `model`).
         provider: A `LatencyProvider`.
         feeds: The inputs every timing uses.
-        units: Unit kinds the groups were analysed with.
         input_shapes: Concrete input shapes (recorded in the provenance).
         progress: (task, done, total) callback.
-        analysis: `analyze(model, units=units)` if the caller has it (else computed here, once);
-            every pruned clone gets it rebound (`GroupAnalysis.for_clone`), never re-analysed.
+        sites: The sites to profile (default: all of the method's).
     """
     if dataclasses.is_dataclass(provider) and hasattr(provider, "runs"):
         # a table needs many timings: fewer runs each (the medians stay stable), no minimum time
@@ -96,12 +71,14 @@ def build_table(
         if hasattr(provider, "min_seconds"):
             changes["min_seconds"] = 0.0
         provider = dataclasses.replace(provider, **changes)
-    by_sig: dict[tuple[Any, ...], list[ChannelGroup]] = defaultdict(list)
-    for g in groups:
-        by_sig[signature(model, g)].append(g)
-    jobs = [(sig, k) for sig, gs_ in by_sig.items() for k in levels[gs_[0].id] if k < gs_[0].n_units]
-    measured: dict[tuple[Any, ...], dict[int, float]] = {sig: {} for sig in by_sig}
-    ratios: dict[tuple[Any, ...], dict[int, float]] = {sig: {} for sig in by_sig}
+    chosen = list(sites) if sites is not None else list(method.sites())
+    sig_of = getattr(method, "signature", None)
+    by_sig: dict[Any, list[Site]] = defaultdict(list)
+    for site in chosen:
+        by_sig[sig_of(site) if sig_of is not None else site.id].append(site)
+    variants = {sig: method.variants(members[0]) for sig, members in by_sig.items()}
+    jobs = [(sig, v.key) for sig, vs in variants.items() for v in vs if not v.dense]
+    ratios: dict[Any, dict[Hashable, float]] = {sig: {} for sig in by_sig}
     dense_times: list[float] = []
     fingerprint = structure_fingerprint(model.to_proto(weights=False))
     # timings of earlier runs of this model, shapes and provider (analytic estimates: never cached)
@@ -109,67 +86,65 @@ def build_table(
              if provider.kind != "analytic" else None)
     if progress and jobs:
         progress("latency table", 0, len(jobs))
-    for i, (sig, k) in enumerate(jobs):
+    for i, (sig, key) in enumerate(jobs):
         members = by_sig[sig]
-        entry = entry_key("table", [sorted(g.id for g in members), int(k)])
+        entry = entry_key("table", [method.name, sorted(s.id for s in members), repr(key)])
         hit = cache.get(entry) if cache is not None else None
         if hit is not None:
-            ratios[sig][k], dense_ms_then = hit
+            ratios[sig][key], dense_ms_then = hit
             dense_times.append(dense_ms_then)
         else:
-            if analysis is None:
-                analysis = analyze(model, units=units)
             clone = model.clone()
-            plan = {g.id: list(range(g.n_units - k)) for g in members}
-            prune_groups(clone, plan, analysis=analysis.for_clone(clone), validate=False)
+            method.apply(clone, {s.id: key for s in members}, exact=False, validate=False)
             # timed in alternation with the dense model: the ratio is immune to load drift
             t_dense, t_var = provider.time_many([model, clone], feeds)
             del clone
             dense_times.append(t_dense.ms)
-            ratios[sig][k] = t_var.ms / t_dense.ms
+            ratios[sig][key] = t_var.ms / t_dense.ms
             if cache is not None:
-                cache.put(entry, ratios[sig][k], t_dense.ms)
+                cache.put(entry, ratios[sig][key], t_dense.ms)
                 if i % 8 == 7:
                     cache.flush()  # a stopped run keeps what it measured
         if progress:
             progress("latency table", i + 1, len(jobs))
-        logger.debug("profile %s x%d at %d units: %.4f of dense", members[0].id, len(members), k, ratios[sig][k])
+        logger.debug("profile %s x%d at %s: %.4f of dense", members[0].id, len(members), key, ratios[sig][key])
     if cache is not None:
         cache.flush()
         if cache.hits:
             logger.info("latency table: %d of %d timings from the cache (%s)", cache.hits, len(jobs), cache.path)
     dense = provider.time(model, feeds) if not dense_times else None
     dense_ms = float(np.median(dense_times)) if dense_times else dense.ms  # type: ignore[union-attr]
-    for sig in by_sig:
-        measured[sig] = {k: r * dense_ms for k, r in ratios[sig].items()}
-    table_groups: dict[str, GroupLatency] = {}
+    table_groups: dict[str, GroupLatency | SiteLatency] = {}
     for sig, members in by_sig.items():
-        n = members[0].n_units
-        ks = sorted(levels[members[0].id])
-        times = {**measured[sig], n: dense_ms}
-        lo = times[ks[0]]
-        contrib = []
-        running = 0.0
-        for k in ks:
-            running = max(running, (times[k] - lo) / len(members))  # non-decreasing in k
-            contrib.append(running)
-        for g in members:
-            table_groups[g.id] = GroupLatency(
-                n_units=n,
-                unit_size=g.unit_size,
-                levels=tuple(LevelLatency(k, k * g.unit_size, c) for k, c in zip(ks, contrib)),
-            )
+        dense_key = next(v.key for v in variants[sig] if v.dense)
+        times = {**{k: r * dense_ms for k, r in ratios[sig].items()}, dense_key: dense_ms}
+        if method.name == "pruning":
+            ks = sorted(int(k) for k in times)  # type: ignore[call-overload]
+            lo = times[ks[0]]
+            contrib = []
+            running = 0.0
+            for k in ks:
+                running = max(running, (times[k] - lo) / len(members))  # non-decreasing in k
+                contrib.append(running)
+            for site in members:
+                unit_size = int(site.info.get("unit_size", 1))
+                table_groups[site.id] = GroupLatency(
+                    n_units=int(dense_key),  # type: ignore[call-overload]
+                    unit_size=unit_size,
+                    levels=tuple(LevelLatency(k, k * unit_size, c) for k, c in zip(ks, contrib)),
+                )
+        else:
+            lo = min(times.values())
+            named = {("dense" if k == dense_key else str(k)): (t - lo) / len(members) for k, t in times.items()}
+            for site in members:
+                table_groups[site.id] = SiteLatency(method.name, named)
     total = sum(gl.dense_ms for gl in table_groups.values())
     if total > dense_ms:
-        # Groups that share a layer (a conv whose input channels are one group and output channels
+        # Sites that share a layer (a conv whose input channels are one group and output channels
         # another) each claim the saving of that layer, so the summed savings can exceed the whole
         # model. Scale them down to fit; the measure-and-correct rounds absorb what is left.
         scale = dense_ms / total
-        table_groups = {
-            gid: GroupLatency(gl.n_units, gl.unit_size, tuple(
-                LevelLatency(lv.kept_units, lv.kept_width, lv.latency_ms * scale) for lv in gl.levels))
-            for gid, gl in table_groups.items()
-        }
+        table_groups = {gid: _scaled(gl, scale) for gid, gl in table_groups.items()}
         total = dense_ms
     base = max(0.0, dense_ms - total)
     prov = provider.provenance()
@@ -184,7 +159,7 @@ def build_table(
         provider=prov.get("provider"),
         threads=prov.get("threads"),
         model_name=str(model.source.name if model.source else ""),
-        notes=f"in-context timing, {len(by_sig)} signatures, {len(jobs)} pruned variants"
+        notes=f"in-context timing ({method.name}), {len(by_sig)} signatures, {len(jobs)} variants"
               + (f" ({cache.hits} from the timing cache)" if cache is not None and cache.hits else ""),
     )
     return LatencyTable(
@@ -194,3 +169,39 @@ def build_table(
         base_ms=base,
         groups=table_groups,
     )
+
+
+def _scaled(gl: GroupLatency | SiteLatency, scale: float) -> GroupLatency | SiteLatency:
+    if isinstance(gl, SiteLatency):
+        return SiteLatency(gl.method, {k: v * scale for k, v in gl.variants.items()})
+    return GroupLatency(gl.n_units, gl.unit_size, tuple(
+        LevelLatency(lv.kept_units, lv.kept_width, lv.latency_ms * scale) for lv in gl.levels))
+
+
+def profile_pruning(
+    model: ModelIR,
+    target: str,
+    provider: Any,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    units: Sequence[str],
+    input_shapes: Mapping[str, Sequence[int]],
+    round_to: int = 0,
+    max_ratio: float = 0.75,
+    levels: int = 8,
+    progress: Callable[[str, int, int], None] | None = None,
+    analysis: Any = None,
+    groups: Sequence[Any] | None = None,
+) -> LatencyTable:
+    """The pruning latency table of `model` for `target`: every prunable group at `levels`
+    hardware-friendly widths (`round_to=0`: the target's multiple, `targets.width_multiple`)."""
+    from spa_compiler.methods.pruning import PruningMethod, kept_levels
+    from spa_compiler.targets import width_multiple
+
+    multiple = round_to or width_multiple(target)
+    method = PruningMethod.for_timing(
+        model,
+        lambda g: kept_levels(g.n_units, g.unit_size, round_to=multiple, max_ratio=max_ratio, count=levels),
+        units=units, analysis=analysis, groups=groups,
+    )
+    return build_table(model, method, provider, feeds, input_shapes=input_shapes, progress=progress)

@@ -1,5 +1,9 @@
-"""Latency tables: per-group latency of every compression level, measured (or estimated) on a
-target.
+"""Latency tables: the latency of every variant of every site, measured (or estimated) on a target.
+
+A site is what a compression method changes (`spa_compiler.methods`): a coupled-channel group for
+pruning, one weight for N:M or Monarch. Pruning variants are kept-unit counts (numeric: lookups
+interpolate between measured levels); other methods' variants are named ("2:4", "b4r1") and looked
+up exactly. Every entry records its method.
 
 A table belongs to one model (by a structural fingerprint: graph, shapes and dtypes, not weight
 values), one device, one runtime and precision, and one set of input shapes. It holds, for each
@@ -8,10 +12,11 @@ the non-prunable remainder (`base_ms`), and the dense model's whole latency (`de
 additive model is  latency(choice) ~= base_ms + sum_g latency_g(kept_g);  `additivity_gap_ms` says
 how far the dense model's measured latency is from that sum.
 
-JSON layout (schema "spa-latency-table/1"):
+JSON layout (schema "spa-latency-table/2"; "/1" tables, which have "groups" instead of "sites"
+and no "method", are read as pruning tables):
 
     {
-      "schema": "spa-latency-table/1",
+      "schema": "spa-latency-table/2",
       "kind": "measured",                      # or "analytic"
       "provenance": {
         "device": "NVIDIA H200", "runtime": "onnxruntime", "runtime_version": "1.31.1",
@@ -22,9 +27,10 @@ JSON layout (schema "spa-latency-table/1"):
       },
       "dense_ms": 10.8,
       "base_ms": 3.2,
-      "groups": {
-        "ffn.0": {"n_units": 1536, "unit_size": 1,
-                  "levels": [{"kept_units": 768, "kept_width": 768, "latency_ms": 0.61}, ...]}
+      "sites": {
+        "ffn.0": {"method": "pruning", "n_units": 1536, "unit_size": 1,
+                  "levels": [{"kept_units": 768, "kept_width": 768, "latency_ms": 0.61}, ...]},
+        "mlp.0.down": {"method": "nm", "variants": {"dense": 0.20, "2:4": 0.15}}
       }
     }
 
@@ -51,7 +57,8 @@ from onnx import numpy_helper
 
 from spa_compiler.errors import UsageError
 
-SCHEMA = "spa-latency-table/1"
+SCHEMA = "spa-latency-table/2"
+SCHEMAS = ("spa-latency-table/1", SCHEMA)
 Kind = Literal["measured", "analytic"]
 KINDS: tuple[str, ...] = ("measured", "analytic")
 
@@ -72,11 +79,18 @@ class GroupLatency:
     n_units: int
     unit_size: int
     levels: tuple[LevelLatency, ...]
+    method: str = "pruning"
 
     @property
     def dense_ms(self) -> float:
         """The group's contribution when nothing is pruned."""
         return self.levels[-1].latency_ms
+
+    def variant_ms(self, key: Hashable) -> float:
+        """Contribution of a variant (kept units)."""
+        if isinstance(key, bool) or not isinstance(key, (int, float, np.integer, np.floating)):
+            raise ValueError(f"pruning variants are kept-unit counts, not {key!r}")
+        return self.latency(float(key))
 
     def latency(self, kept_units: float) -> float:
         """Contribution at `kept_units`, linear between measured levels; ValueError outside them."""
@@ -86,6 +100,25 @@ class GroupLatency:
         xs = [lv.kept_units for lv in self.levels]
         ys = [lv.latency_ms for lv in self.levels]
         return float(np.interp(kept_units, xs, ys))
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteLatency:
+    """Latency contributions of one site of a method with named variants ("dense" included)."""
+
+    method: str
+    variants: Mapping[str, float]
+
+    @property
+    def dense_ms(self) -> float:
+        return float(self.variants["dense"])
+
+    def variant_ms(self, key: Hashable) -> float:
+        """Contribution of a named variant; ValueError for one not measured."""
+        try:
+            return float(self.variants[str(key)])
+        except KeyError:
+            raise ValueError(f"variant {key!r} was not measured (measured: {sorted(self.variants)})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +152,23 @@ class LatencyTable:
     provenance: Provenance
     dense_ms: float
     base_ms: float
-    groups: Mapping[str, GroupLatency]
+    groups: Mapping[str, GroupLatency | SiteLatency]
 
     def __post_init__(self) -> None:
         _validate_dict(self.to_dict(), source="latency table")
 
     # -- lookups ---------------------------------------------------------------------------------
 
-    def group(self, group_id: Hashable) -> GroupLatency:
+    @property
+    def sites(self) -> Mapping[str, GroupLatency | SiteLatency]:
+        """Every site's entry (`groups` is the same mapping; pruning sites are groups)."""
+        return self.groups
+
+    def methods(self) -> set[str]:
+        """The methods the table has entries for."""
+        return {g.method for g in self.groups.values()}
+
+    def group(self, group_id: Hashable) -> GroupLatency | SiteLatency:
         """The group's entry; UsageError naming the known groups otherwise."""
         key = str(group_id)
         try:
@@ -139,11 +181,12 @@ class LatencyTable:
                 hint="re-profile the latency table for this model and pipeline",
             ) from None
 
-    def lookup(self, group_id: Hashable, kept_units: float) -> float:
-        """Latency contribution of a group at `kept_units` (linear interpolation between levels)."""
+    def lookup(self, group_id: Hashable, variant: Hashable) -> float:
+        """Latency contribution of a site's variant (pruning: kept units, interpolated between
+        measured levels; other methods: the named variant)."""
         g = self.group(group_id)
         try:
-            return g.latency(kept_units)
+            return g.variant_ms(variant)
         except ValueError as e:
             raise UsageError(
                 f"latency table, group {str(group_id)!r}: {e}",
@@ -169,22 +212,6 @@ class LatencyTable:
     def additivity_gap_ms(self) -> float:
         """Measured dense latency minus the additive model's dense prediction."""
         return self.dense_ms - self.additive_dense_ms
-
-    def group_options(self, errors: Mapping[Hashable, Mapping[int, float]]) -> list[Any]:
-        """search.GroupOptions for the groups in `errors` ({group: {kept_units: error}}).
-
-        Levels are those kept-unit counts the error map names, each with its interpolated latency.
-        """
-        from spa_compiler.search.knapsack import GroupOptions, Level
-
-        out = []
-        for gid, by_level in errors.items():
-            out.append(
-                GroupOptions(
-                    gid, [Level(k, self.lookup(gid, k), float(e)) for k, e in by_level.items()]
-                )
-            )
-        return out
 
     # -- checks against the model being compiled ---------------------------------------------------
 
@@ -229,13 +256,14 @@ class LatencyTable:
             raise UsageError(f"{source} is for precision {p.precision}, not {precision}", hint=hint)
         if groups is not None:
             model_units = {str(k): int(v) for k, v in groups.items()}
-            missing = sorted(set(self.groups) - set(model_units))
+            missing = sorted(k for k, g in self.groups.items()
+                             if isinstance(g, GroupLatency) and k not in model_units)
             if missing and not subset:
                 raise UsageError(f"{source} has groups the model lacks: {missing[:8]}", hint=hint)
             bad = sorted(
                 f"{k}: table {g.n_units}, model {model_units[k]}"
                 for k, g in self.groups.items()
-                if k in model_units and g.n_units != model_units[k]
+                if isinstance(g, GroupLatency) and k in model_units and g.n_units != model_units[k]
             )
             if bad:
                 raise UsageError(
@@ -257,14 +285,7 @@ class LatencyTable:
             "provenance": p,
             "dense_ms": self.dense_ms,
             "base_ms": self.base_ms,
-            "groups": {
-                gid: {
-                    "n_units": g.n_units,
-                    "unit_size": g.unit_size,
-                    "levels": [dataclasses.asdict(lv) for lv in g.levels],
-                }
-                for gid, g in self.groups.items()
-            },
+            "sites": {gid: _entry_dict(g) for gid, g in self.groups.items()},
         }
 
     @classmethod
@@ -273,17 +294,19 @@ class LatencyTable:
         _validate_dict(data, source=source)
         p = dict(data["provenance"])
         p["input_shapes"] = {k: tuple(v) for k, v in p["input_shapes"].items()}
-        groups = {
-            gid: GroupLatency(
-                n_units=g["n_units"],
-                unit_size=g["unit_size"],
-                levels=tuple(
-                    LevelLatency(lv["kept_units"], lv["kept_width"], float(lv["latency_ms"]))
-                    for lv in g["levels"]
-                ),
-            )
-            for gid, g in data["groups"].items()
-        }
+        groups: dict[str, GroupLatency | SiteLatency] = {}
+        for gid, g in _entries(data).items():
+            if g.get("method", "pruning") == "pruning":
+                groups[gid] = GroupLatency(
+                    n_units=g["n_units"],
+                    unit_size=g["unit_size"],
+                    levels=tuple(
+                        LevelLatency(lv["kept_units"], lv["kept_width"], float(lv["latency_ms"]))
+                        for lv in g["levels"]
+                    ),
+                )
+            else:
+                groups[gid] = SiteLatency(g["method"], {str(k): float(v) for k, v in g["variants"].items()})
         known = {f.name for f in dataclasses.fields(Provenance)}
         return cls(
             kind=data["kind"],
@@ -296,17 +319,20 @@ class LatencyTable:
     def to_json(self) -> str:
         """The JSON text: indented, one line per level (large tables stay readable)."""
         data = self.to_dict()
-        groups = data.pop("groups")
+        groups = data.pop("sites")
         head = json.dumps(data, indent=1)[:-2]  # drop the closing "\n}"
         parts = []
         for gid, g in groups.items():
+            if "levels" not in g:
+                parts.append(f"  {json.dumps(gid)}: {json.dumps(g)}")
+                continue
             levels = ",\n".join("    " + json.dumps(lv) for lv in g["levels"])
             parts.append(
-                f'  {json.dumps(gid)}: {{"n_units": {g["n_units"]}, "unit_size": {g["unit_size"]}, '
-                f'"levels": [\n{levels}\n  ]}}'
+                f'  {json.dumps(gid)}: {{"method": {json.dumps(g["method"])}, "n_units": {g["n_units"]}, '
+                f'"unit_size": {g["unit_size"]}, "levels": [\n{levels}\n  ]}}'
             )
         body = ",\n".join(parts)
-        return head + ',\n "groups": {' + ("\n" + body + "\n " if parts else "") + "}\n}\n"
+        return head + ',\n "sites": {' + ("\n" + body + "\n " if parts else "") + "}\n}\n"
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file and rename)."""
@@ -347,13 +373,13 @@ def _validate_dict(data: Any, *, source: str) -> None:
 
     def bad(where: str, what: str) -> UsageError:
         return UsageError(
-            f"{source}: {where} {what}", hint="re-create the table with spa-compile profile-latency"
+            f"{source}: {where} {what}", hint="re-create the table with spa-compile profile"
         )
 
     if not isinstance(data, dict):
         raise bad("top level", f"must be a JSON object, got {type(data).__name__}")
-    if data.get("schema") != SCHEMA:
-        raise bad("'schema'", f"must be {SCHEMA!r}, got {data.get('schema')!r}")
+    if data.get("schema") not in SCHEMAS:
+        raise bad("'schema'", f"must be one of {list(SCHEMAS)}, got {data.get('schema')!r}")
     if data.get("kind") not in KINDS:
         raise bad("'kind'", f"must be one of {list(KINDS)}, got {data.get('kind')!r}")
     p = data.get("provenance")
@@ -387,13 +413,25 @@ def _validate_dict(data: Any, *, source: str) -> None:
     for key in ("dense_ms", "base_ms"):
         if not (_is_num(data.get(key)) and data[key] >= 0):
             raise bad(f"'{key}'", f"must be a non-negative number, got {data.get(key)!r}")
-    groups = data.get("groups")
+    key = "groups" if data["schema"] == SCHEMAS[0] else "sites"
+    groups = data.get(key)
     if not isinstance(groups, dict):
-        raise bad("'groups'", "must be an object {group id: {...}}")
+        raise bad(f"'{key}'", "must be an object {site id: {...}}")
     for gid, g in groups.items():
-        where = f"groups[{gid!r}]"
+        where = f"{key}[{gid!r}]"
         if not isinstance(g, dict):
             raise bad(where, "must be an object")
+        method = g.get("method", "pruning")
+        if not isinstance(method, str) or not method:
+            raise bad(f"{where}.method", f"must be a non-empty string, got {method!r}")
+        if method != "pruning":
+            variants = g.get("variants")
+            if not isinstance(variants, dict) or "dense" not in variants:
+                raise bad(f"{where}.variants", "must be an object {variant: latency_ms} with a 'dense' entry")
+            for vk, vt in variants.items():
+                if not (_is_num(vt) and vt >= 0):
+                    raise bad(f"{where}.variants[{vk!r}]", f"must be a non-negative number, got {vt!r}")
+            continue
         n: Any = g.get("n_units")
         unit: Any = g.get("unit_size")
         if not (_is_int(n) and n > 0):
@@ -424,6 +462,22 @@ def _validate_dict(data: Any, *, source: str) -> None:
             raise bad(
                 f"{where}.levels", f"must end with the dense level (kept_units {n}), ends at {prev}"
             )
+
+
+def _entries(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The site entries of a table dict of either schema."""
+    return data["groups"] if data.get("schema") == SCHEMAS[0] else data["sites"]
+
+
+def _entry_dict(g: GroupLatency | SiteLatency) -> dict[str, Any]:
+    if isinstance(g, SiteLatency):
+        return {"method": g.method, "variants": dict(g.variants)}
+    return {
+        "method": g.method,
+        "n_units": g.n_units,
+        "unit_size": g.unit_size,
+        "levels": [dataclasses.asdict(lv) for lv in g.levels],
+    }
 
 
 # -- model fingerprint -----------------------------------------------------------------------------

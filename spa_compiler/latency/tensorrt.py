@@ -419,3 +419,62 @@ def time_engine(
         threads=None,
         runtime=describe(trt),
     )
+
+
+def timing_available() -> bool:
+    """Whether engines can be timed here: a TensorRT module and a CUDA GPU visible to torch."""
+    try:
+        trt_module()
+        import torch
+    except (SpaError, ImportError):
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@dataclasses.dataclass
+class TensorRtProvider:
+    """TensorRT: each model is written to a temporary file, built into an engine for the GPU
+    present, and timed with CUDA events (`time_engine`). Untested on hardware here (see
+    `time_engine`); the analytic model stands in where `timing_available()` is False."""
+
+    fp16: bool = False
+    runs: int = 50
+    kind: str = "measured"
+
+    def _engine(self, model: Any) -> bytes:
+        import tempfile
+
+        from spa_compiler.ir import ModelIR
+
+        with tempfile.TemporaryDirectory(prefix="spa-trt-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            ir = model if isinstance(model, ModelIR) else ModelIR.from_proto(model)
+            ir.save(path, ir_version=min(ir.ir_version, 10))
+            res = build_engine(path, compute_capability=None, fp16=self.fp16)
+            if not res.ok or res.engine is None:
+                raise SpaError("TensorRT could not build an engine to time: " + res.log[-500:])
+            return res.engine
+
+    def time(self, model: Any, feeds: Mapping[str, Any]) -> Any:
+        return self.time_many([model], feeds)[0]
+
+    def time_many(self, models: Sequence[Any], feeds: Mapping[str, Any]) -> list[Any]:
+        from spa_compiler.latency.provider import Timing
+
+        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        out = []
+        for m in models:  # engines are timed one after another: each build takes seconds anyway
+            meas = time_engine(self._engine(m), shapes=shapes, runs=self.runs)
+            out.append(Timing(meas.median_ms, "measured", meas.runs, meas.p10_ms, meas.p90_ms))
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        trt = trt_module()
+        try:
+            import torch
+
+            device = torch.cuda.get_device_name(0)
+        except Exception:  # pragma: no cover - only where timing_available() was True
+            device = "CUDA GPU"
+        return {"device": device, "runtime": "tensorrt", "runtime_version": str(trt.__version__),
+                "provider": describe(trt), "threads": None, "precision": "fp16" if self.fp16 else "fp32"}

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -388,18 +388,3 @@ def correct_budget(
     return new
 
 
-def levels_from_mapping(
-    latency: Mapping[Hashable, Mapping[Hashable, float]],
-    error: Mapping[Hashable, Mapping[Hashable, float]],
-) -> list[GroupOptions]:
-    """GroupOptions from {group: {level: latency_ms}} and {group: {level: error}} (same keys)."""
-    out: list[GroupOptions] = []
-    for gid, lat in latency.items():
-        if gid not in error or set(error[gid]) != set(lat):
-            raise ValueError(f"group {gid!r}: latency and error levels differ")
-        out.append(
-            GroupOptions(
-                gid, [Level(lid, float(t), float(error[gid][lid])) for lid, t in lat.items()]
-            )
-        )
-    return out

@@ -27,7 +27,7 @@ from spa_compiler.latency.analytic import (
     get_device,
 )
 from spa_compiler.latency.table import LatencyTable, structure_fingerprint
-from spa_compiler.search.knapsack import choose_levels
+from spa_compiler.search.knapsack import GroupOptions, Level, choose_levels
 from spa_compiler.stats import model_stats
 from tests.helpers import conv_chain_model, make_model
 
@@ -166,6 +166,7 @@ def test_analytic_table_validates_and_feeds_the_search() -> None:
     assert LatencyTable.from_dict(table.to_dict()) == table
     assert table.base_ms == pytest.approx(0.0, abs=1e-5)  # all MACs belong to the group (Relu ~ 0)
     assert table.lookup("hidden", 32) == pytest.approx(table.lookup("hidden", 64) / 2)
-    opts = table.group_options({"hidden": {64: 0.0, 48: 1.0, 32: 2.0, 16: 5.0}})
+    opts = [GroupOptions("hidden", [Level(k, table.lookup("hidden", k), e)
+                                     for k, e in {64: 0.0, 48: 1.0, 32: 2.0, 16: 5.0}.items()])]
     r = choose_levels(opts, budget_ms=0.6 * est.total_ms, base_ms=table.base_ms)
     assert r.feasible and r.levels == {"hidden": 32}

@@ -23,8 +23,8 @@ from spa_compiler.calibration import (
     load_calibration,
     model_inputs,
 )
-from spa_compiler.errors import PreconditionError, SpaError, UsageError
 from spa_compiler.criteria.hessian import HessianAccumulator
+from spa_compiler.errors import PreconditionError, SpaError, UsageError
 from spa_compiler.ir import ModelIR
 
 NAMES = ["x", "idx"]

@@ -13,6 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from spa_compiler import models_zoo
+from spa_compiler.cli import main as cli_main
+from spa_compiler.errors import UsageError
 from spa_compiler.groups.analysis import (
     ALL_UNITS,
     analyze,
@@ -21,8 +23,6 @@ from spa_compiler.groups.analysis import (
     random_plan,
     round_removal,
 )
-from spa_compiler.cli import main as cli_main
-from spa_compiler.errors import UsageError
 from spa_compiler.groups.dims import DimSpace
 from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.groups.report import format_groups, groups_to_json
@@ -264,7 +264,7 @@ def test_cli_inspect_groups(capsys: pytest.CaptureFixture[str]) -> None:
 def test_custom_domain_model_still_compiles(rng: np.random.Generator) -> None:
     """A model with an op we have never seen still compiles through the pass, pruned around it."""
     from spa_compiler.context import CompileContext
-    from spa_compiler.passes.prune_spa import PruneSpaPass
+    from spa_compiler.passes.prune_uniform import PruneUniformPass
 
     init = {
         "w1": (rng.standard_normal((8, 3, 1, 1))).astype(F),
@@ -290,7 +290,7 @@ def test_custom_domain_model_still_compiles(rng: np.random.Generator) -> None:
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("org.weird", 1)]
     )
     model = ModelIR.from_proto(proto)
-    res = PruneSpaPass(ratio=0.5).run(model, CompileContext())
+    res = PruneUniformPass(criterion="magnitude", ratio=0.5).run(model, CompileContext())
     assert res.modified and res.stats["groups_pruned"] == 1
     assert res.skipped.get("frozen:unknown-op") == 2  # its input channels and its output channels
     onnx.checker.check_model(model.to_proto())

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from spa_compiler import models_zoo
-from spa_compiler.groups.analysis import ALL_UNITS, analyze, prune_groups, random_plan
 from spa_compiler.errors import UsageError
+from spa_compiler.groups.analysis import ALL_UNITS, analyze, prune_groups, random_plan
 from spa_compiler.ir import ModelIR, constant_value
 from spa_compiler.ort import random_feeds, run
 

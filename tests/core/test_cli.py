@@ -59,7 +59,7 @@ def test_compile_ok_writes_output_and_report(tmp_path: Path, chain_path: Path, c
     assert data["status"] == "ok"
     assert data["after"]["params"] < data["before"]["params"]
     assert data["before"]["latency_ms"] > 0 and data["after"]["latency_ms"] > 0
-    assert [p["name"] for p in data["passes"]] == ["cleanup", "prune-ziplm", "cleanup"]
+    assert [p["name"] for p in data["passes"]] == ["cleanup", "prune-to-budget", "cleanup"]
     assert "latency" in stdout
     onnx.checker.check_model(str(out), full_check=True)
     _no_leftovers(tmp_path, {"model.onnx", "out.onnx", "report.json"})
@@ -161,8 +161,9 @@ def test_output_equal_to_input_exit_2(chain_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["-p", "prune-magnitud"], "did you mean 'prune-magnitude'"),
-        (["-p", "prune-magnitude{ratio=abc}"], "expected float"),
+        (["-p", "prune-unifrm"], "did you mean 'prune-uniform'"),
+        (["-p", "prune-uniform{ratio=abc}"], "expected float"),
+        (["-p", "prune-uniform{bogus=1}"], "no option 'bogus'"),
         (["-p", "prune-magnitude{bogus=1}"], "no option 'bogus'"),
         (["--latency-budget", "fast"], "latency budget"),
         (["--latency-budget", "1.5x"], "slower than the dense model"),
@@ -186,7 +187,7 @@ def test_unknown_flag_is_one_line_exit_2(capsys) -> None:
 
 
 def test_pass_precondition_error_exit_2(tmp_path: Path, chain_path: Path, capsys) -> None:
-    code, _, err = _run(capsys, str(chain_path), "-o", str(tmp_path / "o.onnx"), "-p", "prune-magnitude{ratio=1.5}")
+    code, _, err = _run(capsys, str(chain_path), "-o", str(tmp_path / "o.onnx"), "-p", "prune-uniform{ratio=1.5}")
     assert code == 2
     _assert_one_line_error(err, "ratio must be in [0, 1)")
 
@@ -223,7 +224,7 @@ def test_inspect_and_list_passes(chain_path: Path, capsys) -> None:
     code, out, _ = _run(capsys, "list-passes", "--json")
     data = json.loads(out)
     names = [p["name"] for p in data["passes"]]
-    assert "prune-magnitude" in names and "cleanup" in names
+    assert {"prune-uniform", "prune-to-budget", "cleanup"} <= set(names)
     assert all(p["summary"] for p in data["passes"])
 
 
@@ -232,7 +233,7 @@ def test_python_m_and_console_script(chain_path: Path) -> None:
     import sys
 
     r = subprocess.run([sys.executable, "-m", "spa_compiler", "list-passes"], capture_output=True, text=True)
-    assert r.returncode == 0 and "prune-magnitude" in r.stdout
+    assert r.returncode == 0 and "prune-to-budget" in r.stdout
     r = subprocess.run([sys.executable, "-m", "spa_compiler", str(chain_path) + ".nope"], capture_output=True,
                        text=True)
     assert r.returncode == 3 and r.stderr.count("\n") == 1 and "no such file" in r.stderr

@@ -12,10 +12,11 @@ import pytest
 from spa_compiler.groups.analysis import analyze, prune_groups
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.cache import cache_root, entry_key, open_cache
-from spa_compiler.latency.profile import build_table, kept_levels
-from spa_compiler.latency.provider import OrtCpuProvider, Timing
+from spa_compiler.latency.profile import profile_pruning
+from spa_compiler.latency.ort_cpu import OrtCpuProvider
+from spa_compiler.latency.provider import Timing
 from spa_compiler.stats import model_stats
-from tests.passes.test_prune_ziplm import _two_layer
+from tests.passes.test_prune_to_budget import _two_layer
 
 UNITS = ("channel", "head", "neuron")
 
@@ -49,9 +50,8 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _table(model: ModelIR, provider: CountingProvider, shapes: dict | None = None):
-    groups = analyze(model, units=UNITS).prunable
-    levels = {g.id: kept_levels(g.n_units, g.unit_size, max_ratio=0.75, count=4) for g in groups}
-    return build_table(model, groups, levels, provider, {}, units=UNITS, input_shapes=shapes or {"x": (256, 32)})
+    return profile_pruning(model, "ort-cpu", provider, {}, units=UNITS, input_shapes=shapes or {"x": (256, 32)},
+                           round_to=1, levels=4)
 
 
 def test_second_table_of_the_same_model_and_target_times_nothing(cache_dir: Path, rng: np.random.Generator) -> None:
@@ -63,7 +63,8 @@ def test_second_table_of_the_same_model_and_target_times_nothing(cache_dir: Path
     second = CountingProvider()
     t2 = _table(model, second)
     assert second.timed == 0  # every variant from the cache: nothing re-profiled
-    assert t2.to_dict()["groups"] == t1.to_dict()["groups"]
+    d1, d2 = t1.to_dict(), t2.to_dict()
+    assert d1["sites" if "sites" in d1 else "groups"] == d2["sites" if "sites" in d2 else "groups"]
     assert t2.dense_ms == t1.dense_ms
     assert "from the timing cache" in t2.provenance.notes
 
@@ -147,7 +148,7 @@ def test_ort_provider_builds_one_session_per_structure(rng: np.random.Generator)
 def test_second_compile_pass_retimes_nothing(cache_dir: Path, rng: np.random.Generator) -> None:
     """prune-ziplm twice on the same model and target: table and search candidates all cached,
     the same decisions."""
-    from passes.prune_ziplm import PruneZipLMPass
+    from spa_compiler.passes.prune_to_budget import PruneToBudgetPass
     from spa_compiler import CompileContext, PassManager
 
     proto = _two_layer(rng)
@@ -159,9 +160,8 @@ def test_second_compile_pass_retimes_nothing(cache_dir: Path, rng: np.random.Gen
         dense = provider.time(model, {}).ms
         provider.timed = 0
         ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.6 * dense, max_error=10.0,
-                             input_shapes={"x": (256, 32)})
-        ctx.options["dense_ms"] = dense
-        PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=6)]).run(model, ctx)
+                             input_shapes={"x": (256, 32)}, dense_ms=dense)
+        PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", levels=6)]).run(model, ctx)
         (rec,) = ctx.report.passes
         kept.append({d["group"]: d["kept"] for d in rec.details if "kept" in d})
         timed.append(provider.timed)

@@ -25,7 +25,7 @@ from spa_compiler.latency.table import (
     Provenance,
     structure_fingerprint,
 )
-from spa_compiler.search.knapsack import choose_levels
+from spa_compiler.search.knapsack import GroupOptions, Level, choose_levels
 from tests.helpers import make_model
 
 
@@ -132,7 +132,8 @@ def test_lookups_and_additive_prediction() -> None:
 
 def test_group_options_feed_the_search() -> None:
     t = _table()
-    opts = t.group_options({"ffn.0": {8: 0.0, 4: 1.0, 2: 3.0}, "heads.0": {4: 0.0, 1: 2.0}})
+    errors = {"ffn.0": {8: 0.0, 4: 1.0, 2: 3.0}, "heads.0": {4: 0.0, 1: 2.0}}
+    opts = [GroupOptions(g, [Level(k, t.lookup(g, k), e) for k, e in by.items()]) for g, by in errors.items()]
     r = choose_levels(opts, budget_ms=0.55 + 0.35 + 0.3, base_ms=t.base_ms)
     assert r.feasible and r.levels == {"ffn.0": 4, "heads.0": 4}
 
@@ -147,6 +148,27 @@ def test_save_and_load(tmp_path: Path) -> None:
     assert '"kind": "measured"' in text and text.count("\n") < 60
 
 
+def test_version_1_tables_still_load_and_named_variants_round_trip(tmp_path: Path) -> None:
+    from spa_compiler.latency.table import SiteLatency
+
+    d = _table().to_dict()
+    v1 = {**{k: v for k, v in d.items() if k != "sites"}, "schema": "spa-latency-table/1",
+          "groups": {g: {k: v for k, v in e.items() if k != "method"} for g, e in d["sites"].items()}}
+    old = LatencyTable.from_dict(v1)
+    assert old == _table() and old.methods() == {"pruning"}
+    mixed = LatencyTable.from_dict({**d, "sites": {**d["sites"], "mlp.0.down": {
+        "method": "nm", "variants": {"dense": 0.2, "2:4": 0.15}}}})
+    assert isinstance(mixed.groups["mlp.0.down"], SiteLatency)
+    assert mixed.lookup("mlp.0.down", "2:4") == pytest.approx(0.15)
+    assert mixed.methods() == {"pruning", "nm"}
+    with pytest.raises(UsageError, match="not measured"):
+        mixed.lookup("mlp.0.down", "4:8")
+    path = tmp_path / "t.json"
+    mixed.save(path)
+    assert LatencyTable.load(path) == mixed
+    assert mixed.predict_ms({"mlp.0.down": "2:4"}) == pytest.approx(mixed.additive_dense_ms - 0.05)
+
+
 def _mutated(edit: Any) -> dict[str, Any]:
     d = _table().to_dict()
     edit(d)
@@ -156,7 +178,7 @@ def _mutated(edit: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda d: d.update(schema="other/2"), "'schema' must be 'spa-latency-table/1'"),
+        (lambda d: d.update(schema="other/2"), "'schema' must be one of"),
         (lambda d: d.update(kind="guessed"), "'kind' must be one of"),
         (lambda d: d["provenance"].pop("device"), "provenance.device must be a non-empty string"),
         (lambda d: d["provenance"].update(date=""), "provenance.date"),
@@ -164,17 +186,17 @@ def _mutated(edit: Any) -> dict[str, Any]:
         (lambda d: d["provenance"].update(input_shapes={"x": [8, "N"]}), r"input_shapes\['x'\]"),
         (lambda d: d.update(dense_ms=-1), "'dense_ms' must be a non-negative number"),
         (lambda d: d.update(base_ms=True), "'base_ms'"),
-        (lambda d: d.update(groups=[]), "'groups' must be an object"),
-        (lambda d: d["groups"]["ffn.0"].update(n_units=0), r"groups\['ffn.0'\].n_units"),
-        (lambda d: d["groups"]["ffn.0"].update(levels=[]), "levels must be a non-empty list"),
-        (lambda d: d["groups"]["ffn.0"]["levels"].pop(), "must end with the dense level"),
-        (lambda d: d["groups"]["ffn.0"]["levels"].reverse(), "must increase strictly"),
+        (lambda d: d.update(sites=[]), "'sites' must be an object"),
+        (lambda d: d["sites"]["ffn.0"].update(n_units=0), r"sites\['ffn.0'\].n_units"),
+        (lambda d: d["sites"]["ffn.0"].update(levels=[]), "levels must be a non-empty list"),
+        (lambda d: d["sites"]["ffn.0"]["levels"].pop(), "must end with the dense level"),
+        (lambda d: d["sites"]["ffn.0"]["levels"].reverse(), "must increase strictly"),
         (
-            lambda d: d["groups"]["ffn.0"]["levels"][0].update(kept_units=9),
+            lambda d: d["sites"]["ffn.0"]["levels"][0].update(kept_units=9),
             r"kept_units must be an integer in 0..8",
         ),
-        (lambda d: d["groups"]["ffn.0"]["levels"][0].update(latency_ms=float("nan")), "latency_ms"),
-        (lambda d: d["groups"]["ffn.0"]["levels"][0].update(latency_ms="0.2"), "latency_ms"),
+        (lambda d: d["sites"]["ffn.0"]["levels"][0].update(latency_ms=float("nan")), "latency_ms"),
+        (lambda d: d["sites"]["ffn.0"]["levels"][0].update(latency_ms="0.2"), "latency_ms"),
     ],
 )
 def test_malformed_tables_are_usage_errors(edit: Any, match: str) -> None:
@@ -192,7 +214,7 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("[]")
     with pytest.raises(UsageError, match="bad.json: top level must be a JSON object"):
         LatencyTable.load(bad)
-    assert SCHEMA == "spa-latency-table/1"
+    assert SCHEMA == "spa-latency-table/2"
 
 
 def test_check_compatible() -> None:
@@ -272,7 +294,7 @@ def test_provenance_records_a_date() -> None:
 
 
 def test_kept_levels_are_hardware_multiples_and_narrow_groups_relax() -> None:
-    from spa_compiler.latency.profile import kept_levels
+    from spa_compiler.methods.pruning import kept_levels
 
     lv = kept_levels(1536, 1, round_to=8, max_ratio=0.75, count=8)
     assert lv[-1] == 1536 and len(lv) == 8 and all(k % 8 == 0 for k in lv)

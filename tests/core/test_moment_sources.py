@@ -20,13 +20,13 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
 
-from spa_compiler.groups.analysis import analyze
-from spa_compiler.criteria.paths import group_paths
-from spa_compiler.errors import UsageError
 from spa_compiler.criteria.hessian import HessianAccumulator, im2col
-from spa_compiler.ir import ModelIR
 from spa_compiler.criteria.moment_sources import BATCHNORM, CALIBRATION, RESPONSE, batchnorm_moments
 from spa_compiler.criteria.obs import prepare_hessian
+from spa_compiler.criteria.paths import group_paths
+from spa_compiler.errors import UsageError
+from spa_compiler.groups.analysis import analyze
+from spa_compiler.ir import ModelIR
 from tests.helpers import make_model, run_ort
 
 C = 4

@@ -14,19 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa_compiler.errors import PreconditionError
 from spa_compiler.criteria.obs import (
     ObsPath,
     greedy_prune,
     group_errors,
     inverse_hessian,
-    magnitude_scores,
     prepare_hessian,
     remove_group,
     solve_kept,
     uniform_levels,
     wanda_scores,
 )
+from spa_compiler.errors import PreconditionError
 
 Arr = npt.NDArray[np.float64]
 
@@ -317,11 +316,9 @@ def test_uniform_levels() -> None:
 # ---------------------------------------------------------------------- baseline criteria
 
 
-def test_magnitude_and_wanda_scores() -> None:
+def test_wanda_scores() -> None:
     w = np.array([[1.0, -2.0, 0.0, 3.0], [0.0, 2.0, -1.0, 4.0]])
     groups = [[0, 1], [2], [3]]
-    np.testing.assert_allclose(magnitude_scores(w, groups, p=1), [5.0, 1.0, 7.0])
-    np.testing.assert_allclose(magnitude_scores(w, groups), [3.0, 1.0, 5.0])
     norms = np.array([1.0, 0.5, 2.0, 0.0])
     np.testing.assert_allclose(wanda_scores(w, norms, groups), [1 + 2, 2.0, 0.0])
     # a Hessian gives sqrt(diag): H = diag(norms^2) -> the same scores

@@ -116,22 +116,22 @@ def test_in_place_promise_enforced(rng: np.random.Generator) -> None:
 
 
 def test_keep_input_leaves_caller_model_alone(rng: np.random.Generator) -> None:
-    from spa_compiler.passes.prune_magnitude import PruneMagnitudePass
+    from spa_compiler.passes.prune_uniform import PruneUniformPass
 
     model = _model(rng)
     before = model.fingerprint()
-    result = PassManager([PruneMagnitudePass(ratio=0.5)], keep_input=True).run(model, CompileContext())
+    result = PassManager([PruneUniformPass(criterion="magnitude", ratio=0.5)], keep_input=True).run(model, CompileContext())
     assert result.modified and result.model is not model
     assert model.fingerprint() == before
 
 
 def test_report_records_stats_and_time(rng: np.random.Generator) -> None:
-    from spa_compiler.passes.prune_magnitude import PruneMagnitudePass
+    from spa_compiler.passes.prune_uniform import PruneUniformPass
 
     ctx = CompileContext()
     model = _model(rng)
-    PassManager([PruneMagnitudePass(ratio=0.5)]).run(model, ctx)
+    PassManager([PruneUniformPass(criterion="magnitude", ratio=0.5)]).run(model, ctx)
     (rec,) = ctx.report.passes
-    assert rec.modified and rec.stats["chains_pruned"] == 2 and rec.seconds >= 0
-    assert rec.skipped == {"feeds-graph-output": 1}
+    assert rec.modified and rec.stats["groups_pruned"] == 2 and rec.seconds >= 0
+    assert rec.skipped == {"frozen:graph-input": 1, "frozen:graph-output": 1}
     assert model.version == 1

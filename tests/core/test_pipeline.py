@@ -25,15 +25,15 @@ def test_malformed_specs_are_usage_errors(spec: str) -> None:
 
 
 def test_parse_builds_typed_options() -> None:
-    (p,) = parse("prune-magnitude{ratio=0.5,round-to=8,norm=l1}")
+    (p,) = parse("prune-uniform{ratio=0.5,round-to=8,norm=l1}")
     assert (p.ratio, p.round_to, p.norm) == (0.5, 8, "l1")
     assert isinstance(p.ratio, float) and isinstance(p.round_to, int)
 
 
 def test_unknown_passes_reported_together() -> None:
     with pytest.raises(UsageError) as e:
-        parse("cleanup,prune-magnitud,foo")
-    assert "prune-magnitud" in str(e.value) and "foo" in str(e.value)
+        parse("cleanup,prune-unifrm,foo")
+    assert "prune-unifrm" in str(e.value) and "foo" in str(e.value)
 
 
 @pytest.mark.parametrize("name", sorted(PASSES))

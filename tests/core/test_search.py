@@ -22,7 +22,6 @@ from spa_compiler.search.knapsack import (
     SearchResult,
     choose_levels,
     correct_budget,
-    levels_from_mapping,
 )
 
 TOL = 1e-9
@@ -290,10 +289,3 @@ def test_correct_budget_fixed_point(
         assert new <= current
     # if the measured/predicted ratio holds, a choice predicted at `new` measures at most the target
     assert new * measured / predicted <= target * (1 + 1e-9) or measured > target and new == current
-
-
-def test_levels_from_mapping() -> None:
-    groups = levels_from_mapping({"a": {4: 1.0, 2: 0.5}}, {"a": {4: 0.0, 2: 1.0}})
-    assert choose_levels(groups, 0.6, 0.0).levels == {"a": 2}
-    with pytest.raises(ValueError, match="differ"):
-        levels_from_mapping({"a": {4: 1.0}}, {"a": {2: 0.0}})

@@ -14,9 +14,9 @@ from spa_compiler.calibration import ActivationCollector
 from spa_compiler.context import CompileContext
 from spa_compiler.errors import InvalidModelError
 from spa_compiler.ir import ModelIR
-from spa_compiler.pass_manager import PassManager
-from spa_compiler.passes.prune_ziplm import PruneZipLMPass
 from spa_compiler.ort import make_session, random_feeds
+from spa_compiler.pass_manager import PassManager
+from spa_compiler.passes.prune_to_budget import PruneToBudgetPass
 from spa_compiler.validation import check_model
 from tests.helpers import conv_chain_model
 
@@ -37,7 +37,7 @@ def test_pruning_a_clone_leaves_the_source_untouched() -> None:
     before = model.fingerprint()
     calib = [random_feeds(model, shapes, seed=i) for i in range(2)]
     clone = model.clone()
-    PassManager([PruneZipLMPass(criterion="obs", units=("head", "neuron"), ratio=0.5)]).run(
+    PassManager([PruneToBudgetPass(criterion="obs", units=("head", "neuron"), ratio=0.5)]).run(
         clone, CompileContext(calibration=calib, input_shapes=shapes)
     )
     source, pruned = _arrays(model), _arrays(clone)

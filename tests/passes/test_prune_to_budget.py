@@ -1,4 +1,4 @@
-"""prune-ziplm: criteria quality (relative), exact OBS re-fit, the latency search and its limits."""
+"""prune-to-budget (and prune-uniform with a budget): criteria quality (relative), exact OBS re-fit, the latency search and its limits."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from spa_compiler.groups.analysis import analyze
 from spa_compiler.context import CompileContext
 from spa_compiler.criteria.paths import group_paths
 from spa_compiler.errors import PreconditionError
+from spa_compiler.groups.analysis import analyze
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.provider import Timing
 from spa_compiler.pass_manager import PassManager
-from spa_compiler.passes.prune_ziplm import PruneZipLMPass
+from spa_compiler.passes.prune_to_budget import PruneToBudgetPass
+from spa_compiler.passes.prune_uniform import PruneUniformPass
 from spa_compiler.stats import model_stats
 from spa_compiler.validation import check_model
 from tests.helpers import make_model, relative_output_error
@@ -60,7 +61,7 @@ def test_obs_beats_magnitude_at_same_ratio(rng: np.random.Generator) -> None:
     for criterion in ("magnitude", "wanda", "obs"):
         model = ModelIR.from_proto(dense)
         ctx = CompileContext(calibration=calib)
-        PassManager([PruneZipLMPass(round_to=1, criterion=criterion, ratio=0.5)]).run(model, ctx)
+        PassManager([PruneToBudgetPass(round_to=1, criterion=criterion, ratio=0.5)]).run(model, ctx)
         assert model.tensors()["w2"].values.shape == (32, 16)
         check_model(model)
         errors[criterion] = _error(model, dense, held_out)
@@ -98,7 +99,7 @@ def test_obspa_needs_no_data_and_beats_magnitude(rng: np.random.Generator) -> No
     errs = {}
     for criterion in ("magnitude", "obspa"):
         model = ModelIR.from_proto(dense)
-        PassManager([PruneZipLMPass(round_to=1, criterion=criterion, ratio=0.5)]).run(model, CompileContext())
+        PassManager([PruneToBudgetPass(round_to=1, criterion=criterion, ratio=0.5)]).run(model, CompileContext())
         errs[criterion] = _error(model, dense, held_out)
     assert errs["obspa"] < errs["magnitude"], errs
 
@@ -150,7 +151,7 @@ def test_search_meets_budget(rng: np.random.Generator, fraction: float) -> None:
     provider = MacsProvider()
     dense_ms = provider.time(model, {}).ms
     ctx = CompileContext(latency=provider, feeds={}, budget_ms=fraction * dense_ms, max_error=10.0)
-    result = PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
+    result = PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
     (rec,) = ctx.report.passes
     assert rec.stats["budget_met"] is True
     final = provider.time(model, {}).ms
@@ -171,8 +172,9 @@ def test_uniform_search_shares_one_ratio_and_loses_to_per_group_levels(
         provider = MacsProvider()
         dense_ms = provider.time(model, {}).ms
         ctx = CompileContext(latency=provider, feeds={}, budget_ms=fraction * dense_ms, max_error=10.0)
-        PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9, uniform=uniform)]).run(
-            model, ctx)
+        cls = PruneUniformPass if uniform else PruneToBudgetPass
+        opts = {} if uniform else {"levels": 16}
+        PassManager([cls(round_to=1, criterion="magnitude", max_ratio=0.9, **opts)]).run(model, ctx)
         (rec,) = ctx.report.passes
         assert rec.stats["budget_met"] is True
         assert rec.stats["mode"] == ("uniform-search" if uniform else "latency-search")
@@ -191,7 +193,7 @@ def test_unreachable_budget_is_reported_not_gutted(rng: np.random.Generator) -> 
     provider = MacsProvider()
     dense_ms = provider.time(model, {}).ms
     ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.05 * dense_ms, max_error=0.05)
-    PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", max_ratio=0.9)]).run(model, ctx)
+    PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", max_ratio=0.9)]).run(model, ctx)
     (rec,) = ctx.report.passes
     assert rec.stats["budget_met"] is False
     assert rec.stats["mean_error"] <= 0.05 + 1e-9
@@ -204,18 +206,18 @@ def test_preconditions() -> None:
     model = ModelIR.from_proto(mlp_model(np.random.default_rng(0)))
     for bad in (dict(criterion="nope"), dict(units=("hidden",)), dict(ratio=1.0), dict(levels=1)):
         with pytest.raises(PreconditionError):
-            PruneZipLMPass(**bad).check_preconditions(model, ctx)
+            PruneToBudgetPass(**bad).check_preconditions(model, ctx)
     with pytest.raises(PreconditionError, match="latency model"):
-        PruneZipLMPass().check_preconditions(model, CompileContext(budget_ms=1.0))
+        PruneToBudgetPass().check_preconditions(model, CompileContext(budget_ms=1.0))
 
 
 def test_self_generated_inputs_for_language_models_only() -> None:
     from spa_compiler import models_zoo
-    from spa_compiler.passes.prune_ziplm import _language_model_io, self_generated
     from spa_compiler.ort import random_feeds
+    from spa_compiler.synthetic import language_model_io, self_generated
 
     lm = ModelIR.load(models_zoo.build("tiny_llama", "dynamo"))
-    assert _language_model_io(lm) == ("input_ids", 256)
+    assert language_model_io(lm) == ("input_ids", 256)
     feeds = [random_feeds(lm, {"input_ids": (2, 16)}, seed=s) for s in range(2)]
     gen = self_generated(lm, feeds, rounds=2, seed=0)
     for f, g in zip(feeds, gen):
@@ -246,7 +248,7 @@ def test_joint_fallback_meets_a_budget_the_additive_table_calls_unreachable(rng:
     provider = MaxProvider()
     dense_ms = provider.time(model, {}).ms
     ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.4 * dense_ms, max_error=10.0)
-    PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=8, max_ratio=0.9)]).run(model, ctx)
+    PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", levels=8, max_ratio=0.9)]).run(model, ctx)
     (rec,) = ctx.report.passes
     rounds = rec.details[-1]["search_rounds"]
     # the table-driven rounds could not get there: its fastest plan is one block pruned, ~0.5x
@@ -262,11 +264,11 @@ def test_synthetic_feeds_cover_enough_tokens_for_language_models() -> None:
 
     lm = ModelIR.load(models_zoo.build("tiny_llama", "dynamo"))
     ctx = CompileContext(input_shapes={"input_ids": (1, 16)})
-    feeds = PruneZipLMPass(synthetic_feeds=2, synthetic_tokens=100, lm_rounds=0)._synthetic(ctx, lm)
+    feeds = PruneToBudgetPass(synthetic_feeds=2, synthetic_tokens=100, lm_rounds=0)._synthetic(ctx, lm)
     assert len(feeds) == 7  # ceil(100 / 16): a short latency shape does not starve the statistics
     assert len({f["input_ids"].tobytes() for f in feeds}) == 7
     cnn = ModelIR.load(models_zoo.build("tiny_resnet", "dynamo"))
-    assert len(PruneZipLMPass(synthetic_feeds=2, synthetic_tokens=100)._synthetic(CompileContext(), cnn)) == 2
+    assert len(PruneToBudgetPass(synthetic_feeds=2, synthetic_tokens=100)._synthetic(CompileContext(), cnn)) == 2
 
 
 @dataclasses.dataclass
@@ -279,19 +281,18 @@ class SlowProvider(MacsProvider):
 
 
 def test_a_table_from_another_run_is_rescaled_to_the_dense_model_measured_now(rng: np.random.Generator) -> None:
-    from spa_compiler.latency.profile import build_table, kept_levels
+    from spa_compiler.latency.profile import profile_pruning
 
     model = ModelIR.from_proto(_two_layer(rng))
     units = ("channel", "head", "neuron")
-    groups = analyze(model, units=units).prunable
-    levels = {g.id: kept_levels(g.n_units, g.unit_size, max_ratio=0.9, count=16) for g in groups}
-    table = build_table(model, groups, levels, MacsProvider(), {}, units=units, input_shapes={})  # a quiet day
+    table = profile_pruning(model, "ort-cpu", MacsProvider(), {}, units=units, input_shapes={}, round_to=1,
+                            max_ratio=0.9, levels=16)  # a quiet day
     provider = SlowProvider()  # today the machine is 4x slower
     dense_ms = provider.time(model, {}).ms
     assert dense_ms == pytest.approx(4 * table.dense_ms)
-    ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.6 * dense_ms, max_error=10.0, latency_table=table)
-    ctx.options["dense_ms"] = dense_ms
-    PassManager([PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
+    ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.6 * dense_ms, max_error=10.0, latency_table=table,
+                         dense_ms=dense_ms)
+    PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)]).run(model, ctx)
     (rec,) = ctx.report.passes
     rounds = rec.details[-1]["search_rounds"]
     # unscaled, round 1 would look for 0.6x of today's dense in the quiet table's milliseconds (2.4x
@@ -302,7 +303,7 @@ def test_a_table_from_another_run_is_rescaled_to_the_dense_model_measured_now(rn
 
 
 def test_timed_candidates_skip_the_refit(rng: np.random.Generator) -> None:
-    from spa_compiler.passes.prune_ziplm import apply_plan
+    from spa_compiler.methods.pruning import apply_plan
 
     model = ModelIR.from_proto(mlp_model(rng))
     (group,) = analyze(model).prunable
@@ -313,7 +314,7 @@ def test_timed_candidates_skip_the_refit(rng: np.random.Generator) -> None:
     out = {}
     for compensate in (False, True):
         clone = model.clone()
-        stats = apply_plan(clone, {group.id: group}, paths, {group.id: 40}, units=("channel", "head", "neuron"),
+        stats = apply_plan(clone, paths, {group.id: 40}, units=("channel", "head", "neuron"),
                            compensate=compensate)
         assert stats["weights_refitted"] == int(compensate)
         out[compensate] = clone.tensors()["w2"].values
@@ -323,25 +324,22 @@ def test_timed_candidates_skip_the_refit(rng: np.random.Generator) -> None:
 
 
 def test_a_table_profiled_for_more_unit_kinds_serves_a_pass_that_prunes_fewer(rng: np.random.Generator) -> None:
-    from spa_compiler.latency.profile import build_table, kept_levels
+    from spa_compiler.latency.profile import profile_pruning
 
     model = ModelIR.from_proto(_two_layer(rng))
     groups = analyze(model).prunable
-    levels = {g.id: kept_levels(g.n_units, g.unit_size, max_ratio=0.9, count=16) for g in groups}
-    table = build_table(model, groups, levels, MacsProvider(), {}, units=("channel", "head", "neuron"),
-                        input_shapes={})
+    table = profile_pruning(model, "ort-cpu", MacsProvider(), {}, units=("channel", "head", "neuron"),
+                            input_shapes={}, round_to=1, max_ratio=0.9, levels=16)
     # drop one group from what the pass may prune: the table's extra group must stay dense in the
     # prediction (base), not vanish from it
     keep_out = groups[0].id
     provider = MacsProvider()
     dense_ms = provider.time(model, {}).ms
     ctx = CompileContext(latency=None, feeds={}, budget_ms=0.8 * dense_ms, max_error=10.0, latency_table=table)
-    pz = PruneZipLMPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)
-    paths = group_paths(model, groups, "magnitude", max_ratio=0.9)
-    only = {g.id: g for g in groups if g.id != keep_out}
-    lv = {gid: levels[gid] for gid in only}
-    result = pz._search(model, ctx, only, {k: paths[k] for k in only}, lv, "magnitude", {}, None,
-                        {gid: lv[gid] for gid in only})
+    pz = PruneToBudgetPass(round_to=1, criterion="magnitude", levels=16, max_ratio=0.9)
+    method = pz.build_method(model, ctx)
+    del method.groups[keep_out]
+    result = pz.search(model, ctx, method, uniform=False)
     rounds = result.details[-1]["search_rounds"]
     # predictions are whole-model latencies: at least the untouched group's dense share
     assert all(r["predicted_ms"] >= table.groups[keep_out].dense_ms for r in rounds)

@@ -1,4 +1,4 @@
-"""prune-spa: group-level structured pruning through the PassManager.
+"""prune-uniform: the same share of every coupled-channel group, through the PassManager.
 
 Positive: structure (widths shrink, every group by the same share), validity (checker + strict
 shapes via the PassManager) and numerics (the pass equals prune_groups of the plan it chose, and
@@ -12,22 +12,36 @@ import numpy as np
 import pytest
 
 from spa_compiler import models_zoo
-from spa_compiler.groups.analysis import analyze
 from spa_compiler.context import CompileContext
+from spa_compiler.criteria.magnitude import group_magnitude
 from spa_compiler.errors import PreconditionError
+from spa_compiler.groups.analysis import analyze
 from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.ir import ModelIR
 from spa_compiler.pass_manager import PassManager
-from spa_compiler.criteria.importance import GroupMagnitude
-from spa_compiler.passes.prune_spa import PruneSpaPass
+from spa_compiler.passes.prune_uniform import PruneUniformPass
 from spa_compiler.passes.registry import PASSES
+from spa_compiler.pipeline import parse
 from spa_compiler.validation import check_model
 from tests.helpers import conv_chain_model, run_ort
 
 
-def test_registered() -> None:
-    assert PASSES["prune-spa"] == "spa_compiler.passes.prune_spa:PruneSpaPass"
-    assert PruneSpaPass.__doc__
+def PruneSpaPass(**kw):  # noqa: N802 - prune-spa's defaults, as its alias keeps them
+    return PruneUniformPass(**{"criterion": "magnitude", "min_units": 2, "max_ratio": 0.95, "round_to": 1, **kw})
+
+
+def test_registered_and_old_names_still_parse() -> None:
+    assert PASSES["prune-uniform"] == "spa_compiler.passes.prune_uniform:PruneUniformPass"
+    assert PruneUniformPass.__doc__
+    (p,) = parse("prune-spa{ratio=0.4,criterion=magnitude-normalized}")
+    assert isinstance(p, PruneUniformPass)
+    assert (p.criterion, p.normalize, p.ratio, p.min_units, p.round_to) == ("magnitude", True, 0.4, 2, 1)
+    (p,) = parse("prune-magnitude{ratio=0.5,min-channels=8}")
+    assert isinstance(p, PruneUniformPass) and (p.criterion, p.min_units) == ("magnitude", 8)
+    (p,) = parse("prune-ziplm{uniform=true,levels=4,criterion=obspa}")
+    assert isinstance(p, PruneUniformPass) and p.criterion == "obspa"
+    (p,) = parse("prune-ziplm{levels=4}")
+    assert p.name == "prune-to-budget" and p.levels == 4
 
 
 def test_prunes_conv_chain_and_matches_oracle(rng: np.random.Generator) -> None:
@@ -42,7 +56,7 @@ def test_prunes_conv_chain_and_matches_oracle(rng: np.random.Generator) -> None:
     assert widths == {"conv1": (12, 3, 3, 3), "conv2": (12, 12, 3, 3), "conv3": (8, 12, 1, 1)}
     # the pass removed the lowest-magnitude units: the oracle for that same plan holds
     an = analyze(reference)
-    plan = {d["group"]: _lowest(reference, an, d["group"], d["removed"]) for d in res.details}
+    plan = {d["group"]: _lowest(reference, an, d["group"], d["units"] - d["kept"]) for d in res.details}
     x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     ores = oracle_check(reference, plan, {"x": x})
     assert ores.max_rel <= 1e-5
@@ -53,16 +67,16 @@ def test_prunes_conv_chain_and_matches_oracle(rng: np.random.Generator) -> None:
 
 def _lowest(model: ModelIR, an, gid: str, k: int) -> list[int]:  # noqa: ANN001
     g = an.group(gid)
-    s = GroupMagnitude().scores(model, an, g, CompileContext())
+    s = group_magnitude(model, g)
     return [int(u) for u in np.argsort(s, kind="stable")[:k]]
 
 
 def test_round_to_and_skips(rng: np.random.Generator) -> None:
     model = ModelIR.from_proto(conv_chain_model(rng, c=16))
     res = PruneSpaPass(ratio=0.3, round_to=8).run(model, CompileContext())
-    # 30% of 16 = 4 removed -> 12 kept -> rounded up to 16: nothing left to remove
+    # 30% of 16 = 4.8 removed -> 11 kept -> the nearest multiple of 8 at or above is 16: nothing removed
     assert not res.modified
-    assert res.skipped["rounded-to-nothing"] == 2
+    assert res.skipped["nothing-to-remove"] == 2
     assert res.skipped["frozen:graph-input"] == 1 and res.skipped["frozen:graph-output"] == 1
     res = PruneSpaPass(ratio=0.5, round_to=8).run(model, CompileContext())
     assert res.modified and all(d["kept"] % 8 == 0 for d in res.details)
@@ -83,7 +97,7 @@ def test_min_units_and_zero_ratio(rng: np.random.Generator) -> None:
         ({"units": ("channel", "heads")}, "unknown units"),
         ({"norm": "l3"}, "norm"),
         ({"criterion": "oracle"}, "criterion"),
-        ({"round_to": 0}, "round_to"),
+        ({"round_to": -1}, "round-to"),
     ],
 )
 def test_option_validation(rng: np.random.Generator, kwargs: dict, message: str) -> None:

@@ -1,4 +1,4 @@
-"""prune-ziplm, criterion obspa, on a CNN that keeps its BatchNorms: closed-form moments.
+"""prune-to-budget, criterion obspa, on a CNN that keeps its BatchNorms: closed-form moments.
 
 The model: Conv(3->16) -> BN -> Relu -> Conv(16->32) -> BN -> Relu -> Conv(32->16), every 3x3 with
 padding 1. Its BN statistics are what training leaves behind: the running mean and variance are
@@ -27,7 +27,7 @@ from onnx import TensorProto, helper
 from spa_compiler.context import CompileContext
 from spa_compiler.ir import ModelIR
 from spa_compiler.pass_manager import PassManager
-from spa_compiler.passes.prune_ziplm import PruneZipLMPass
+from spa_compiler.passes.prune_to_budget import PruneToBudgetPass
 from spa_compiler.validation import check_model
 from tests.helpers import make_model, relative_output_error
 
@@ -92,7 +92,7 @@ def test_batchnorm_moments_beat_magnitude_and_random_response() -> None:
                                ("batchnorm", dict(criterion="obspa", moments="auto"))):
             model = ModelIR.from_proto(dense)
             ctx = CompileContext()
-            PassManager([PruneZipLMPass(ratio=0.5, **options)]).run(model, ctx)
+            PassManager([PruneToBudgetPass(ratio=0.5, **options)]).run(model, ctx)
             (rec,) = ctx.report.passes
             assert rec.stats["units_removed"] == 8 + 16
             if label != "magnitude":  # the stats and every group's detail name the moment source
@@ -114,6 +114,6 @@ def test_report_summary_names_the_moment_source() -> None:
     dense = bn_cnn(0, widths=(8, 8, 4))
     model = ModelIR.from_proto(dense)
     ctx = CompileContext()
-    PassManager([PruneZipLMPass(criterion="obspa", ratio=0.25)]).run(model, ctx)
+    PassManager([PruneToBudgetPass(criterion="obspa", ratio=0.25)]).run(model, ctx)
     summary = ctx.report.summary()
     assert "moments_batchnorm=2" in summary and "moments_random_input=0" in summary, summary

@@ -1,0 +1,287 @@
+"""Meeting a measured latency budget: the measure-and-correct loop over any method's variants.
+
+The knapsack (`search.knapsack.choose_levels`) picks one variant per site from an additive latency
+table. The table ignores fusion and launch effects, so every choice is applied to a clone of the
+model, timed whole on the target (in alternation with the dense model, so machine-load changes
+cancel), and the internal budget is corrected by the measured/predicted gap:
+
+1. round 1 searches at the aimed budget B(1 - safety) (the final paired check has its own noise);
+2. while no measurement lands in [B(1 - tolerance), B(1 - safety)]: bracket the internal budget
+   between the largest that measured within budget and the smallest that measured over, bisect
+   inside the bracket, or else correct by the measured/predicted ratio (`correct_budget`);
+3. an infeasible round whose plan still misses ends the rounds (one that meets the budget means a
+   correction overshot: the loop goes on);
+4. if the best plan still misses, the joint fallback (when the caller gives one) bisects one shared
+   share of every site on measurements alone, within the error bound, since pruning every layer
+   kind together can gain more than the table's sum (MiniLM on the H200: the table's fastest plan
+   measured 0.71x, every group at its deepest level 0.64x);
+5. the verdict: the best plan found (within budget with the least error, else the fastest), and
+   whether it meets the user's budget.
+
+Everything here is in the latency table's milliseconds: a table may come from another run (other
+load, another day) while the user's budget is relative to the dense model measured now, so the
+budget is rescaled by table_dense / dense_now before the rounds start.
+
+The loop knows nothing of what a variant does; a `Method` applies plans (`CandidateTimer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+from spa_compiler.ir import ModelIR
+from spa_compiler.methods.base import Method, Plan
+from spa_compiler.search.knapsack import GroupOptions, SearchResult, choose_levels, correct_budget
+
+logger = logging.getLogger(__name__)
+
+#: (plan, predicted ms) -> measured ms, in the latency table's milliseconds.
+MeasureFn = Callable[[dict[str, Hashable], float], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """How hard the loop tries.
+
+    Attributes:
+        max_iters: Measure-and-correct rounds (the joint fallback's measurements come on top).
+        tolerance: Accept a measurement within this fraction under the budget.
+        safety: Aim this fraction under the budget (absorbs the final check's timing noise).
+        joint_max_share: The deepest shared share the joint fallback tries.
+        joint_rounds: Bisection steps of the joint fallback.
+    """
+
+    max_iters: int = 8
+    tolerance: float = 0.05
+    safety: float = 0.015
+    joint_max_share: float = 0.75
+    joint_rounds: int = 4
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the loop chose.
+
+    Attributes:
+        plan: site -> variant key of the chosen plan.
+        measured_ms: Its measured latency (table milliseconds).
+        error: Its summed error.
+        rounds: One record per measurement (predicted, measured, error, status).
+        last: The knapsack result of the last round (None when the plan came from the joint
+            fallback and the table had called the budget unreachable).
+        reached: Whether the measured latency meets the user's budget.
+        unreachable: Why not, when not reached.
+        scale: table dense ms / dense ms now (divide table milliseconds by it for the user's).
+    """
+
+    plan: dict[str, Hashable]
+    measured_ms: float
+    error: float
+    rounds: list[dict[str, Any]]
+    last: SearchResult | None
+    reached: bool
+    unreachable: str | None
+    scale: float
+
+
+class CandidateTimer:
+    """Times plans of one method on a clone of the model, memoized per plan.
+
+    Each candidate is applied with `exact=False` (weight re-fits skipped: latency does not depend
+    on weight values), optionally prepared for the target (`prepare`, e.g. the target's lowering),
+    and timed in alternation with the dense model; its ratio to the dense time, times the reference
+    dense latency, is the measurement. Without a provider the prediction is returned (analytic).
+    """
+
+    def __init__(self, model: ModelIR, method: Method, latency: Any, feeds: Mapping[str, Any],
+                 dense_ref_ms: float, *, prepare: Callable[[ModelIR], ModelIR] | None = None,
+                 input_shapes: Mapping[str, Any] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None):
+        self.model = model
+        self.method = method
+        self.latency = latency
+        self.feeds = dict(feeds)
+        self.dense_ref_ms = dense_ref_ms
+        self.prepare = prepare
+        self.progress = progress
+        self.seen: dict[tuple[tuple[str, Hashable], ...], float] = {}
+        # ratios measured by earlier runs of this model, shapes and provider (latency/cache.py);
+        # prepared candidates (target lowering) are keyed apart from plain ones
+        self.timings = None
+        if latency is not None and input_shapes is not None:
+            from spa_compiler.latency.cache import provider_cache
+
+            self.timings = provider_cache(model, input_shapes, latency)
+
+    def __call__(self, plan: Mapping[str, Hashable], predicted: float) -> float:
+        key = tuple(sorted((str(k), v) for k, v in plan.items()))
+        if key not in self.seen:
+            from spa_compiler.latency.cache import entry_key
+
+            entry = entry_key("candidate", [self.method.name, self.prepare is not None, [list(map(repr, kv)) for kv in key]])
+            hit = self.timings.get(entry) if self.timings is not None else None
+            if self.latency is None:
+                self.seen[key] = predicted
+            elif hit is not None:
+                self.seen[key] = hit[0] * self.dense_ref_ms
+            else:
+                if self.progress:
+                    self.progress("measure candidate", 0, 1)
+                clone = self.model.clone()
+                self.method.apply(clone, dict(plan), exact=False, validate=False)
+                dense = self.model
+                if self.prepare is not None:
+                    clone, dense = self.prepare(clone), self.prepare(self.model)
+                t_dense, t_cand = self.latency.time_many([dense, clone], self.feeds)
+                self.seen[key] = t_cand.ms / t_dense.ms * self.dense_ref_ms
+                del clone
+                if self.timings is not None:
+                    self.timings.put(entry, t_cand.ms / t_dense.ms, t_dense.ms)
+                    self.timings.flush()
+                if self.progress:
+                    self.progress("measure candidate", 1, 1)
+        return self.seen[key]
+
+
+def meet_budget(
+    options: Sequence[GroupOptions],
+    decode: Callable[[SearchResult], dict[str, Hashable]],
+    *,
+    base_ms: float,
+    budget_ms: float,
+    dense_now_ms: float,
+    table_dense_ms: float,
+    measure: MeasureFn,
+    max_total_error: float,
+    settings: LoopSettings = LoopSettings(),
+    has_measurements: bool = True,
+    joint_plan: Callable[[float], dict[str, Hashable]] | None = None,
+    plan_error: Callable[[Mapping[str, Hashable]], float] | None = None,
+    predict: Callable[[Mapping[str, Hashable]], float] | None = None,
+    n_sites: int | None = None,
+) -> Outcome:
+    """Run the rounds (see the module docstring).
+
+    Args:
+        options: Per site, its variants with table latency and error (`knapsack.GroupOptions`).
+        decode: Turns a knapsack result into a plan (site -> variant key).
+        base_ms: What no searched site covers, in table milliseconds.
+        budget_ms: The user's budget in milliseconds of now.
+        dense_now_ms: The dense model's latency measured now.
+        table_dense_ms: The table's dense latency.
+        measure: (plan, predicted) -> measured table milliseconds (e.g. a `CandidateTimer`).
+        max_total_error: The summed-error bound (mean bound times the number of sites).
+        settings: Rounds, tolerance, safety, joint fallback.
+        has_measurements: False when `measure` only echoes predictions (no joint fallback then).
+        joint_plan: share -> a plan pruning every site by about that share (joint fallback).
+        plan_error: A plan's summed error (joint fallback).
+        predict: A plan's additive prediction (joint fallback's records).
+        n_sites: Sites the mean error is taken over (default: len(options)).
+    """
+    n = n_sites if n_sites is not None else len(options)
+    scale = table_dense_ms / dense_now_ms
+    user_budget = budget_ms * scale
+    budget = budget_ms * (1.0 - settings.safety) * scale
+    internal = budget
+    rounds: list[dict[str, Any]] = []
+    best: tuple[float, float, dict[str, Hashable]] | None = None  # (measured, error, plan)
+    result: SearchResult | None = None
+    under: float | None = None  # largest internal budget whose plan measured within budget
+    over: float | None = None  # smallest internal budget whose plan measured over budget
+    for it in range(settings.max_iters):
+        result = choose_levels(options, internal, base_ms, max_error=max_total_error)
+        plan = decode(result)
+        measured = measure(plan, result.predicted_ms)
+        rounds.append({"round": it + 1, "internal_budget_ms": internal, "predicted_ms": result.predicted_ms,
+                       "measured_ms": measured, "mean_error": result.error / n, "status": result.status})
+        logger.info("search round %d: internal %.4f ms, predicted %.4f, measured %.4f, error %.4f",
+                    it + 1, internal, result.predicted_ms, measured, result.error / n)
+        meets = measured <= budget
+        if meets:
+            if best is None or best[0] > budget or result.error < best[1]:
+                best = (measured, result.error, plan)
+            under = internal if under is None else max(under, internal)
+        else:
+            if best is None or (best[0] > budget and measured < best[0]):
+                best = (measured, result.error, plan)
+            over = internal if over is None else min(over, internal)
+        if not result.feasible and not meets:
+            break  # even the fastest plan the table allows misses: the joint fallback may follow
+        # (an infeasible round whose plan meets the budget means a correction overshot: go on)
+        if meets and measured >= user_budget * (1.0 - settings.tolerance):
+            break  # within [1 - tolerance, 1 - safety] of the user's budget
+        if under is not None and over is not None:
+            internal = 0.5 * (under + over)  # bracketed: bisect on the internal budget
+        else:
+            internal = correct_budget(budget, result.predicted_ms, measured, internal)
+            if over is not None:
+                internal = min(internal, over * 0.999)
+    assert best is not None and result is not None
+    if best[0] > budget and has_measurements and joint_plan is not None:
+        assert plan_error is not None and predict is not None
+        best = _joint_fallback(best, budget, user_budget, max_total_error, n, joint_plan, plan_error,
+                               measure, predict, rounds, settings)
+    measured, error, plan = best
+    reached = measured <= user_budget
+    last: SearchResult | None = result
+    if reached and not result.feasible:
+        last = None  # met by a measured joint plan the additive table did not predict
+    unreachable = None
+    if not reached:
+        unreachable = result.message if not result.feasible else (
+            f"measured {measured / scale:.4g} ms after {len(rounds)} rounds")
+    return Outcome(plan, measured, error, rounds, last, reached, unreachable, scale)
+
+
+def _joint_fallback(
+    best: tuple[float, float, dict[str, Hashable]],
+    budget: float,
+    user_budget: float,
+    bound: float,
+    n: int,
+    joint_plan: Callable[[float], dict[str, Hashable]],
+    plan_error: Callable[[Mapping[str, Hashable]], float],
+    measure: MeasureFn,
+    predict: Callable[[Mapping[str, Hashable]], float],
+    rounds: list[dict[str, Any]],
+    settings: LoopSettings,
+) -> tuple[float, float, dict[str, Hashable]]:
+    """Bisect one shared share of every site on measurements, within the error bound."""
+    lo, hi = 0.0, settings.joint_max_share
+    share = hi
+    for _ in range(settings.joint_rounds):
+        plan = joint_plan(share)
+        error = plan_error(plan)
+        if error > bound:
+            hi = share  # too much error at this share: try less
+            share = 0.5 * (lo + hi)
+            continue
+        predicted = predict(plan)
+        measured = measure(plan, predicted)
+        rounds.append({"round": len(rounds) + 1, "uniform_share": round(share, 4), "predicted_ms": predicted,
+                       "measured_ms": measured, "mean_error": error / n, "status": "joint-fallback"})
+        if measured <= budget:
+            if best[0] > budget or error < best[1]:
+                best = (measured, error, plan)
+            if measured >= user_budget * (1.0 - settings.tolerance):
+                break
+            hi = share
+        else:
+            if best[0] > budget and measured < best[0]:
+                best = (measured, error, plan)
+            if share >= settings.joint_max_share:
+                break  # even every site at its deepest level misses: unreachable
+            lo = share
+        share = 0.5 * (lo + hi)
+    return best
+
+
+def plan_of(result: SearchResult) -> dict[str, Hashable]:
+    """The default decode: the knapsack's site -> variant choice as a plan."""
+    return {str(g): k for g, k in result.levels.items()}
+
+
+__all__ = ["CandidateTimer", "LoopSettings", "Outcome", "Plan", "meet_budget", "plan_of"]
