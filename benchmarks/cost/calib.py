@@ -25,3 +25,11 @@ def smollm2_64x512() -> Iterator[dict[str, np.ndarray]]:
 def smollm2_16x512() -> Iterator[dict[str, np.ndarray]]:
     """16 sequences of 512 tokens."""
     return tokens(16, 512, 49152)
+
+
+def llama1b_8x512() -> Iterator[dict[str, np.ndarray]]:
+    """8 sequences of 512 tokens (a 32000-token vocabulary, LLaMA's), with mask and positions."""
+    for feed in tokens(8, 512, 32000):
+        seq = feed["input_ids"].shape[1]
+        yield {**feed, "attention_mask": np.ones((1, seq), dtype=np.int64),
+               "position_ids": np.arange(seq, dtype=np.int64)[None]}
