@@ -185,14 +185,19 @@ def _syrk_add(acc: npt.NDArray[np.floating], flat: npt.NDArray[np.floating]) -> 
         from scipy.linalg import blas
     except ImportError:  # SciPy is optional
         blas = None
-    if blas is not None and acc.dtype == flat.dtype and acc.dtype in (np.float32, np.float64):
-        syrk = blas.dsyrk if acc.dtype == np.float64 else blas.ssyrk
-        out = syrk(1.0, flat, beta=1.0, c=acc, trans=1, lower=0, overwrite_c=1)
-        if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover - BLAS copied
-            acc[...] = out
+    if blas is not None and flat.dtype in (np.float32, np.float64):
+        syrk = blas.dsyrk if flat.dtype == np.float64 else blas.ssyrk
+        if acc.dtype == flat.dtype:
+            out = syrk(1.0, flat, beta=1.0, c=acc, trans=1, lower=0, overwrite_c=1)
+            if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover - BLAS copied
+                acc[...] = out
+            return
+        # float32 products: the upper triangle, column-major like `acc` (a mixed-order add of two
+        # in x in arrays would stride through memory)
+        acc += syrk(1.0, flat, trans=1, lower=0)
         return
-    prod = flat.T @ flat
-    acc += prod.astype(acc.dtype, copy=False)
+    prod = flat.T @ flat  # symmetric: its transpose is a column-major view, as `acc` is
+    acc += prod.T.astype(acc.dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------- Conv
