@@ -12,12 +12,13 @@ count, the elapsed time of the stage and of the whole run, and an estimate of wh
     [  12.0s] obspa paths: 9/37 (24%), 8.1s in stage, about 25s left
 
 Times are wall-clock (`time.monotonic`), so the first line appears as soon as the first stage
-starts. Like tqdm's bars, nothing is written during the first `quiet` seconds (2 by default), so
-a command that fails at once still prints its one-line error alone. A daemon heartbeat thread
-(``heartbeat=True``) writes the stage in progress when the quiet period ends and then whenever a
-stage has gone `every` seconds without a line (a stage with no inner callbacks, e.g. timing the
-dense model, still shows it is alive), so a long run's first line comes `quiet` seconds after the
-start whatever the stage is doing.
+starts. Input errors must stay a one-line message, so lines are held back while the first stage
+(loading and checking the input) runs, for at most `quiet` seconds (8 by default): they start when
+a second stage begins (the first stage's line is written then) or when the quiet period ends. A
+daemon heartbeat thread (``heartbeat=True``) writes the stage in progress when lines start and
+whenever a stage has gone `every` seconds without a line (a stage with no inner callbacks, e.g.
+timing the dense model, still shows it is alive), so a long run's first line comes when its
+second stage starts, and at the latest `quiet` seconds after its first.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ class LogProgress:
         stream: Where lines go (default: ``sys.stderr``, looked up at each write).
         every: Seconds between two lines of the same stage (its first and last line always print).
         prefix: Put before every line (e.g. ``"spa-compile "``).
-        quiet: Seconds after creation during which nothing is written.
+        quiet: Longest time lines are held back while the first stage runs.
         clock: Time source (tests pass a fake one).
     """
 
     def __init__(self, stream: TextIO | None = None, *, every: float = 5.0, prefix: str = "",
-                 quiet: float = 2.0, clock: object = None, heartbeat: bool = False) -> None:
+                 quiet: float = 8.0, clock: object = None, heartbeat: bool = False) -> None:
         self._stream = stream
         self.every = every
         self.quiet = quiet
@@ -65,35 +66,43 @@ class LogProgress:
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
         self.finished: set[str] = set()
+        self.written: set[str] = set()  # stages that have had a line
         self.current: tuple[str, int, int] | None = None
+        self.first: str | None = None  # the first stage seen
+        self.finish_time = self.t0
+        self.armed = False  # lines are written (a second stage began, or the quiet period ended)
         if heartbeat:
             self._thread = threading.Thread(target=self._beat, name="spa-progress", daemon=True)
             self._thread.start()
 
     def _beat(self) -> None:
-        """Write the running stage when the quiet period ends and when it has been silent."""
-        if self._stop.wait(self.quiet):
-            return
-        while True:
+        """Write the running stage when lines start and when it has been silent for `every` s."""
+        while not self._stop.wait(min(1.0, self.every)):
             with self._lock:
+                if not self._is_armed():
+                    continue
                 now = self._clock()
                 cur = self.current
                 if cur is not None and cur[0] not in self.finished:
                     task, done, total = cur
-                    if now - self.last_line.get(task, self.t0) >= self.every or \
-                            self.last_line.get(task, self.t0) - self.t0 < self.quiet:
+                    if now - self.last_line.get(task, self.t0) >= self.every or task not in self.written:
                         self.last_line[task] = now
+                        self.written.add(task)
                         elapsed = format_seconds(now - self.started.get(task, now))
                         count = f" ({done}/{total})" if total > 1 else f" ({done} so far)" if total == 0 and done else ""
                         self._write(f"{task}: running{count}, {elapsed} in stage")
-            if self._stop.wait(min(1.0, self.every)):
-                return
+
+    def _is_armed(self) -> bool:
+        if not self.armed and self._clock() - self.t0 >= self.quiet:
+            self.armed = True
+        return self.armed
 
     def _write(self, text: str) -> None:
-        if self._clock() - self.t0 < self.quiet:
+        if not self._is_armed():
             return
         stream = self._stream or sys.stderr
         try:
+            self.written.add(text.split(":", 1)[0])
             stream.write(f"{self.prefix}[{self._clock() - self.t0:7.1f}s] {text}\n")
             stream.flush()
         except (OSError, ValueError):  # a closed or broken log must not break the compile
@@ -106,6 +115,12 @@ class LogProgress:
 
     def _call(self, task: str, done: int, total: int) -> None:
         now = self._clock()
+        if self.first is None:
+            self.first = task
+        elif task != self.first and not self.armed:
+            self.armed = True  # past the input checks: write from now on, the first stage first
+            if self.first in self.finished:
+                self._write(f"{self.first}: done in {format_seconds(self.finish_time - self.started[self.first])}")
         if task not in self.started or task in self.finished and done < max(total, 1):
             # a new stage, or one that starts again (a second search round re-profiles)
             self.started[task] = now
@@ -113,6 +128,7 @@ class LogProgress:
             self.last_line[task] = now
             if total > 0 and done >= total:  # a one-shot stage reported as done at once
                 self.finished.add(task)
+                self.finish_time = now
                 self._write(f"{task}: done")
                 return
             self._write(f"{task}: started" + (f" (0/{total})" if total > 1 and done == 0 else
@@ -121,10 +137,11 @@ class LogProgress:
         if task in self.finished:
             return
         elapsed = now - self.started[task]
-        if self.last_line[task] - self.t0 < self.quiet <= now - self.t0:
-            self.last_line[task] = self.t0 - self.every  # its lines were held back: write one now
+        if task not in self.written and self.armed:
+            self.last_line[task] = now - self.every  # its lines were held back: write one now
         if total > 0 and done >= total:
             self.finished.add(task)
+            self.finish_time = now
             self._write(f"{task}: done ({total}/{total}) in {format_seconds(elapsed)}" if total > 1
                         else f"{task}: done in {format_seconds(elapsed)}")
             return

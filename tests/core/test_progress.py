@@ -59,18 +59,26 @@ def test_unknown_total_and_restart() -> None:
     assert text.count("latency table: started") == 2
 
 
-def test_quiet_period_holds_lines_back_then_reports_the_running_stage() -> None:
+def test_lines_held_back_during_the_first_stage() -> None:
+    """Input errors come during the first stage (load): they must stay the only line."""
     clock, buf = _Clock(), io.StringIO()
-    p = LogProgress(buf, every=5.0, quiet=2.0, clock=clock)
+    p = LogProgress(buf, every=5.0, quiet=8.0, clock=clock)
     p("load", 0, 1)
+    clock.t += 3.0
     p("load", 1, 1)
-    p("paths", 0, 10)
-    clock.t += 1.0
-    p("paths", 1, 10)
-    assert buf.getvalue() == ""  # a command that fails now prints its error alone
-    clock.t += 1.5
-    p("paths", 2, 10)  # past the quiet period: the running stage is reported at once
-    assert "paths: 2/10 (20%)" in buf.getvalue()
+    assert buf.getvalue() == ""  # a command failing now prints its error alone
+    p("paths", 0, 10)  # a second stage: past the input checks, lines start
+    lines = _lines(buf)
+    assert lines[0].endswith("load: done in 3.0s") and lines[1].endswith("paths: started (0/10)")
+
+
+def test_a_long_first_stage_is_reported_after_the_quiet_period() -> None:
+    clock, buf = _Clock(), io.StringIO()
+    p = LogProgress(buf, every=5.0, quiet=8.0, clock=clock)
+    p("load", 0, 2)
+    clock.t += 9.0
+    p("load", 1, 2)
+    assert "load: 1/2 (50%)" in buf.getvalue()
 
 
 def test_format_seconds() -> None:
