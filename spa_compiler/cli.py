@@ -151,7 +151,8 @@ class _Progress:
         if enabled and not self.enabled and os.environ.get("SPA_COMPILER_PROGRESS", "1") != "0":
             from spa_compiler.progress import LogProgress
 
-            self.log = LogProgress(prefix="spa-compile ", heartbeat=True)
+            # lines start once the passes run (their option checks come first) or after 8 s
+            self.log = LogProgress(prefix="spa-compile ", heartbeat=True, hold=("load", "measure dense"))
 
     def __call__(self, task: str, done: int, total: int) -> None:
         if self.log is not None:

@@ -12,9 +12,10 @@ count, the elapsed time of the stage and of the whole run, and an estimate of wh
     [  12.0s] obspa paths: 9/37 (24%), 8.1s in stage, about 25s left
 
 Times are wall-clock (`time.monotonic`), so the first line appears as soon as the first stage
-starts. Input errors must stay a one-line message, so lines are held back while the first stage
-(loading and checking the input) runs, for at most `quiet` seconds (8 by default): they start when
-a second stage begins (the first stage's line is written then) or when the quiet period ends. A
+starts. Input errors must stay a one-line message, so lines are held back while the setup stages
+run (`hold`: by default the first stage; the CLI holds "load" and "measure dense", after which the
+passes check their options), for at most `quiet` seconds (8 by default): they start when another
+stage begins (the setup stages' last line is written then) or when the quiet period ends. A
 daemon heartbeat thread (``heartbeat=True``) writes the stage in progress when lines start and
 whenever a stage has gone `every` seconds without a line (a stage with no inner callbacks, e.g.
 timing the dense model, still shows it is alive), so a long run's first line comes when its
@@ -26,6 +27,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Collection
 from typing import TextIO
 
 __all__ = ["LogProgress", "format_seconds"]
@@ -48,12 +50,14 @@ class LogProgress:
         stream: Where lines go (default: ``sys.stderr``, looked up at each write).
         every: Seconds between two lines of the same stage (its first and last line always print).
         prefix: Put before every line (e.g. ``"spa-compile "``).
-        quiet: Longest time lines are held back while the first stage runs.
+        quiet: Longest time lines are held back while the setup stages run.
+        hold: The setup stages (default: whichever stage comes first).
         clock: Time source (tests pass a fake one).
     """
 
     def __init__(self, stream: TextIO | None = None, *, every: float = 5.0, prefix: str = "",
-                 quiet: float = 8.0, clock: object = None, heartbeat: bool = False) -> None:
+                 quiet: float = 8.0, clock: object = None, heartbeat: bool = False,
+                 hold: Collection[str] | None = None) -> None:
         self._stream = stream
         self.every = every
         self.quiet = quiet
@@ -68,7 +72,8 @@ class LogProgress:
         self.finished: set[str] = set()
         self.written: set[str] = set()  # stages that have had a line
         self.current: tuple[str, int, int] | None = None
-        self.first: str | None = None  # the first stage seen
+        self.hold = set(hold) if hold is not None else None
+        self.first: str | None = None  # the last setup stage seen
         self.finish_time = self.t0
         self.armed = False  # lines are written (a second stage began, or the quiet period ended)
         if heartbeat:
@@ -115,7 +120,7 @@ class LogProgress:
 
     def _call(self, task: str, done: int, total: int) -> None:
         now = self._clock()
-        if self.first is None:
+        if self.first is None or (self.hold is not None and task in self.hold and not self.armed):
             self.first = task
         elif task != self.first and not self.armed:
             self.armed = True  # past the input checks: write from now on, the first stage first

@@ -126,3 +126,18 @@ def test_heartbeat_reports_a_stage_without_inner_callbacks() -> None:
     after = len(buf.getvalue())
     time.sleep(0.5)
     assert len(buf.getvalue()) == after  # closed: the heartbeat stopped
+
+
+def test_setup_stages_held_until_the_passes_run() -> None:
+    """The CLI holds load and the dense timing: a pass's option error after them stays one line."""
+    clock, buf = _Clock(), io.StringIO()
+    p = LogProgress(buf, every=5.0, quiet=8.0, clock=clock, hold=("load", "measure dense"))
+    p("load", 0, 1)
+    p("load", 1, 1)
+    p("measure dense", 0, 1)
+    clock.t += 2.0
+    p("measure dense", 1, 1)
+    assert buf.getvalue() == ""
+    p("channel groups", 0, 1)
+    lines = _lines(buf)
+    assert lines[0].endswith("measure dense: done in 2.0s") and lines[1].endswith("channel groups: started")
