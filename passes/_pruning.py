@@ -252,10 +252,11 @@ class PruningPass(Pass):
                 f"{self.name}: budget {float(ctx.budget_ms):.4g} ms unreachable within mean error {bound:.3g}: "
                 f"best reachable {out.measured_ms / scale:.4g} ms ({out.unreachable})"
             )
-        details = [method.detail(g, k, table.lookup(g, k)) for g, k in kept.items()]
+        details = [method.detail(g, k, table.lookup(g, k)) | {"latency_dense_ms": round(table.groups[g].dense_ms, 6)}
+                   for g, k in kept.items()]
         details.append({"search_rounds": out.rounds, "search_units": f"latency-table ms (table dense "
                         f"{table.dense_ms:.4g} ms, dense now {dense_now:.4g} ms)",
-                        "latency_table": table.provenance.__dict__ | {"kind": table.kind,
+                        "latency_table": table.provenance.__dict__ | {"kind": table.kind, "dense_ms": table.dense_ms,
                                                                       "methods": sorted(table.methods())}})
         return PassResult(model, modified=stats.get("groups_pruned", 0) > 0, stats=stats, skipped=skipped,
                           details=details, notes=notes)

@@ -15,6 +15,12 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and _
 ):
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
+# the project's own ops (runtime_ops, domain spa.ops) are known to onnx's checker and shape
+# inference wherever the compiler runs
+from spa_compiler.runtime_ops import register_schemas as _register_schemas  # noqa: E402
+
+_register_schemas()
+
 from spa_compiler.compile import Budget, compile_model, parse_budget  # noqa: E402
 from spa_compiler.context import CompileContext  # noqa: E402
 from spa_compiler.errors import SpaError  # noqa: E402
@@ -22,15 +28,28 @@ from spa_compiler.ir import ModelIR  # noqa: E402
 from spa_compiler.pass_base import Pass, PassResult  # noqa: E402
 from spa_compiler.pass_manager import PassManager  # noqa: E402
 
+# The API's verbs (api.py) take the names of two modules, compile.py and inspect.py: both modules
+# are loaded first, so `from spa_compiler.compile import ...` still finds them (sys.modules) while
+# `spa_compiler.compile` / `spa_compiler.inspect` are the functions. (Write `from spa_compiler.compile
+# import X`, never `import spa_compiler.compile as m`, which would get the function.)
+import spa_compiler.inspect as _inspect_module  # noqa: E402,F401
+from spa_compiler.api import Inspection, Result, Run, compile, inspect, profile  # noqa: E402
+
 __all__ = [
     "Budget",
     "CompileContext",
+    "Inspection",
     "ModelIR",
     "Pass",
     "PassManager",
     "PassResult",
+    "Result",
+    "Run",
     "SpaError",
     "__version__",
+    "compile",
     "compile_model",
+    "inspect",
     "parse_budget",
+    "profile",
 ]

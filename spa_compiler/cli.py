@@ -20,7 +20,7 @@ from spa_compiler.errors import SpaError, UsageError
 
 logger = logging.getLogger("spa_compiler")
 
-VERBS = ("compile", "inspect", "list-passes", "demo", "profile")
+VERBS = ("compile", "inspect", "list-passes", "demo", "profile", "report")
 
 EXIT_OK, EXIT_PASS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compress a model (the default verb)")
     c.add_argument("model", help="input .onnx file (never modified)")
     c.add_argument("-o", "--output", help="output .onnx (default: MODEL.spa.onnx beside the input)")
-    c.add_argument("--latency-budget", help="milliseconds (12.5) or fraction of dense latency (0.6x)")
+    c.add_argument("--latency-budget", help="milliseconds (12.5) or fraction of dense latency (0.6x); several "
+                   "(0.8x,0.6x) write one model per budget, OUTPUT_STEM.<budget>.onnx, and one comparison report")
     c.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
     g = c.add_mutually_exclusive_group()
     g.add_argument("-p", "--passes", help='pipeline spec, e.g. "cleanup,prune-uniform{ratio=0.3}"')
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bound on the search's summed error (normalized); beyond it a budget is unreachable")
     c.add_argument("--calib", help="calibration data: a folder of .npz/.npy or test_data_set_*, or module:function")
     c.add_argument("--report", help="write the JSON report here (written even on failure)")
+    c.add_argument("--report-html", help="write the HTML report here: one self-contained page (written even on failure)")
     c.add_argument("--validate", default="each", choices=("each", "end", "off"), help="when to validate")
     c.add_argument("--runs", type=int, default=30, help="timed runs per latency measurement (median)")
     c.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads when timing")
@@ -121,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     lp = sub.add_parser("list-passes", help="passes, their options and requirements; presets")
     lp.add_argument("--json", action="store_true")
     _add_common(lp)
+
+    rp = sub.add_parser("report", help="render a saved report.json as the HTML report")
+    rp.add_argument("report", help="a JSON report written by --report (one budget or a comparison)")
+    rp.add_argument("-o", "--output", help="the HTML file (default: the report's name with .html)")
+    _add_common(rp)
 
     d = sub.add_parser("demo", help="compile a bundled default model and print the report")
     d.add_argument("--out-dir", default="spa-demo", help="where the demo writes its files")
@@ -181,96 +188,41 @@ class _Progress:
         self.bars.clear()
 
 
-def _default_output(model: str) -> str:
-    p = Path(model)
-    return str(p.with_name(p.stem + ".spa.onnx"))
-
-
 def cmd_compile(args: argparse.Namespace) -> int:
-    from spa_compiler.compile import compile_model, parse_budget, parse_input_shapes
-    from spa_compiler.report import Report
+    from spa_compiler.api import compile as compile_api
 
-    report = Report()
     progress = _Progress(enabled=True)
     try:
-        budget = parse_budget(args.latency_budget) if args.latency_budget else None
-        shapes = parse_input_shapes(args.input_shape)
-        calibration = None
-        if args.calib:
-            from spa_compiler.calibration import load_calibration
-
-            calibration = _load_calibration(args.model, args.calib, load_calibration)
-        table = None
-        if args.latency_table:
-            from spa_compiler.latency.table import LatencyTable
-
-            table = LatencyTable.load(args.latency_table)
-        compile_model(
-            args.model,
-            args.output or _default_output(args.model),
-            pipeline=args.passes,
-            preset_name=args.preset,
-            target=args.target,
-            budget=budget,
-            input_shapes=shapes,
-            calibration=calibration,
-            report=report,
-            validate=args.validate,
-            measure_runs=args.runs,
-            threads=args.threads,
-            precision=args.precision,
-            latency_table=table,
-            max_error=args.max_error,
-            seed=args.seed,
-            progress=progress,
-            measure_latency=not args.no_measure,
+        result = compile_api(
+            args.model, output=args.output, budget=args.latency_budget, target=args.target, calib=args.calib,
+            passes=args.passes, preset=args.preset, latency_table=args.latency_table,
+            input_shapes=args.input_shape, precision=args.precision, max_error=args.max_error,
+            validate=args.validate, runs=args.runs, threads=args.threads, measure=not args.no_measure,
+            seed=args.seed, report=args.report, report_html=args.report_html, progress=progress,
         )
-    except SpaError as e:
-        report.status, report.error = "failed", e.one_line()
-        raise
-    except Exception as e:
-        report.status, report.error = "failed", f"{type(e).__name__}: {e}"
-        raise
     finally:
         progress.close()
-        if args.report:
-            try:
-                report.write(args.report)
-            except OSError as e:
-                logger.error("could not write the report to %s: %s", args.report, e)
-    print(report.summary())
-    print(f"wrote {report.output.get('path')}")
+    print(result.summary())
     return EXIT_OK
 
 
-def _load_calibration(model_path: str, spec: str, loader: Any) -> Any:
-    import onnx
+def cmd_report(args: argparse.Namespace) -> int:
+    from spa_compiler.reporting import load_report, write_html
 
-    proto = onnx.load(model_path, load_external_data=False)
-    init = {t.name for t in proto.graph.initializer}
-    names = [i.name for i in proto.graph.input if i.name not in init]
-    return loader(spec, names)
+    src = Path(args.report)
+    out = Path(args.output) if args.output else src.with_suffix(".html")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"the HTML report {out} should end in .html", hint="e.g. -o report.html")
+    data = load_report(src)
+    print(f"wrote {write_html(out, data)}")
+    return EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from spa_compiler.compile import parse_input_shapes
-    from spa_compiler.inspect import inspect_model
+    from spa_compiler.api import inspect
 
-    if args.groups:
-        from spa_compiler.groups.analysis import analyze
-        from spa_compiler.groups.report import format_groups, groups_to_json
-        from spa_compiler.ir import ModelIR
-
-        analysis = analyze(ModelIR.load(args.model), input_shapes=parse_input_shapes(args.input_shape))
-        print(json.dumps(groups_to_json(analysis), indent=2) if args.json else format_groups(analysis))
-        return EXIT_OK
-    info = inspect_model(args.model, parse_input_shapes(args.input_shape))
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        from spa_compiler.inspect import format_inspection
-
-        print(format_inspection(info))
+    info = inspect(args.model, input_shapes=args.input_shape, groups=args.groups)
+    print(json.dumps(info.data, indent=2) if args.json else info.text)
     return EXIT_OK
 
 
@@ -316,43 +268,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(report.summary())
-    print(f"wrote {report.output.get('path')} and {Path(args.out_dir) / 'report.json'}")
+    out = Path(args.out_dir)
+    print(f"wrote {report.output.get('path')}, {out / 'report.json'} and {out / 'report.html'} "
+          "(open it in a browser)")
     return EXIT_OK
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from spa_compiler.compile import check_paths, parse_input_shapes
-    from spa_compiler.groups.analysis import analyze
-    from spa_compiler.ir import ModelIR
-    from spa_compiler.latency.profile import profile_pruning
-    from spa_compiler.ort import random_feeds
-    from spa_compiler.targets import get_target
+    from spa_compiler.api import profile
 
-    out = Path(args.output)
-    if out.suffix.lower() != ".json":
-        raise UsageError(f"the table {out} should end in .json")
-    check_paths(Path(args.model), out.with_suffix(".onnx"))
-    tgt = get_target(args.target)
-    shapes = parse_input_shapes(args.input_shape)
-    model = ModelIR.load(args.model)
-    missing = sorted(set(model.symbolic_inputs()) - set(shapes))
-    if missing:
-        raise UsageError(f"inputs {missing} have symbolic dimensions", hint="pass --input-shape NAME:DxD")
-    units = tuple(u.strip() for u in args.units.split(",") if u.strip())
-    analysis = analyze(model, units=units, input_shapes=shapes)
-    groups = analysis.prunable
-    provider = tgt.provider(precision=args.precision, threads=args.threads, runs=args.runs, input_shapes=shapes)
     progress = _Progress(enabled=True)
     try:
-        table = profile_pruning(model, tgt.name, provider, random_feeds(model, shapes), units=units,
-                                input_shapes=shapes, round_to=args.round_to, max_ratio=args.max_ratio,
-                                levels=args.levels, progress=progress, analysis=analysis)
+        table = profile(args.model, args.output, target=args.target, precision=args.precision, units=args.units,
+                        round_to=args.round_to, levels=args.levels, max_ratio=args.max_ratio, runs=args.runs,
+                        threads=args.threads, input_shapes=args.input_shape, progress=progress)
     finally:
         progress.close()
-    table.save(out)
-    print(f"{len(groups)} groups, dense {table.dense_ms:.4f} ms, base {table.base_ms:.4f} ms "
+    print(f"{len(table.groups)} groups, dense {table.dense_ms:.4f} ms, base {table.base_ms:.4f} ms "
           f"({table.kind}, {table.provenance.device}, {table.provenance.runtime} "
-          f"{table.provenance.runtime_version}); wrote {out}")
+          f"{table.provenance.runtime_version}); wrote {args.output}")
     return EXIT_OK
 
 
@@ -362,6 +296,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "list-passes": cmd_list_passes,
     "demo": cmd_demo,
+    "report": cmd_report,
 }
 
 

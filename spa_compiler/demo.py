@@ -2,7 +2,7 @@
 
 Builds the zoo's ResNet-style model from its seed (torch export; no download), then compiles it to
 0.7x of its measured ONNX Runtime CPU latency with data-free OBSPA and the latency search, and writes
-model.onnx, model.compiled.onnx and report.json to a folder.
+model.onnx, model.compiled.onnx, report.json and report.html (the page to open) to a folder.
 """
 
 from __future__ import annotations
@@ -51,4 +51,7 @@ def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = no_progres
         progress=progress,
     )
     report.write(out_dir / "report.json")
+    from spa_compiler.reporting import write_html
+
+    write_html(out_dir / "report.html", report.to_dict())
     return report

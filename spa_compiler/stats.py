@@ -32,8 +32,26 @@ def _fixed(shape: Sequence[int | None] | None) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
 
+def _custom_costs() -> dict[str, Any]:
+    """(node_macs, node_bytes) of the project's own ops (runtime_ops), keyed "spa.ops:<op>"."""
+    from spa_compiler.runtime_ops import cost_models
+
+    return cost_models()
+
+
+def custom_cost(node: onnx.NodeProto) -> Any:
+    """The (node_macs, node_bytes) pair of a runtime_ops node, None for other ops."""
+    if not node.domain or node.domain == "ai.onnx":
+        return None
+    return _custom_costs().get(f"{node.domain}:{node.op_type}")
+
+
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int | None]]) -> int | None:
-    """MACs of one Conv/ConvTranspose/Gemm/MatMul node, or None when a shape is unknown."""
+    """MACs of one Conv/ConvTranspose/Gemm/MatMul node (or one of runtime_ops' structured ops),
+    or None when a shape is unknown."""
+    custom = custom_cost(node)
+    if custom is not None:
+        return custom[0](node, shapes)  # type: ignore[no-any-return]
     ins = [shapes.get(n) for n in node.input]
     out = shapes.get(node.output[0]) if node.output else None
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -70,7 +88,7 @@ def _count(
     by_op: dict[str, int] = {}
     for node in proto.graph.node:
         by_op[node.op_type] = by_op.get(node.op_type, 0) + 1
-        if node.op_type in COUNTED_OPS:
+        if node.op_type in COUNTED_OPS or custom_cost(node) is not None:
             m = node_macs(node, shapes)
             if m is None:
                 unknown += 1

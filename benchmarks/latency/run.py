@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "mac_ratio": rep.after["macs"] / rep.before["macs"] if rep.before.get("macs") else None,
             "param_ratio": rep.after["params"] / rep.before["params"],
             "budget_met": rep.budget.get("met"), "kind": p["kind"],
-            "search": next((r.stats for r in rep.passes if r.name == "prune-ziplm"), {}),
+            "search": next((r.stats for r in rep.passes if r.name.startswith("prune-")), {}),
         }
 
     results: list[dict[str, Any]] = []
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(one(pipe, f"{b}x", f"budget{b}"))
         summarize()
         if args.uniform_search:
-            results.append(one(pipe.replace("}", ",uniform=true}"), f"{b}x", f"uniform-budget{b}"))
+            uniform_pipe = f"cleanup,prune-uniform{{criterion={args.criterion},round-to={args.round_to}}},cleanup"
+            results.append(one(uniform_pipe, f"{b}x", f"uniform-budget{b}"))
             summarize()
     for r in [r for r in args.uniform.split(",") if r]:
         uniform.append(one(f"cleanup,prune-to-budget{{criterion=magnitude,ratio={r},round-to={args.round_to}}},cleanup",

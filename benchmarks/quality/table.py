@@ -112,10 +112,10 @@ def run_model(name: str, budgets: list[str], methods: list[str], force: bool, wo
             if key in data["rows"] and not force:
                 continue
             criterion, uniform = METHODS[m]
-            opts = f"criterion={criterion}" + (",uniform=true" if uniform else "")
+            opts = f"criterion={criterion}"
             onnx = work / f"{name}-{m}-{b}.onnx"
             rep = work / f"{name}-{m}-{b}.report.json"
-            cmd = [*_spa(), str(dense), "-o", str(onnx), "-p", f"cleanup,prune-ziplm{{{opts}}},cleanup",
+            cmd = [*_spa(), str(dense), "-o", str(onnx), "-p", f"cleanup,{'prune-uniform' if uniform else 'prune-to-budget'}{{{opts}}},cleanup",
                    "--latency-budget", f"{b}x", "--target", "ort-cpu", "--latency-table", str(table),
                    "--max-error", "100", "--threads", "1", "--runs", str(cfg["runs"]), "--report", str(rep),
                    *shapes]
@@ -124,7 +124,7 @@ def run_model(name: str, budgets: list[str], methods: list[str], force: bool, wo
             print(f"[{name}] {key}: compiling", flush=True)
             cost = _timed(cmd, work / f"{name}-{m}-{b}.compile.log")
             r = json.loads(rep.read_text())
-            stats = next(p for p in r["passes"] if p["name"] == "prune-ziplm")["stats"]
+            stats = next(p for p in r["passes"] if p["name"].startswith("prune-"))["stats"]
             print(f"[{name}] {key}: evaluating", flush=True)
             qjson = work / f"{name}-{m}-{b}.quality.json"
             qcost = _timed([sys.executable, "-m", "benchmarks.quality.run", "--model", name, "--onnx", str(onnx),

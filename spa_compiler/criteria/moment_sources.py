@@ -1,6 +1,6 @@
 """Where a consumer layer's input second moments come from when there is no data (OBSPA).
 
-OBSPA (ALGORITHMS.md §3) needs, for every consumer of a group, ``H = 2 E[x x^T]`` over the
+OBSPA (docs/algorithms.md §3) needs, for every consumer of a group, ``H = 2 E[x x^T]`` over the
 consumer's input columns. Without calibration data there are two sources:
 
 * ``batchnorm`` (closed form, `batchnorm_moments`): the consumer's input is produced by a

@@ -1,4 +1,4 @@
-"""Data-free second moments of layer inputs (the statistics behind OBSPA, ALGORITHMS.md §3).
+"""Data-free second moments of layer inputs (the statistics behind OBSPA, docs/algorithms.md §3).
 
 Without calibration data, a layer's input Hessian ``H = 2 E[x x^T]`` is synthesized from the
 parameters of the normalization in front of it:

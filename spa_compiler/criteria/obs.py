@@ -1,4 +1,4 @@
-"""Structured Optimal Brain Surgeon for one linear layer (ZipLM; ALGORITHMS.md §2), in numpy.
+"""Structured Optimal Brain Surgeon for one linear layer (ZipLM; docs/algorithms.md §2), in numpy.
 
 Setting. ``Y = W X`` with ``W: (out, in)`` and calibration inputs ``X: (in, n)``. A *group* ``S``
 is a set of input columns removed together (an FFN neuron = 1 column of the down projection, an
@@ -17,7 +17,7 @@ Conventions (read these before comparing numbers with a paper):
       E_S = 1/2 * sum_rows W[:, S] ((H^-1)_SS)^-1 W[:, S]^T
 
   so that, for ``H = 2 X X^T`` and no damping, ``E_S == ||W X - W' X||_F^2`` for the compensated W'
-  (ALGORITHMS.md writes the same formula without the 1/2, i.e. twice the loss; the ranking is the
+  (some write the same formula without the 1/2, i.e. twice the loss; the ranking is the
   same).
 * Update and inverse downdate (independent of the scale of H)::
 

@@ -1,4 +1,4 @@
-"""The exact test oracle of ALGORITHMS.md §1, as a function tests and tools can call.
+"""The exact test oracle of docs/algorithms.md §1, as a function tests and tools can call.
 
 For a plan (group id -> units removed): run the original model with whatever reads those units
 zeroed (`channel_groups.masked_dense`), run the physically pruned model (`prune_groups`), and

@@ -1212,3 +1212,13 @@ def rule_for(node: gs.Node, rules: dict[str, Rule] | None = None) -> Rule | None
     dom = node.domain or ""
     key = node.op if dom in ("", "ai.onnx") else f"{dom}:{node.op}"
     return table.get(key)
+
+
+def _custom_op_rules() -> dict[str, Rule]:
+    """The rules of the project's own ops (runtime_ops, domain spa.ops), keyed "spa.ops:<op>"."""
+    from spa_compiler.runtime_ops import channel_rules
+
+    return channel_rules()
+
+
+RULES.update(_custom_op_rules())

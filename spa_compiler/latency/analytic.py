@@ -4,7 +4,7 @@
 
 This is a fallback for when the target cannot be measured (CI, no GPU). Its numbers are labelled
 "analytic" wherever they go (reports, latency tables). It knows nothing of kernel selection, fusion
-or tile quantization, so it cannot tell which widths a GPU likes: ALGORITHMS.md section 6 shows
+or tile quantization, so it cannot tell which widths a GPU likes: measurements on the H200 showed
 uniform pruning turning between -11% and 62% of a MAC reduction into latency on the H200, where
 a roofline predicts close to 100% for compute-bound layers. Use it to test the search plumbing and
 to rank options roughly, never to claim a speed-up.
@@ -15,7 +15,7 @@ Presets (all constants are achieved rates, not datasheet peaks, and rough):
   2 us per node); on this project's CI machine, single-threaded, analytic/measured was 0.78 to 1.6
   on 7 of the 8 zoo models and 2.6 on tiny_shufflenet (many small reshapes and shuffles). Calibrate
   (`calibrate`) with one dense measurement on the machine at hand.
-* `h200-fp16`: dense fp16 GEMM at about 600 TFLOP/s (ALGORITHMS.md section 6 measured 521 to 695 on
+* `h200-fp16`: dense fp16 GEMM at about 600 TFLOP/s (measured at 521 to 695 on the H200 on
   large shapes) = 3e14 MAC/s; HBM3e at 4.0 TB/s achieved (4.8 nominal); 8 us per executed node
   (ONNX Runtime CUDA launch and dispatch).
 * `h200-fp32`: fp32 through ONNX Runtime CUDA, 1e14 MAC/s (TF32 tensor-core paths where cuBLAS
@@ -36,7 +36,7 @@ import onnx
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.provider import Feeds, Timing
-from spa_compiler.stats import node_macs
+from spa_compiler.stats import custom_cost, node_macs
 
 #: Nodes that do no work at run time (or are folded away by every runtime we target).
 FREE_OPS = frozenset({"Constant", "Identity", "Shape", "Size", "Dropout"})
@@ -91,7 +91,7 @@ PRESETS: dict[str, AnalyticDevice] = {
         macs_per_s=3.0e14,
         bytes_per_s=4.0e12,
         op_overhead_ms=0.008,
-        source="ALGORITHMS.md section 6: dense fp16 GEMM 521-695 TFLOP/s; HBM3e 4.0 TB/s achieved",
+        source="measured on the H200 (docs/algorithms.md §7): dense fp16 GEMM 521-695 TFLOP/s; HBM3e 4.0 TB/s",
     ),
     "h200-fp32": AnalyticDevice(
         "h200-fp32",
@@ -214,6 +214,9 @@ def node_bytes(
     node: onnx.NodeProto, info: Mapping[str, tuple[list[int | None], int]], float_bytes: int
 ) -> int | None:
     """Bytes a node reads and writes (every input and output once); None if a shape is unknown."""
+    custom = custom_cost(node)
+    if custom is not None:
+        return custom[1](node, {k: v[0] for k, v in info.items()}, float_bytes)  # type: ignore[no-any-return]
     total = 0
     for name in list(node.input) + list(node.output):
         if not name:

@@ -216,9 +216,12 @@ def meet_budget(
         if under is not None and over is not None:
             internal = 0.5 * (under + over)  # bracketed: bisect on the internal budget
         else:
+            previous = internal
             internal = correct_budget(budget, result.predicted_ms, measured, internal)
             if over is not None:
                 internal = min(internal, over * 0.999)
+            if internal == previous:
+                break  # the correction is a fixed point: the next round would repeat this one
     assert best is not None and result is not None
     if best[0] > budget and has_measurements and joint_plan is not None:
         assert plan_error is not None and predict is not None

@@ -1,4 +1,4 @@
-"""The exact oracle (ALGORITHMS.md §1) on every zoo model from both exporters.
+"""The exact oracle (docs/algorithms.md §1) on every zoo model from both exporters.
 
 For each model: every prunable group alone (a random 40% of its units), then all prunable groups
 at once (two seeds): the masked-dense reference and the physically pruned model agree to float
