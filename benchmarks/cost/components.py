@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -28,8 +29,6 @@ def _load(path: Path, name: str):  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    import sys
-
     sys.modules[name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--feeds", type=int, default=4, help="512-token feeds per statistics timing")
+    ap.add_argument("--stream", type=int, default=2048, help="channels of the residual stream (ResNet-50: 2048)")
     args = ap.parse_args(argv)
     base_obs = _load(args.base / "obs.py", "base_obs")
     base_h = _load(args.base / "hessian.py", "base_hessian")
@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(0)
     rows: list[dict] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(row: dict) -> None:
+        row["loadavg"] = [round(x, 1) for x in os.getloadavg()]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
     # 1. calibration statistics of one SmolLM2 down projection (1536 features), 512-token feeds
     feeds = [np.maximum(rng.standard_normal((512, 1536)), 0).astype(np.float32) for _ in range(args.feeds)]
@@ -78,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for label, fn in (("before", stats(base_h)), ("after", stats(new_h, product_dtype=np.float32))):
         h, wall, cpu = _timed(fn)
-        rows.append({"component": f"Hessian of a 1536-feature layer, {args.feeds} x 512 tokens", "label": label,
-                     "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)})
+        emit({"component": f"Hessian of a 1536-feature layer, {args.feeds} x 512 tokens", "label": label,
+              "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)})
 
     # 2. greedy OBS path of one SmolLM2 FFN (1152 of 1536 neurons removed)
     w, h, _ = _layer(rng, 576, 1536, 4096)
@@ -88,19 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     for label, mod in (("before", base_obs), ("after", new_obs)):
         p, wall, cpu = _timed(lambda mod=mod: mod.greedy_prune(w, h, groups, levels=list(range(1153)), snapshots=False))
         orders[label] = p.order.tolist()
-        rows.append({"component": "greedy OBS path, SmolLM2 FFN (576 x 1536, 1152 neurons)", "label": label,
-                     "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)})
-    rows[-1]["same_order_as_before"] = orders["before"] == orders["after"]
+        emit({"component": "greedy OBS path, SmolLM2 FFN (576 x 1536, 1152 neurons)", "label": label,
+              "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+              **({"same_order_as_before": orders["before"] == orders["after"]} if label == "after" else {})})
 
     # 3. joint path of ResNet-50's last residual stream (3 consumers of 2048 channels, 1536 removed)
-    views = [_layer(rng, n_out, 2048, 4096)[:2] for n_out in (512, 512, 1000)]
-    unit_cols = [[np.array([i]) for i in range(2048)] for _ in views]
-    n_remove = 1536
+    width = args.stream
+    views = [_layer(rng, n_out, width, 2 * width)[:2] for n_out in (width // 4, width // 4, 1000)]
+    unit_cols = [[np.array([i]) for i in range(width)] for _ in views]
+    n_remove = 3 * width // 4
 
     def reference():  # type: ignore[no-untyped-def]
         ws = [v[0].copy() for v in views]
         hinvs = [base_obs.inverse_hessian(base_obs.prepare_hessian(v[1])) for v in views]
-        remaining = list(range(2048))
+        remaining = list(range(width))
         order = []
         for _ in range(n_remove):
             total = np.zeros(len(remaining))
@@ -119,15 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, fn in (("before", reference), ("after", fast)):
         order, wall, cpu = _timed(fn)
         orders[label] = order
-        rows.append({"component": "joint OBS path, ResNet-50 stage-4 residual (3 x 2048 cols, 1536 removed)",
-                     "label": label, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)})
-    rows[-1]["same_order_as_before"] = orders["before"] == orders["after"]
-    meta = {"loadavg": os.getloadavg(), "cpus": os.cpu_count(), "numpy": np.__version__,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        emit({"component": f"joint OBS path, a residual stream read by 3 layers ({width} channels -> "
+                           f"{width // 4}, {width // 4}, 1000; {n_remove} removed)",
+              "label": label, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+              **({"same_order_as_before": orders["before"] == orders["after"]} if label == "after" else {})})
+    meta = {"cpus": os.cpu_count(), "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": "python -m benchmarks.cost.components " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    for r in rows:
-        print(r)
     return 0
 
 

@@ -124,7 +124,7 @@ def open_cache(
     provenance: Mapping[str, Any],
 ) -> TimingCache:
     """The cache for one model, shapes and provider; memory-only when caching is off."""
-    from spa_compiler import __version__
+    from spa_compiler._version import __version__
 
     key = {
         "model": model_fingerprint,
