@@ -161,6 +161,10 @@ class TorchGreedyState:
         self.zeroed: list[int] = []
         self.max_size = max(buckets) if buckets else 1
         self.refresh_cols = max(refresh_cols, 4 * self.max_size)
+        # U is folded into H0 every `refresh_cols` columns: a fold is one k x k matrix product
+        # (compute-bound, fast), while rows of H0 - U U^T cost a memory-bound pass over U per step
+        # (benchmarks/cost/results/components.json: never folding was 2x slower on an FFN path)
+        self.fold_cols = self.refresh_cols
         self.u = torch.zeros((self.n_in, min(self.n_in, 256) + self.max_size), dtype=torch.float64, device=dev)
         self.r = 0
         self.since_refresh = 0
@@ -269,6 +273,8 @@ class TorchGreedyState:
         local_np = local.cpu().numpy()
         self.zeroed.extend(local_np.tolist())
         self.since_refresh += local_np.size
+        if self.r >= self.fold_cols:
+            self._fold()
         if 4 * len(self.zeroed) > self.cols.size and len(self.zeroed) < self.cols.size:
             keep = np.ones(self.cols.size, dtype=bool)
             keep[self.zeroed] = False

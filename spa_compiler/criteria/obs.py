@@ -446,11 +446,11 @@ class _GreedyState:
     """W and a lazily downdated ``H^-1`` for the greedy loop, on the columns still kept.
 
     ``H^-1`` is kept as ``H0 - U U^T``: a removal appends ``u = (H^-1)_:,S C`` (with
-    ``C C^T = ((H^-1)_SS)^-1``) to ``U`` instead of rewriting the ``k x k`` matrix. Rows ``S`` of
-    the current ``H^-1`` cost ``O(s * r * k)`` for ``r`` pending columns, so a removed column costs
-    ``O(r * k)``, while folding ``U`` into ``H0`` costs ``O(k^2)`` per column whatever the batch
-    size: ``U`` is folded only once it is as wide as ``H0`` (``r >= k``), which is never for most
-    paths. The diagonal blocks ``(H^-1)_SS`` of all groups, which the errors need, are downdated
+    ``C C^T = ((H^-1)_SS)^-1``) to ``U`` instead of rewriting the ``k x k`` matrix, and ``U`` is
+    folded into ``H0`` by one matrix product every ``refresh_cols`` columns (SparseGPT's lazy batch
+    idea: the flops equal a full downdate's, but as a compute-bound product instead of a
+    memory-bound rewrite per step; rows ``S`` of ``H0 - U U^T`` cost one pass over ``U``, so ``U``
+    is kept narrow). The diagonal blocks ``(H^-1)_SS`` of all groups, which the errors need, are downdated
     directly, and so are the Gram matrices ``W_S^T W_S`` of groups of more than one column (``W``
     changes by the rank-``s`` term ``A u^T``, ``A = W_:,S C``, so ``W_S^T W_S`` changes by
     ``-P u_S^T - u_S P^T + u_S (A^T A) u_S^T`` with ``P = W_S^T A``): a step never copies ``W`` per
@@ -476,6 +476,10 @@ class _GreedyState:
         self.zeroed: list[int] = []  # local indices removed since the last compaction
         self.max_size = max(buckets) if buckets else 1
         self.refresh_cols = max(refresh_cols, 4 * self.max_size)
+        # U is folded into H0 every `refresh_cols` columns: a fold is one k x k matrix product
+        # (compute-bound, fast), while rows of H0 - U U^T cost a memory-bound pass over U per step
+        # (benchmarks/cost/results/components.json: never folding was 2x slower on an FFN path)
+        self.fold_cols = self.refresh_cols
         self.u = np.zeros((self.n_in, min(self.n_in, 256) + self.max_size))
         self.r = 0
         self.since_refresh = 0
@@ -565,6 +569,8 @@ class _GreedyState:
                 self.grams[size] -= cross + np.transpose(cross, (0, 2, 1)) - (ug @ ata) @ ugt
         self.zeroed.extend(local.tolist())
         self.since_refresh += local.size
+        if self.r >= self.fold_cols:
+            self._fold()
         if 4 * len(self.zeroed) > self.cols.size and len(self.zeroed) < self.cols.size:
             keep = np.ones(self.cols.size, dtype=bool)
             keep[self.zeroed] = False
