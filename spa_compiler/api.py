@@ -494,9 +494,13 @@ def profile(
     threads: int = 1,
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    lower: str = "auto",
 ) -> Any:
     """Measure a latency table of every prunable group's levels on the target and save it to
-    `output` (.json), like `spa-compile profile`; returns the `LatencyTable`."""
+    `output` (.json), like `spa-compile profile`; returns the `LatencyTable`.
+
+    `lower`: the variants are timed lowered for the target as `compile` times its candidates
+    (auto: the lowering chosen by measurement on the dense model; none; all)."""
     from spa_compiler.compile import check_paths
     from spa_compiler.groups.analysis import analyze
     from spa_compiler.ir import ModelIR
@@ -521,6 +525,13 @@ def profile(
     )
     analysis = analyze(ir, units=unit_list, input_shapes=shapes)
     provider = tgt.provider(precision=precision, threads=threads, runs=runs, input_shapes=shapes)
+    if provider.kind == "measured":
+        from spa_compiler.lowering.stage import LoweringStage
+
+        stage = LoweringStage.prepare(ir.to_proto(), target=tgt.name, precision=precision, fp16_io=False,
+                                      mode=lower, input_shapes=shapes, feeds=random_feeds(ir, shapes),
+                                      provider=provider)
+        provider = stage.lowered
     table = profile_pruning(
         ir,
         tgt.name,

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", help="named pipeline (see list-passes)")
     c.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
                    help="precision the target runs in (ort-cuda/tensorrt timing)")
+    c.add_argument("--lower", default="auto", choices=("auto", "none", "all"),
+                   help="target lowering (fused runtime ops): auto keeps what measures faster, "
+                        "none, or all that pass the numerical check")
+    c.add_argument("--budget-relative-to", default="given", choices=("given", "lowered"),
+                   help="a relative budget (0.6x) multiplies the model as given (default) or its lowered dense form")
+    c.add_argument("--fp16-io", action="store_true",
+                   help="with --precision fp16: float16 graph inputs/outputs too (default: float32 kept)")
     c.add_argument("--latency-table", help="a latency table from `spa-compile profile` (JSON)")
     c.add_argument("--max-error", type=float, default=None,
                    help="bound on the search's summed error (normalized); beyond it a budget is unreachable")
@@ -101,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--groups", action="store_true", help="list the coupled-channel groups (prunable or frozen, why)")
+    i.add_argument("--lower", action="store_true",
+                   help="what lowering would do: each fusion family's fused ops and numerical check (not timed)")
+    i.add_argument("--target", default="ort-cpu", help="target for --lower (ort-cpu, ort-cuda, tensorrt)")
     _add_shapes(i)
     _add_common(i)
 
@@ -109,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="the table (JSON)")
     pr.add_argument("--target", default="ort-cpu", help="ort-cpu (default), ort-cuda or tensorrt")
     pr.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    pr.add_argument("--lower", default="auto", choices=("auto", "none", "all"),
+                    help="time the variants lowered for the target, as compile does (default auto)")
     pr.add_argument("--units", default="channel,head,neuron", help="unit kinds to profile")
     pr.add_argument("--round-to", type=int, default=0,
                     help="hardware-friendly width multiple (default 0: the target's, 8 or 16)")
@@ -199,6 +211,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             input_shapes=args.input_shape, precision=args.precision, max_error=args.max_error,
             validate=args.validate, runs=args.runs, threads=args.threads, measure=not args.no_measure,
             seed=args.seed, report=args.report, report_html=args.report_html, progress=progress,
+            lower=args.lower, budget_relative_to=args.budget_relative_to, fp16_io=args.fp16_io,
         )
     finally:
         progress.close()
@@ -221,6 +234,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from spa_compiler.api import inspect
 
+    if args.lower:
+        from spa_compiler.compile import parse_input_shapes
+        from spa_compiler.lowering.inspect import format_lowering, inspect_lowering
+
+        res = inspect_lowering(args.model, target=args.target,
+                               input_shapes=parse_input_shapes(args.input_shape))
+        print(json.dumps(res, indent=2) if args.json else format_lowering(res))
+        return EXIT_OK
     info = inspect(args.model, input_shapes=args.input_shape, groups=args.groups)
     print(json.dumps(info.data, indent=2) if args.json else info.text)
     return EXIT_OK
@@ -281,7 +302,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     try:
         table = profile(args.model, args.output, target=args.target, precision=args.precision, units=args.units,
                         round_to=args.round_to, levels=args.levels, max_ratio=args.max_ratio, runs=args.runs,
-                        threads=args.threads, input_shapes=args.input_shape, progress=progress)
+                        threads=args.threads, input_shapes=args.input_shape, progress=progress,
+                        lower=args.lower)
     finally:
         progress.close()
     print(f"{len(table.groups)} groups, dense {table.dense_ms:.4f} ms, base {table.base_ms:.4f} ms "

@@ -42,6 +42,7 @@ class Report:
     passes: list[PassRecord] = dataclasses.field(default_factory=list)
     before: dict[str, Any] = dataclasses.field(default_factory=dict)
     after: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lowering: dict[str, Any] = dataclasses.field(default_factory=dict)
     status: str = "running"
     error: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -78,16 +79,24 @@ class Report:
             paired = a.get("paired")
             if paired:
                 ratios = [r for r in ratios if not r.startswith("latency")]
+                low = paired.get("lowered_dense_ms")
                 ratios.append(
-                    f"latency x{paired['ratio']:.3f} (dense {paired['dense_ms']:.3f} ms vs compiled "
-                    f"{paired['compiled_ms']:.3f} ms, timed in alternation)"
+                    f"latency x{paired['ratio']:.3f} (as given {paired['dense_ms']:.3f} ms"
+                    + (f", lowered dense {low:.3f} ms (x{low / paired['dense_ms']:.3f})" if low else "")
+                    + f", compiled {paired['compiled_ms']:.3f} ms, timed in alternation)"
                 )
             if ratios:
                 lines.append("ratio   " + ", ".join(ratios))
+        if self.lowering:
+            lines.append(f"lower   {self.lowering.get('describe')} ({self.lowering.get('mode')}): "
+                         + (", ".join(f"{t['family']} {'kept' if t.get('kept') else 'not kept'}"
+                                      for t in self.lowering.get("tried", []) if t.get("applicable"))
+                            or "nothing applicable"))
         if self.budget:
             met = self.budget.get("met")
             verdict = "met" if met else "NOT met" if met is False else "not checked"
-            lines.append(f"budget  {self.budget.get('requested')} = {self.budget.get('ms', 0):.3f} ms: {verdict}")
+            rel = f" ({self.budget['relative_to']})" if self.budget.get("relative_to") else ""
+            lines.append(f"budget  {self.budget.get('requested')}{rel} = {self.budget.get('ms', 0):.3f} ms: {verdict}")
         for p in self.passes:
             line = f"pass {p.name}: {'modified' if p.modified else 'no change'} in {p.seconds:.2f}s"
             if p.stats:

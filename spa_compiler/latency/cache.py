@@ -7,7 +7,7 @@ variants and for the search's candidate plans. What keys them:
 
 * the file: the model's `structure_fingerprint` (nodes, attributes, shapes; weight values are
   left out: they do not change the latency), the concrete input shapes, the provider's provenance
-  (device, runtime and its version, execution provider, threads, precision) and the tool version
+  (device, runtime and its version, execution provider, threads, precision, lowering) and the tool version
   (a new version may rewrite a plan differently);
 * the entry: what was timed (a table job: the signature's group ids and the kept level; a
   candidate: its plan).
@@ -130,7 +130,7 @@ def open_cache(
         "model": model_fingerprint,
         "shapes": {k: [int(d) for d in v] for k, v in sorted(input_shapes.items())},
         "provider": {k: provenance.get(k) for k in
-                     ("device", "runtime", "runtime_version", "provider", "threads", "precision")},
+                     ("device", "runtime", "runtime_version", "provider", "threads", "precision", "lowering")},
         "tool_version": __version__,
     }
     if not cache_enabled():

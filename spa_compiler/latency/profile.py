@@ -160,7 +160,8 @@ def build_table(
         threads=prov.get("threads"),
         model_name=str(model.source.name if model.source else ""),
         notes=f"in-context timing ({method.name}), {len(by_sig)} signatures, {len(jobs)} variants"
-              + (f" ({cache.hits} from the timing cache)" if cache is not None and cache.hits else ""),
+              + (f" ({cache.hits} from the timing cache)" if cache is not None and cache.hits else "")
+              + (f"; lowering: {prov['lowering']}" if prov.get("lowering") else ""),
     )
     return LatencyTable(
         kind="analytic" if provider.kind == "analytic" else "measured",
