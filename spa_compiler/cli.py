@@ -171,7 +171,8 @@ class _Progress:
             from spa_compiler.progress import LogProgress
 
             # lines start once the passes run (their option checks come first) or after 8 s
-            self.log = LogProgress(prefix="spa-compile ", heartbeat=True, hold=("load", "measure dense"))
+            self.log = LogProgress(prefix="spa-compile ", heartbeat=True,
+                                   hold=("load", "lower", "measure dense"))
 
     def __call__(self, task: str, done: int, total: int) -> None:
         if self.log is not None:

@@ -13,7 +13,7 @@ count, the elapsed time of the stage and of the whole run, and an estimate of wh
 
 Times are wall-clock (`time.monotonic`), so the first line appears as soon as the first stage
 starts. Input errors must stay a one-line message, so lines are held back while the setup stages
-run (`hold`: by default the first stage; the CLI holds "load" and "measure dense", after which the
+run (`hold`: by default the first stage; the CLI holds "load", "lower" and "measure dense", after which the
 passes check their options), for at most `quiet` seconds (8 by default): they start when another
 stage begins (the setup stages' last line is written then) or when the quiet period ends. A
 daemon heartbeat thread (``heartbeat=True``) writes the stage in progress when lines start and
