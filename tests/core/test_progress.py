@@ -108,7 +108,7 @@ def test_cli_piped_log_gets_progress_lines_within_seconds(tmp_path: Path) -> Non
     assert "latency table" in first + rest
     import os
 
-    if os.getloadavg()[0] > 2 * (os.cpu_count() or 1):
+    if first_at >= 10.0 and os.getloadavg()[0] > 2 * (os.cpu_count() or 1):
         pytest.skip(f"machine overloaded (load {os.getloadavg()[0]:.0f}): first line after {first_at:.1f} s")
     assert first_at < 10.0
 
