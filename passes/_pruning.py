@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: The mean relative error above which a budget counts as unreachable, unless the user says.
 DEFAULT_MAX_ERROR = 0.35
 
+#: error-feeds=auto: calibration feeds until the first output holds this many rows (tokens, images).
+AUTO_ERROR_ROWS = 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class PruningPass(Pass):
@@ -56,6 +59,10 @@ class PruningPass(Pass):
     synthetic_tokens: int = 4096
     lm_rounds: int = 4
     moments: str = "auto"
+    error_feeds: int = -1
+    max_output_error: float = -1.0
+    error_classes: bool = True
+    sequential: int = 4
 
     #: How many levels per group the method offers (prune-to-budget's `levels` option).
     def _level_count(self) -> int:
@@ -84,6 +91,8 @@ class PruningPass(Pass):
             raise PreconditionError(f"{n}: safety must be in [0, tolerance)")
         if self.moments not in ("auto", "response"):
             raise PreconditionError(f"{n}: moments must be auto or response, not {self.moments!r}")
+        if self.error_feeds < -1 or self.sequential < 0:
+            raise PreconditionError(f"{n}: error-feeds must be >= -1 (-1: auto, 0: off) and sequential >= 0")
         if self.norm not in ("l1", "l2"):
             raise PreconditionError(f"{n}: norm must be l1 or l2, not {self.norm!r}")
         if self._level_count() < 2 or self.max_iters < 1 or self.round_to < 0 or self.min_units < 1:
@@ -100,11 +109,45 @@ class PruningPass(Pass):
             return self.max_error
         return ctx.max_error if ctx.max_error is not None else DEFAULT_MAX_ERROR
 
-    def _synthetic(self, ctx: CompileContext, model: ModelIR) -> list[dict[str, np.ndarray]]:
+    def _synthetic(self, ctx: CompileContext, model: ModelIR,
+                   cache: dict[str, Any] | None = None) -> list[dict[str, np.ndarray]]:
         from spa_compiler.synthetic import synthetic_feeds
 
-        return synthetic_feeds(model, ctx.input_shapes, count=self.synthetic_feeds, seed=ctx.seed,
-                               min_tokens=self.synthetic_tokens, lm_rounds=self.lm_rounds)
+        if cache is not None and "synthetic" in cache:
+            return cache["synthetic"]  # type: ignore[no-any-return]
+        feeds = synthetic_feeds(model, ctx.input_shapes, count=self.synthetic_feeds, seed=ctx.seed,
+                                min_tokens=self.synthetic_tokens, lm_rounds=self.lm_rounds)
+        if cache is not None:
+            cache["synthetic"] = feeds
+        return feeds
+
+    def _error_probe(self, model: ModelIR, ctx: CompileContext, method: PruningMethod,
+                     cache: dict[str, Any]) -> Any:
+        """The output-error probe of the search; None when off.
+
+        error_feeds > 0: that many calibration feeds (else the data-free criterion's synthetic
+        feeds, the last ones: the most re-sampled). -1 (auto): calibration feeds until the output
+        holds AUTO_ERROR_ROWS rows (at most 64 feeds), and off without calibration data: on
+        MiniLM-L6 at 0.6x, errors measured on random tokens steered the search to a worse plan
+        (cosine to dense 0.63, benchmarks/quality/README.md)."""
+        import itertools
+
+        from spa_compiler.search.output_error import OutputErrorProbe
+
+        if self.error_feeds == 0 or (self.error_feeds < 0 and ctx.calibration is None):
+            return None
+        if ctx.calibration is not None:
+            if self.error_feeds < 0:
+                return OutputErrorProbe(model, method, iter(ctx.calibration), source="calibration",
+                                        min_rows=AUTO_ERROR_ROWS, max_feeds=64)
+            feeds = list(itertools.islice(iter(ctx.calibration), self.error_feeds))
+            source = "calibration"
+        else:
+            feeds = self._synthetic(ctx, model, cache)[-self.error_feeds:]
+            source = "synthetic"
+        if not feeds:
+            return None
+        return OutputErrorProbe(model, method, feeds, source=source)
 
     def _round_to(self, ctx: CompileContext) -> int:
         # with a budget, widths the target runs fast at (the measured search decides what pays);
@@ -113,14 +156,15 @@ class PruningPass(Pass):
 
         return self.round_to or (width_multiple(ctx.target) if ctx.budget_ms is not None else 1)
 
-    def build_method(self, model: ModelIR, ctx: CompileContext) -> PruningMethod:
+    def build_method(self, model: ModelIR, ctx: CompileContext,
+                     cache: dict[str, Any] | None = None) -> PruningMethod:
         """Analyse, score every prunable group, list its levels."""
         criterion = resolve(self.criterion, have_calibration=ctx.calibration is not None)
         return PruningMethod.build(
             model, criterion=criterion, units=tuple(self.units), round_to=self._round_to(ctx),
             max_ratio=self.max_ratio, count=self._level_count(), input_shapes=ctx.input_shapes,
             calibration=ctx.calibration,
-            synthetic=(lambda: self._synthetic(ctx, model)) if criterion == "obspa" else None,
+            synthetic=(lambda: self._synthetic(ctx, model, cache)) if criterion == "obspa" else None,
             closed_form=self.moments == "auto", norm=norm_power(self.norm), normalize=self.normalize,
             include_hidden=self.include_hidden, min_units=self.min_units, seed=ctx.seed, progress=ctx.progress,
         )
@@ -134,7 +178,9 @@ class PruningPass(Pass):
         dense = sum(1 for g, k in kept.items() if k >= method.groups[g].n_units)
         if dense:
             method.skipped["nothing-to-remove"] = method.skipped.get("nothing-to-remove", 0) + dense
+        seq = self._sequential(model, ctx, method, kept)
         stats = method.apply(model, kept)
+        stats.update(seq)
         details = [method.detail(g, k) for g, k in kept.items()]
         stats.update(criterion=method.criterion, mode="uniform", ratio=self.ratio,
                      mean_error=float(np.mean([method.error(g, k) for g, k in kept.items()])),
@@ -146,7 +192,19 @@ class PruningPass(Pass):
         return method.moment_counts() if method.criterion == "obspa" else {}
 
     # ------------------------------------------------------------------ a budget: the search
-    def search(self, model: ModelIR, ctx: CompileContext, method: PruningMethod, *, uniform: bool) -> PassResult:
+    def _sequential(self, model: ModelIR, ctx: CompileContext, method: PruningMethod,
+                    kept: dict[str, int]) -> dict[str, Any]:
+        """Sequential calibration of the chosen plan (OBS with calibration data, sequential > 1):
+        later groups' statistics from the model with the earlier groups already compressed."""
+        if self.sequential < 2 or ctx.calibration is None or method.criterion != "obs":
+            return {"calibration_stages": 1} if method.criterion in ("obs", "wanda") else {}
+        from spa_compiler.criteria.sequential import sequential_refit
+
+        return sequential_refit(model, method, kept, ctx.calibration, stages=self.sequential,
+                                seed=ctx.seed, progress=ctx.progress)
+
+    def search(self, model: ModelIR, ctx: CompileContext, method: PruningMethod, *, uniform: bool,
+               cache: dict[str, Any] | None = None) -> PassResult:
         from spa_compiler.latency.profile import build_table
         from spa_compiler.latency.table import structure_fingerprint
         from spa_compiler.methods.pruning import kept_levels
@@ -216,7 +274,17 @@ class PruningPass(Pass):
                 return dict(plans[int(res.levels["uniform"])])  # type: ignore[call-overload]
 
         dense_now = float(ctx.dense_ms or table.dense_ms)
-        timer = CandidateTimer(model, method, ctx.latency, ctx.feeds or {}, table.dense_ms)
+        timer = CandidateTimer(model, method, ctx.latency, ctx.feeds or {}, table.dense_ms,
+                               input_shapes=ctx.input_shapes, progress=ctx.progress)
+        probe = self._error_probe(model, ctx, method, cache if cache is not None else {})
+        site_class = None
+        dense = None
+        if probe is not None and self.error_classes and not uniform:
+            from spa_compiler.methods.base import dense_plan
+            from spa_compiler.search.output_error import site_classes
+
+            site_class = site_classes(method)
+            dense = dense_plan(method)
         settings = LoopSettings(max_iters=self.max_iters, tolerance=self.tolerance, safety=self.safety,
                                 joint_max_share=self.max_ratio)
         out = meet_budget(
@@ -224,9 +292,22 @@ class PruningPass(Pass):
             table_dense_ms=table.dense_ms, measure=timer, max_total_error=bound * n_groups, settings=settings,
             has_measurements=ctx.latency is not None, joint_plan=None if uniform else joint_plan,
             plan_error=method.plan_error, predict=table.predict_ms, n_sites=n_groups,
+            measure_error=probe, site_class=site_class, dense_plan=dense,
+            max_output_error=self.max_output_error if self.max_output_error >= 0 else None,
         )
         kept = {str(g): int(k) for g, k in out.plan.items()}  # type: ignore[call-overload]
+        seq = self._sequential(model, ctx, method, kept)
         stats: dict[str, Any] = method.apply(model, kept)
+        stats.update(seq)
+        if probe is not None:
+            # the search's figure (one-shot re-fit) and the emitted model's (after sequential calibration)
+            stats.update(output_error=out.output_error, output_error_final=probe.of_model(model),
+                         output_error_measure=probe.describe(), output_error_feeds=probe.source,
+                         output_error_plans_measured=probe.calls)
+            if out.error_model is not None and out.error_model.weights:
+                stats["output_error_class_weights"] = {k: round(v, 4) for k, v in out.error_model.weights.items()}
+            if self.max_output_error >= 0:
+                stats["max_output_error"] = self.max_output_error
         scale = out.scale
         stats.update(
             criterion=method.criterion,
@@ -251,6 +332,12 @@ class PruningPass(Pass):
                 f"{self.name}: budget {float(ctx.budget_ms):.4g} ms unreachable within mean error {bound:.3g}: "
                 f"best reachable {out.measured_ms / scale:.4g} ms ({out.unreachable})"
             )
+        if probe is not None and out.output_error is not None:
+            pred = [r.get("predicted_output_error") for r in out.rounds if "measured_output_error" in r]
+            meas = [r["measured_output_error"] for r in out.rounds if "measured_output_error" in r]
+            notes.append(f"{self.name}: output error ({probe.describe()}, {probe.source}): chosen plan "
+                         f"{out.output_error:.4g}; per round predicted/measured "
+                         + ", ".join(f"{p:.3g}/{m:.3g}" if p is not None else f"-/{m:.3g}" for p, m in zip(pred, meas)))
         details = [method.detail(g, k, table.lookup(g, k)) | {"latency_dense_ms": round(table.groups[g].dense_ms, 6)}
                    for g, k in kept.items()]
         details.append({"search_rounds": out.rounds, "search_units": f"latency-table ms (table dense "
@@ -261,9 +348,10 @@ class PruningPass(Pass):
                           details=details, notes=notes)
 
     def run_pruning(self, model: ModelIR, ctx: CompileContext, *, uniform_search: bool) -> PassResult:
-        method = self.build_method(model, ctx)
+        cache: dict[str, Any] = {}  # the synthetic feeds, made once for the criterion and the probe
+        method = self.build_method(model, ctx, cache)
         if not method.groups:
             return PassResult(model, modified=False, stats={"groups": 0}, skipped=method.skipped)
         if ctx.budget_ms is None:
             return self.prune_share(model, ctx, method)
-        return self.search(model, ctx, method, uniform=uniform_search)
+        return self.search(model, ctx, method, uniform=uniform_search, cache=cache)

@@ -51,6 +51,16 @@ class PruneUniformPass(PruningPass):
         synthetic_tokens: For language models, at least this many synthetic tokens in all.
         lm_rounds: For language models, rounds of re-sampling the random tokens from the model itself.
         moments: obspa: auto (BatchNorm closed form where it applies) or response (random inputs).
+        error_feeds: With a budget, feeds on which every searched plan's end-to-end output error
+            against the dense model is measured (see search.output_error): KL of next-token logits,
+            else 1 - cosine of outputs. -1 (auto): calibration feeds up to 1024 output rows, off
+            without calibration; N > 0: N feeds (calibration, else synthetic); 0: off.
+        max_output_error: Bound on that measured output error; plans above it do not count as
+            meeting the budget (negative: no bound).
+        error_classes: Re-weight each unit kind's errors by its measured / predicted output error
+            (measured once, on the first plan, one kind at a time).
+        sequential: obs with calibration: stages of sequential calibration of the chosen plan (each
+            stage's statistics from the model with the earlier stages compressed; 0 or 1: one-shot).
     """
 
     name: ClassVar[str] = "prune-uniform"

@@ -10,6 +10,7 @@ PASSES: dict[str, str] = {
     "cleanup": "spa_compiler.passes.cleanup:CleanupPass",
     "prune-uniform": "spa_compiler.passes.prune_uniform:PruneUniformPass",
     "prune-to-budget": "spa_compiler.passes.prune_to_budget:PruneToBudgetPass",
+    "substitute-monarch": "spa_compiler.passes.substitute_monarch:SubstituteMonarchPass",
 }
 
 ALIASES: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {

@@ -666,6 +666,46 @@ def _copy_fields(dst: Any, src: Any, skip: str) -> None:
             getattr(dst, field.name).CopyFrom(value)
 
 
+def _used_names(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of `g` (or of its subgraphs) reads, and the graph's outputs."""
+    used = {o.name for o in g.output}
+    stack = [g]
+    while stack:
+        gg = stack.pop()
+        for n in gg.node:
+            used.update(n.input)
+            for a in n.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)
+    return used
+
+
+def keep_only(g: onnx.GraphProto, names: Sequence[str]) -> None:
+    """Make `names` the graph's only outputs and drop the nodes none of them depends on."""
+    wanted = set(names)
+    outs = [o for o in g.output if o.name in wanted]
+    del g.output[:]
+    g.output.extend(outs)
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    need: set[int] = set()
+    stack = [producer[n] for n in wanted if n in producer]
+    while stack:
+        i = stack.pop()
+        if i in need:
+            continue
+        need.add(i)
+        node = g.node[i]
+        deps = list(node.input)
+        for a in node.attribute:  # subgraphs read outer-scope tensors
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                deps.extend(x for n2 in sub.node for x in n2.input)
+        stack.extend(producer[d] for d in deps if d in producer)
+    kept = [n for i, n in enumerate(g.node) if i in need]
+    del g.node[:]
+    g.node.extend(kept)
+
+
 class ActivationCollector:
     """Capture intermediate tensors of a model on calibration feeds (ONNX Runtime, CPU).
 
@@ -693,6 +733,7 @@ class ActivationCollector:
         *,
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        prune: bool = False,
     ) -> None:
         """Build the session.
 
@@ -701,6 +742,8 @@ class ActivationCollector:
             tensor_names: Tensors to capture: node outputs, graph inputs or graph outputs.
             threads: ORT intra-op threads (None: ORT's default).
             providers: ORT execution providers.
+            prune: Keep only the requested tensors as outputs and only the nodes they depend on
+                (a prefix of the model runs when they are early ones).
 
         Raises:
             PreconditionError: A name is not a tensor of the main graph.
@@ -716,6 +759,7 @@ class ActivationCollector:
         else:
             proto = model
         self.tensor_names = tuple(dict.fromkeys(tensor_names))
+        self._prune = prune
         if not self.tensor_names:
             raise ValueError("ActivationCollector needs at least one tensor name")
         self.input_names = [s.name for s in model_inputs(proto)]
@@ -741,6 +785,12 @@ class ActivationCollector:
                 work = onnx.ModelProto()
                 work.CopyFrom(proto)
         self._add_outputs(work)
+        if prune:  # initializers of dropped nodes go too (ONNX Runtime refuses unused external ones)
+            used = _used_names(work.graph)
+            keep = [t for t in work.graph.initializer if t.name in used]
+            del work.graph.initializer[:]
+            work.graph.initializer.extend(keep)
+            weights = {k: v for k, v in weights.items() if k in used}
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
@@ -797,6 +847,8 @@ class ActivationCollector:
             elif name in inits:
                 vi.type.tensor_type.elem_type = inits[name].data_type
             g.output.append(vi)
+        if self._prune:
+            keep_only(g, self.tensor_names)
 
     def run(self, feed: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]:
         """The requested tensors for one feed.

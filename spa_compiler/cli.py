@@ -48,6 +48,21 @@ def _add_shapes(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _NoCache(argparse.Action):
+    """--no-cache: the process's timing cache off (spa_compiler.latency.cache)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        from spa_compiler.latency.cache import ENV_DISABLE
+
+        os.environ[ENV_DISABLE] = "1"
+        setattr(namespace, self.dest, True)
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action=_NoCache, nargs=0, default=False,
+                   help="do not read or write the timing cache (also: SPA_COMPILER_NO_CACHE=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
     parser = _ArgumentParser(
@@ -88,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads when timing")
     c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
     c.add_argument("--seed", type=int, default=0)
+    _add_cache(c)
     _add_shapes(c)
     _add_common(c)
 
@@ -115,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-ratio", type=float, default=0.75, help="largest share of a group removed")
     pr.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median)")
     pr.add_argument("--threads", type=int, default=1)
+    _add_cache(pr)
     _add_shapes(pr)
     _add_common(pr)
 
@@ -151,8 +168,18 @@ class _Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self.bars: dict[str, Any] = {}
         self.started: dict[str, float] = {}
+        # not a terminal (a piped or redirected log): plain, rate-limited lines instead of bars
+        self.log: Any = None
+        if enabled and not self.enabled and os.environ.get("SPA_COMPILER_PROGRESS", "1") != "0":
+            from spa_compiler.progress import LogProgress
+
+            # lines start once the passes run (their option checks come first) or after 8 s
+            self.log = LogProgress(prefix="spa-compile ", heartbeat=True,
+                                   hold=("load", "lower", "measure dense"))
 
     def __call__(self, task: str, done: int, total: int) -> None:
+        if self.log is not None:
+            self.log(task, done, total)
         if not self.enabled:
             return
         now = time.monotonic()
@@ -170,6 +197,8 @@ class _Progress:
                 del self.bars[task]
 
     def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
@@ -258,7 +287,11 @@ def cmd_list_passes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from spa_compiler.demo import run_demo
 
-    report = run_demo(Path(args.out_dir), runs=args.runs, progress=_Progress(enabled=True))
+    progress = _Progress(enabled=True)
+    try:
+        report = run_demo(Path(args.out_dir), runs=args.runs, progress=progress)
+    finally:
+        progress.close()
     print(report.summary())
     out = Path(args.out_dir)
     print(f"wrote {report.output.get('path')}, {out / 'report.json'} and {out / 'report.html'} "

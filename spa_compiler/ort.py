@@ -63,10 +63,32 @@ def make_session(
         model, own = model.to_proto_split()
         initializers = {**own, **(initializers or {})}
     values = add_initializers(so, initializers or {})
+    if isinstance(model, onnx.ModelProto):
+        for lib in custom_op_libraries(model):
+            so.register_custom_ops_library(lib)
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     sess = ort.InferenceSession(src, sess_options=so, providers=list(providers))
     sess._spa_initializers = values  # ORT reads these arrays for the session's lifetime
     return sess
+
+
+def custom_op_libraries(model: onnx.ModelProto) -> list[str]:
+    """ONNX Runtime libraries a model with `spa.ops` nodes needs: $SPA_ORT_CUSTOM_OPS (paths joined
+    by ':') when set, else the runtime_ops build (`runtime_ops.ort_library_path()`) when there is
+    one; [] for models without spa.ops nodes."""
+    import os
+
+    if not any(o.domain == "spa.ops" for o in model.opset_import):
+        return []
+    env = os.environ.get("SPA_ORT_CUSTOM_OPS")
+    if env:
+        return [p for p in env.split(":") if p]
+    try:
+        from spa_compiler import runtime_ops
+
+        return [str(runtime_ops.ort_library_path())]  # type: ignore[attr-defined]
+    except Exception:  # no op package or not built: ORT then names the missing op
+        return []
 
 
 def add_initializers(so: Any, arrays: Mapping[str, npt.NDArray[Any]]) -> list[Any]:

@@ -25,6 +25,8 @@ PRESETS: dict[str, str] = {
     # the common tools' baseline: one share for every group (searched to the budget when given)
     "uniform": "cleanup,prune-uniform,cleanup",
     "uniform-magnitude": "cleanup,prune-uniform{criterion=magnitude},cleanup",
+    # Monarch variants per linear layer, kept only where measured faster (needs a budget)
+    "monarch": "cleanup,substitute-monarch,cleanup",
 }
 
 #: Preset names of earlier releases.

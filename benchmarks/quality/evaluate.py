@@ -282,23 +282,40 @@ def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def _window_nll(
-    onnx_path: str | os.PathLike[str], wins: np.ndarray, threads: int, batch: int
-) -> tuple[np.ndarray, list[str], float]:
-    """Summed NLL of each window's seq - 1 next-token predictions; the input names; seconds."""
+    onnx_path: str | os.PathLike[str], wins: np.ndarray, threads: int, batch: int,
+    dense_path: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, list[str], float, dict[str, np.ndarray] | None]:
+    """Summed NLL of each window's seq - 1 next-token predictions; the input names; seconds.
+
+    With `dense_path`, the dense model runs on the same windows too, and the fourth value holds per
+    window the dense NLL sum, the summed KL(dense || model) of the next-token distributions and
+    the count of positions whose top-1 token agrees (over the same seq - 1 positions).
+    """
+    from spa_compiler.fidelity import kl_rows
+
     sess = make_session(onnx_path, threads=threads)
+    dsess = make_session(dense_path, threads=threads) if dense_path is not None else None
     names = _input_names(sess)
     out_name = sess.get_outputs()[0].name
     nll_sum = np.zeros(len(wins))
+    fid = None if dsess is None else {k: np.zeros(len(wins)) for k in ("dense_nll_sum", "kl_sum", "top1_agree")}
     t1 = time.perf_counter()
     for start in range(0, len(wins), batch):
         ids = wins[start : start + batch]
         (logits,) = sess.run([out_name], _text_feed(names, ids))
         if logits.ndim != 3 or logits.shape[:2] != ids.shape:
             raise ValueError(f"expected logits [batch, seq, vocab], got {logits.shape}")
+        dense = None
+        if dsess is not None:
+            (dense,) = dsess.run([dsess.get_outputs()[0].name], _text_feed(_input_names(dsess), ids))
         for j in range(ids.shape[0]):
             nll_sum[start + j] = _token_nll(logits[j, :-1], ids[j, 1:]).sum()
-        del logits
-    return nll_sum, names, time.perf_counter() - t1
+            if dense is not None and fid is not None:
+                fid["dense_nll_sum"][start + j] = _token_nll(dense[j, :-1], ids[j, 1:]).sum()
+                fid["kl_sum"][start + j] = kl_rows(dense[j, :-1], logits[j, :-1]).sum()
+                fid["top1_agree"][start + j] = (dense[j, :-1].argmax(-1) == logits[j, :-1].argmax(-1)).sum()
+        del logits, dense
+    return nll_sum, names, time.perf_counter() - t1, fid
 
 
 def smollm2_perplexity(
@@ -318,7 +335,10 @@ def smollm2_perplexity(
     The model's inputs are inspected: ``input_ids`` alone (dynamo export) or with
     ``attention_mask`` / ``position_ids`` (TorchScript export), which get all-ones and 0..seq-1.
     Its first output must be logits [batch, seq, vocab]. With `dense_path`, the dense model's
-    perplexity on the same windows (cached) and the ratio are reported too.
+    perplexity on the same windows (cached) and the ratio are reported too, with the fidelity to
+    the dense model over the same scored positions: ``kl_to_dense`` (mean KL(dense || model) of
+    the next-token distributions, nats) and ``top1_agreement`` (share of positions whose most
+    likely next token is the dense model's); the dense model runs alongside for these.
 
     Returns:
         perplexity, mean NLL (nats), per-window perplexities, tokens scored, timing, sizes.
@@ -326,7 +346,9 @@ def smollm2_perplexity(
     t0 = time.perf_counter()
     wins = book_windows(book, windows, seq)
     t_tok = time.perf_counter() - t0
-    nll_sum, names, t_run = _window_nll(onnx_path, wins, threads, batch)
+    same = dense_path is not None and _same_file(onnx_path, dense_path)
+    nll_sum, names, t_run, fid = _window_nll(onnx_path, wins, threads, batch,
+                                             dense_path if dense_path is not None and not same else None)
     scored = windows * (seq - 1)
     nll = float(nll_sum.sum() / scored)
     res: dict[str, Any] = {
@@ -353,17 +375,20 @@ def smollm2_perplexity(
             "smollm2",
             dense_path,
             params,
-            # the same file: its own numbers (also fills the cache for later comparisons)
-            (lambda: {"nll_sum": nll_sum})
-            if _same_file(onnx_path, dense_path)
-            else (lambda: {"nll_sum": _window_nll(dense_path, wins, threads, batch)[0]}),
+            # the same file: its own numbers; else the dense run alongside (also fills the cache)
+            (lambda: {"nll_sum": nll_sum}) if same or fid is None else (lambda: {"nll_sum": fid["dense_nll_sum"]}),
             cache_dense,
         )["nll_sum"]
         dense_ppl = float(np.exp(dense.sum() / scored))
+        kl = 0.0 if fid is None else float(fid["kl_sum"].sum() / scored)
+        agree = 1.0 if fid is None else float(fid["top1_agree"].sum() / scored)
         res.update(
             {
                 "dense_perplexity": dense_ppl,
                 "perplexity_ratio_to_dense": res["perplexity"] / dense_ppl,
+                # fidelity: the next-token distributions against the dense model's, same positions
+                "kl_to_dense": kl,
+                "top1_agreement": agree,
                 "seconds_dense": round(time.perf_counter() - t1, 2),
                 "dense_onnx": _model_info(dense_path),
             }
@@ -487,10 +512,9 @@ def _probe(
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(den, 1e-30)  # type: ignore[no-any-return]
+    from spa_compiler.fidelity import cosine_rows
+
+    return cosine_rows(a, b)
 
 
 def minilm_probe(
@@ -708,6 +732,8 @@ def efficientnet_quality(
         t1 = time.perf_counter()
         params = {"n": n, "seed": SPLIT_SEED, "v": 1}
         dense = _cached("efficientnet", dense_path, params, compute, cache_dense)["logits"]
+        from spa_compiler.fidelity import kl_rows
+
         top1_d = dense.argmax(axis=1)
         top1 = logits_te.argmax(axis=1)
         top5 = np.argsort(-logits_te, axis=1)[:, :5]
@@ -716,6 +742,7 @@ def efficientnet_quality(
                 "top1_agreement": float((top1 == top1_d).mean()),
                 "top5_contains_dense_top1": float((top5 == top1_d[:, None]).any(axis=1).mean()),
                 "logit_cosine_to_dense": float(_cosine(logits_te, dense).mean()),
+                "kl_to_dense": float(kl_rows(dense, logits_te).mean()),
                 "seconds_dense": round(time.perf_counter() - t1, 2),
                 "dense_onnx": _model_info(dense_path),
             }

@@ -102,11 +102,12 @@ def evaluate(model: str, onnx_path: str, dense: str | None, sizes: dict[str, int
 
 
 _TABLE_KEYS = {
-    "smollm2": ["perplexity", "dense_perplexity", "perplexity_ratio_to_dense", "windows", "seq",
+    "smollm2": ["perplexity", "dense_perplexity", "perplexity_ratio_to_dense", "kl_to_dense",
+                "top1_agreement", "windows", "seq",
                 "tokens_scored", "seconds_per_window"],
     "minilm": ["probe_accuracy", "cosine_to_dense", "cosine_to_dense_min", "n_train", "n_test",
                "seconds_per_sentence"],
-    "efficientnet": ["probe_accuracy", "top1_agreement", "top5_contains_dense_top1",
+    "efficientnet": ["probe_accuracy", "top1_agreement", "top5_contains_dense_top1", "kl_to_dense",
                      "logit_cosine_to_dense", "features", "n_train", "n_test", "seconds_per_image"],
 }  # fmt: skip
 

@@ -18,6 +18,21 @@ cancel), and the internal budget is corrected by the measured/predicted gap:
 5. the verdict: the best plan found (within budget with the least error, else the fastest), and
    whether it meets the user's budget.
 
+With `measure_error` (a second callable beside `measure`: plan -> measured end-to-end output error,
+e.g. `search.output_error.OutputErrorProbe`), the additive per-site error is corrected like the
+latency table is:
+
+- every measured plan also gets its output error measured; the rounds record the additive
+  prediction, the corrected prediction and the measurement side by side;
+- after round 1, the plan restricted to each site class (`site_class`, e.g. pruning's unit kinds)
+  is measured and each class's errors are re-weighted by its measured / predicted ratio
+  (`ErrorModel.fit_classes`), so the knapsack stops trading, say, heads for neurons at their
+  per-layer price; a scale refitted from every measured plan carries the overall level;
+- "the least error" among plans that meet the budget is the least *measured* output error;
+- `max_output_error` bounds the measured output error: the knapsack's summed-error bound becomes
+  the corrected equivalent (`ErrorModel.additive_bound`), and a budget whose plans all measure
+  above it is called unreachable.
+
 Everything here is in the latency table's milliseconds: a table may come from another run (other
 load, another day) while the user's budget is relative to the dense model measured now, so the
 budget is rescaled by table_dense / dense_now before the rounds start.
@@ -34,12 +49,16 @@ from typing import Any
 
 from spa_compiler.ir import ModelIR
 from spa_compiler.methods.base import Method, Plan
-from spa_compiler.search.knapsack import GroupOptions, SearchResult, choose_levels, correct_budget
+from spa_compiler.search.knapsack import GroupOptions, Level, SearchResult, choose_levels, correct_budget
+from spa_compiler.search.output_error import ErrorFn, ErrorModel
 
 logger = logging.getLogger(__name__)
 
 #: (plan, predicted ms) -> measured ms, in the latency table's milliseconds.
 MeasureFn = Callable[[dict[str, Hashable], float], float]
+
+#: The best plan so far: (measured ms, score, plan, measured output error or None, summed error).
+Best = tuple[float, float, dict[str, Hashable], "float | None", float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +94,8 @@ class Outcome:
         reached: Whether the measured latency meets the user's budget.
         unreachable: Why not, when not reached.
         scale: table dense ms / dense ms now (divide table milliseconds by it for the user's).
+        output_error: The chosen plan's measured output error (None without `measure_error`).
+        error_model: The fitted output-error correction (None without `measure_error`).
     """
 
     plan: dict[str, Hashable]
@@ -85,6 +106,8 @@ class Outcome:
     reached: bool
     unreachable: str | None
     scale: float
+    output_error: float | None = None
+    error_model: ErrorModel | None = None
 
 
 class CandidateTimer:
@@ -97,21 +120,39 @@ class CandidateTimer:
     """
 
     def __init__(self, model: ModelIR, method: Method, latency: Any, feeds: Mapping[str, Any],
-                 dense_ref_ms: float, *, prepare: Callable[[ModelIR], ModelIR] | None = None):
+                 dense_ref_ms: float, *, prepare: Callable[[ModelIR], ModelIR] | None = None,
+                 input_shapes: Mapping[str, Any] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None):
         self.model = model
         self.method = method
         self.latency = latency
         self.feeds = dict(feeds)
         self.dense_ref_ms = dense_ref_ms
         self.prepare = prepare
+        self.progress = progress
         self.seen: dict[tuple[tuple[str, Hashable], ...], float] = {}
+        # ratios measured by earlier runs of this model, shapes and provider (latency/cache.py);
+        # prepared candidates (target lowering) are keyed apart from plain ones
+        self.timings = None
+        if latency is not None and input_shapes is not None:
+            from spa_compiler.latency.cache import provider_cache
+
+            self.timings = provider_cache(model, input_shapes, latency)
 
     def __call__(self, plan: Mapping[str, Hashable], predicted: float) -> float:
         key = tuple(sorted((str(k), v) for k, v in plan.items()))
         if key not in self.seen:
+            from spa_compiler.latency.cache import entry_key
+
+            entry = entry_key("candidate", [self.method.name, self.prepare is not None, [list(map(repr, kv)) for kv in key]])
+            hit = self.timings.get(entry) if self.timings is not None else None
             if self.latency is None:
                 self.seen[key] = predicted
+            elif hit is not None:
+                self.seen[key] = hit[0] * self.dense_ref_ms
             else:
+                if self.progress:
+                    self.progress("measure candidate", 0, 1)
                 clone = self.model.clone()
                 self.method.apply(clone, dict(plan), exact=False, validate=False)
                 dense = self.model
@@ -120,6 +161,11 @@ class CandidateTimer:
                 t_dense, t_cand = self.latency.time_many([dense, clone], self.feeds)
                 self.seen[key] = t_cand.ms / t_dense.ms * self.dense_ref_ms
                 del clone
+                if self.timings is not None:
+                    self.timings.put(entry, t_cand.ms / t_dense.ms, t_dense.ms)
+                    self.timings.flush()
+                if self.progress:
+                    self.progress("measure candidate", 1, 1)
         return self.seen[key]
 
 
@@ -139,6 +185,10 @@ def meet_budget(
     plan_error: Callable[[Mapping[str, Hashable]], float] | None = None,
     predict: Callable[[Mapping[str, Hashable]], float] | None = None,
     n_sites: int | None = None,
+    measure_error: ErrorFn | None = None,
+    site_class: Mapping[str, str] | None = None,
+    dense_plan: Mapping[str, Hashable] | None = None,
+    max_output_error: float | None = None,
 ) -> Outcome:
     """Run the rounds (see the module docstring).
 
@@ -157,6 +207,11 @@ def meet_budget(
         plan_error: A plan's summed error (joint fallback).
         predict: A plan's additive prediction (joint fallback's records).
         n_sites: Sites the mean error is taken over (default: len(options)).
+        measure_error: plan -> measured output error (see the module docstring).
+        site_class: site id -> class, for the per-class error weights (needs `dense_plan`).
+        dense_plan: Every site at its dense variant (for measuring a plan one class at a time).
+        max_output_error: Bound on the measured output error (None: none; the summed-error bound
+            still applies).
     """
     n = n_sites if n_sites is not None else len(options)
     scale = table_dense_ms / dense_now_ms
@@ -164,31 +219,87 @@ def meet_budget(
     budget = budget_ms * (1.0 - settings.safety) * scale
     internal = budget
     rounds: list[dict[str, Any]] = []
-    best: tuple[float, float, dict[str, Hashable]] | None = None  # (measured, error, plan)
+    model = ErrorModel(dict(site_class or {})) if measure_error is not None else None
+    site_errors = {(str(o.group_id), lv.level_id): float(lv.error) for o in options for lv in o.levels}
+    searched: Sequence[GroupOptions] = options  # re-weighted once the classes are fitted
+    reweighted = False
+    bound = max_total_error
+    # (measured ms, score, plan, measured output error, summed error): score is the measured output
+    # error when there is one, else the summed error
+    best: Best | None = None
     result: SearchResult | None = None
     under: float | None = None  # largest internal budget whose plan measured within budget
     over: float | None = None  # smallest internal budget whose plan measured over budget
+
+    def errors_of(levels: Mapping[Hashable, Hashable]) -> dict[str, float]:
+        return {str(g): site_errors.get((str(g), k), 0.0) for g, k in levels.items()}
+
+    def error_ok(out_err: float | None) -> bool:
+        return max_output_error is None or out_err is None or out_err <= max_output_error
+
+    def consider(measured: float, summed: float, plan: dict[str, Hashable], out_err: float | None) -> None:
+        nonlocal best
+        score = out_err if out_err is not None else summed
+        ok = measured <= budget and error_ok(out_err)
+        cand = (measured, score, plan, out_err, summed)
+        if best is None:
+            best = cand
+            return
+        best_ok = best[0] <= budget and error_ok(best[3])
+        if ok and (not best_ok or score < best[1]):
+            best = cand
+        elif not ok and not best_ok and measured < best[0]:
+            best = cand
+
     for it in range(settings.max_iters):
-        result = choose_levels(options, internal, base_ms, max_error=max_total_error)
+        result = choose_levels(searched, internal, base_ms, max_error=bound)
         plan = decode(result)
         measured = measure(plan, result.predicted_ms)
-        rounds.append({"round": it + 1, "internal_budget_ms": internal, "predicted_ms": result.predicted_ms,
-                       "measured_ms": measured, "mean_error": result.error / n, "status": result.status})
-        logger.info("search round %d: internal %.4f ms, predicted %.4f, measured %.4f, error %.4f",
-                    it + 1, internal, result.predicted_ms, measured, result.error / n)
+        summed = sum(errors_of(result.levels).values()) if reweighted else result.error
+        record: dict[str, Any] = {"round": it + 1, "internal_budget_ms": internal,
+                                  "predicted_ms": result.predicted_ms, "measured_ms": measured,
+                                  "mean_error": summed / n, "status": result.status}
+        out_err: float | None = None
+        if model is not None and measure_error is not None:
+            errs = errors_of(result.levels)
+            record["predicted_output_error"] = model.predict(errs)  # before this round's refit
+            out_err = measure_error(plan)
+            record["measured_output_error"] = out_err
+            same_sites = {str(g) for g in result.levels} == {str(g) for g in plan}
+            if it == 0 and dense_plan is not None and site_class and same_sites:
+                lightest = {}
+                for o in options:
+                    cut = [lv for lv in o.levels if lv.error > 0]
+                    if cut:
+                        lv = min(cut, key=lambda lv: (lv.error, lv.latency_ms))
+                        lightest[str(o.group_id)] = (lv.level_id, float(lv.error))
+                per_class = model.fit_classes(plan, errs, dense_plan, measure_error, lightest)
+                if per_class:
+                    record["measured_output_error_by_class"] = per_class
+                    record["class_weights"] = dict(model.weights)
+                    searched = [GroupOptions(o.group_id, [Level(lv.level_id, lv.latency_ms,
+                                                                lv.error * model.weight(str(o.group_id)))
+                                                          for lv in o.levels]) for o in options]
+                    reweighted = True
+            model.observe(errs, out_err)
+            if max_output_error is not None:
+                bound = model.additive_bound(max_output_error)
+                record["additive_bound"] = bound
+        rounds.append(record)
+        logger.info("search round %d: internal %.4f ms, predicted %.4f, measured %.4f, error %.4f%s",
+                    it + 1, internal, result.predicted_ms, measured, summed / n,
+                    "" if out_err is None else f", output error {out_err:.4g}")
         meets = measured <= budget
+        consider(measured, summed, plan, out_err)
         if meets:
-            if best is None or best[0] > budget or result.error < best[1]:
-                best = (measured, result.error, plan)
             under = internal if under is None else max(under, internal)
         else:
-            if best is None or (best[0] > budget and measured < best[0]):
-                best = (measured, result.error, plan)
             over = internal if over is None else min(over, internal)
         if not result.feasible and not meets:
             break  # even the fastest plan the table allows misses: the joint fallback may follow
         # (an infeasible round whose plan meets the budget means a correction overshot: go on)
-        if meets and measured >= user_budget * (1.0 - settings.tolerance):
+        if meets and measured >= user_budget * (1.0 - settings.tolerance) and error_ok(out_err) and \
+                not (it == 0 and reweighted):
             break  # within [1 - tolerance, 1 - safety] of the user's budget
         if under is not None and over is not None:
             internal = 0.5 * (under + over)  # bracketed: bisect on the internal budget
@@ -197,27 +308,33 @@ def meet_budget(
             internal = correct_budget(budget, result.predicted_ms, measured, internal)
             if over is not None:
                 internal = min(internal, over * 0.999)
-            if internal == previous:
+            if internal == previous and not (it == 0 and reweighted):
                 break  # the correction is a fixed point: the next round would repeat this one
+                # (unless the errors were just re-weighted: the same budget then gives another plan)
     assert best is not None and result is not None
     if best[0] > budget and has_measurements and joint_plan is not None:
         assert plan_error is not None and predict is not None
         best = _joint_fallback(best, budget, user_budget, max_total_error, n, joint_plan, plan_error,
-                               measure, predict, rounds, settings)
-    measured, error, plan = best
-    reached = measured <= user_budget
+                               measure, predict, rounds, settings, measure_error, consider_fn=consider,
+                               get_best=lambda: best)
+    measured, _score, plan, out_err, error = best
+    reached = measured <= user_budget and error_ok(out_err)
     last: SearchResult | None = result
     if reached and not result.feasible:
         last = None  # met by a measured joint plan the additive table did not predict
     unreachable = None
     if not reached:
-        unreachable = result.message if not result.feasible else (
-            f"measured {measured / scale:.4g} ms after {len(rounds)} rounds")
-    return Outcome(plan, measured, error, rounds, last, reached, unreachable, scale)
+        if measured <= user_budget:
+            unreachable = (f"the plans that meet the budget measure output error {out_err:.4g} > "
+                           f"bound {max_output_error:.4g}")
+        else:
+            unreachable = result.message if not result.feasible else (
+                f"measured {measured / scale:.4g} ms after {len(rounds)} rounds")
+    return Outcome(plan, measured, error, rounds, last, reached, unreachable, scale, out_err, model)
 
 
 def _joint_fallback(
-    best: tuple[float, float, dict[str, Hashable]],
+    best: Best,
     budget: float,
     user_budget: float,
     bound: float,
@@ -228,7 +345,11 @@ def _joint_fallback(
     predict: Callable[[Mapping[str, Hashable]], float],
     rounds: list[dict[str, Any]],
     settings: LoopSettings,
-) -> tuple[float, float, dict[str, Hashable]]:
+    measure_error: ErrorFn | None,
+    *,
+    consider_fn: Callable[[float, float, dict[str, Hashable], float | None], None],
+    get_best: Callable[[], Best | None],
+) -> Best:
     """Bisect one shared share of every site on measurements, within the error bound."""
     lo, hi = 0.0, settings.joint_max_share
     share = hi
@@ -241,22 +362,27 @@ def _joint_fallback(
             continue
         predicted = predict(plan)
         measured = measure(plan, predicted)
-        rounds.append({"round": len(rounds) + 1, "uniform_share": round(share, 4), "predicted_ms": predicted,
-                       "measured_ms": measured, "mean_error": error / n, "status": "joint-fallback"})
+        record: dict[str, Any] = {"round": len(rounds) + 1, "uniform_share": round(share, 4),
+                                  "predicted_ms": predicted, "measured_ms": measured,
+                                  "mean_error": error / n, "status": "joint-fallback"}
+        out_err = None
+        if measure_error is not None:
+            out_err = measure_error(plan)
+            record["measured_output_error"] = out_err
+        rounds.append(record)
+        consider_fn(measured, error, plan, out_err)
         if measured <= budget:
-            if best[0] > budget or error < best[1]:
-                best = (measured, error, plan)
             if measured >= user_budget * (1.0 - settings.tolerance):
                 break
             hi = share
         else:
-            if best[0] > budget and measured < best[0]:
-                best = (measured, error, plan)
             if share >= settings.joint_max_share:
                 break  # even every site at its deepest level misses: unreachable
             lo = share
         share = 0.5 * (lo + hi)
-    return best
+    out = get_best()
+    assert out is not None
+    return out
 
 
 def plan_of(result: SearchResult) -> dict[str, Hashable]:

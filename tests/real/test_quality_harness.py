@@ -129,6 +129,9 @@ def test_smollm2_damaged_model_scores_worse(tmp_path: pathlib.Path) -> None:
     assert res["perplexity"] > 1.2 * dense["perplexity"], (dense, res)
     assert res["dense_perplexity"] == pytest.approx(dense["perplexity"], rel=1e-12)
     assert res["perplexity_ratio_to_dense"] > 1.2
+    # fidelity: the dense model against itself is exact; the damaged one departs from it
+    assert dense["kl_to_dense"] == 0.0 and dense["top1_agreement"] == 1.0
+    assert res["kl_to_dense"] > 0.05 and res["top1_agreement"] < 0.95, res
 
 
 @pytest.mark.slow
