@@ -35,8 +35,13 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
+def _messages(err: str) -> list[str]:
+    """stderr's lines less the progress log (`spa-compile [  0.4s] stage: ...`, spa_compiler.progress)."""
+    return [line for line in err.splitlines() if line.strip() and not line.startswith("spa-compile [")]
+
+
 def _one_line(err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = _messages(err)
     assert len(lines) == 1, err
     assert lines[0].startswith("spa-compile: error: "), err
     assert "Traceback" not in err and "internal error" not in err, err
@@ -208,7 +213,7 @@ def test_signal_during_a_pass_stops_with_one_line_and_a_report(tmp_path: Path, s
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 128 + int(sig), err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = _messages(err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"spa-compile: stopped by {sig.name} during pass prune-"), lines
     data = json.loads(report.read_text())
@@ -243,7 +248,7 @@ def test_early_ctrl_c_prints_no_traceback(tmp_path: Path, chain: Path, extra_del
     assert "Traceback" not in err, err
     if p.returncode != 0:  # (a fast machine may have finished)
         assert p.returncode == 130, err
-        lines = [line for line in err.splitlines() if line.strip()]
+        lines = _messages(err)
         assert len(lines) == 1 and lines[0].startswith("spa-compile: stopped by SIGINT"), err
         assert not (tmp_path / "o.onnx").exists()
         if (tmp_path / "r.json").exists():  # (not when stopped before the arguments were read)
