@@ -1,6 +1,7 @@
 """`spa-compile`: the command-line front end.
 
-Exit codes: 0 ok, 1 pass failure, 2 usage error or missing requirement, 3 invalid input model.
+Exit codes: 0 ok, 1 pass failure, 2 usage error or missing requirement, 3 invalid input model,
+130 / 143 stopped by SIGINT / SIGTERM (`spa_compiler.signals`).
 Errors are one line on stderr; the traceback only with -vv.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spa_compiler import signals  # installed already when this process is the command (__init__)
 from spa_compiler.errors import SpaError, UsageError
 
 logger = logging.getLogger("spa_compiler")
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="spa-compile",
         description="Structured compression of ONNX models to a measured latency budget.",
-        epilog="exit codes: 0 ok, 1 pass failure, 2 usage/missing requirement, 3 invalid model. "
+        epilog="exit codes: 0 ok, 1 pass failure, 2 usage/missing requirement, 3 invalid model, "
+        "130 stopped by SIGINT, 143 stopped by SIGTERM. "
         "`spa-compile MODEL ...` means `spa-compile compile MODEL ...`.",
     )
     sub = parser.add_subparsers(dest="verb", parser_class=_ArgumentParser)
@@ -325,6 +328,25 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    try:
+        if signals.installed() and not signals.armed():
+            signals.arm()  # installed at import (the command): raise a signal received meanwhile
+        else:
+            signals.install()  # first: a Ctrl-C or SIGTERM from here on ends with one line
+        return _main(argv)
+    except KeyboardInterrupt as e:  # raised while an error was being reported
+        return _stopped(e)
+
+
+def _stopped(e: KeyboardInterrupt) -> int:
+    name = getattr(e, "name", "SIGINT")
+    stage = getattr(e, "stage", None)
+    where = f" during {stage}" if stage else ""
+    print(f"spa-compile: stopped by {name}{where}; nothing half-written was left", file=sys.stderr)
+    return int(getattr(e, "exit_code", signals.EXIT_SIGINT))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
     verbose += argv.count("--verbose")
@@ -342,9 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("error")
         print(f"spa-compile: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("spa-compile: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(e)
     except BrokenPipeError:
         # the reader went away (`spa-compile list-passes | head`): not an error of ours; stop quietly
         # and keep Python from complaining again when it flushes stdout at exit

@@ -280,6 +280,15 @@ def collect_hessians(
     rng = np.random.default_rng(seed)
     n = 0
     for n, acts in enumerate(collector.collect(feeds), start=1):
+        for name in names:
+            a = np.asarray(acts[name])
+            if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+                raise UsageError(
+                    f"activation {name!r} is NaN/Inf on calibration feed {n} "
+                    f"({int(np.count_nonzero(~np.isfinite(a)))} of {a.size} values): the model "
+                    "overflows or divides by zero on this input",
+                    hint="check that feed (range, dtype, normalization) or compile in float32",
+                )
         for i, v in enumerate(views):
             accs[i].add_batch(v.features(acts[v.input_name], rng))
         if progress:
