@@ -274,7 +274,8 @@ class PruningPass(Pass):
                 return dict(plans[int(res.levels["uniform"])])  # type: ignore[call-overload]
 
         dense_now = float(ctx.dense_ms or table.dense_ms)
-        timer = CandidateTimer(model, method, ctx.latency, ctx.feeds or {}, table.dense_ms)
+        timer = CandidateTimer(model, method, ctx.latency, ctx.feeds or {}, table.dense_ms,
+                               input_shapes=ctx.input_shapes, progress=ctx.progress)
         probe = self._error_probe(model, ctx, method, cache if cache is not None else {})
         site_class = None
         dense = None

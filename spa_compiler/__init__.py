@@ -9,6 +9,20 @@ import os as _os
 
 from spa_compiler._version import __version__
 
+# When this process is the command (the `spa-compile` script or `python -m spa_compiler`), SIGINT
+# and SIGTERM are taken over before the imports below (numpy, onnx, graphsurgeon: slow), so an early
+# Ctrl-C gives one line, not a traceback. The handler only records the signal until `cli.main` runs
+# (an exception raised inside an import would surface as a traceback). Library users are untouched.
+import sys as _sys
+
+if _sys.argv and (
+    _sys.argv[0].replace("\\", "/").endswith(("/spa-compile", "spa_compiler/__main__.py"))
+    or _sys.argv[0] in ("spa-compile", "-m")
+):
+    from spa_compiler import signals as _signals
+
+    _signals.install(arm=False)
+
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes")) and _os.path.isfile(
     _os.path.join(_root, "passes", "registry.py")

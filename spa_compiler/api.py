@@ -204,23 +204,70 @@ def _shapes(
     return parse_input_shapes(items)  # one checker: the same messages as --input-shape
 
 
-def _load_calibration(model_path: PathLike, spec: str, loader: Any) -> Any:
+def _load_calibration(
+    model_path: PathLike, spec: str, loader: Any, shapes: Mapping[str, Sequence[int]] | None = None
+) -> Any:
     import onnx
 
-    proto = onnx.load(str(model_path), load_external_data=False)
-    init = {t.name for t in proto.graph.initializer}
-    names = [i.name for i in proto.graph.input if i.name not in init]
-    return loader(spec, names)
+    from spa_compiler.calibration import model_inputs
+    from spa_compiler.checks import check_shape_hints
+    from spa_compiler.ir import load_proto
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # not a readable model: the loader says why, with exit 3
+        proto = load_proto(model_path)
+    check_shape_hints(proto, shapes or {})  # before any feed is read: the hint is the first error
+    specs = model_inputs(proto)
+    expected = {s.name: (shapes or {}).get(s.name, s.shape) for s in specs}
+    return loader(spec, [s.name for s in specs], expected_dtypes={s.name: s.dtype for s in specs},
+                  expected_shapes=expected)
 
 
-def _calibration(model: PathLike, calib: Any) -> Any:
+def _calibration(model: PathLike, calib: Any, shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
     if calib is None:
         return None
     if isinstance(calib, (str, os.PathLike)):
         from spa_compiler.calibration import load_calibration
 
-        return _load_calibration(model, os.fspath(calib), load_calibration)
+        return _load_calibration(model, os.fspath(calib), load_calibration, shapes)
     return calib  # already a calibration source
+
+
+def _check_outputs(
+    model: PathLike, dst: Path, budget: Any, calib: Any, latency_table: Any,
+    report_path: Path | None, html_path: Path | None,
+) -> None:
+    """Every path the compile writes, before any work (spa_compiler.outputs.check_outputs)."""
+    from spa_compiler.outputs import check_outputs
+
+    try:
+        tags = [t for t, _ in parse_budgets(budget)]
+    except SpaError:  # reported with the run (and in its report) below
+        tags = []
+    models = [budget_output(dst, t) for t in tags] if len(tags) > 1 else [dst]
+    outputs: dict[str, Path | None] = {}
+    for m in models:
+        outputs[f"-o {m.name}" if len(models) > 1 else "-o"] = m
+        outputs[f"the external-data file of {m.name}"] = m.with_name(m.name + ".data")
+    outputs.update({"--report": report_path, "--report-html": html_path})
+    inputs = [model] + [p for p in (latency_table, calib) if isinstance(p, (str, os.PathLike))]
+    try:
+        size = os.path.getsize(model)
+    except OSError:
+        size = 0
+    check_outputs(inputs, outputs, expected_bytes=size * len(models))
+
+
+def _stopped_how(e: KeyboardInterrupt, rep: Report) -> None:
+    """Record in `rep` (and on `e`, for the CLI's one line) that a signal stopped the run, and where."""
+    name = getattr(e, "name", "SIGINT")
+    stage = rep.stage or "start-up"
+    if rep.task and rep.task != stage and not stage.endswith(rep.task):
+        stage = f"{stage} ({rep.task})"
+    rep.status = "interrupted"
+    rep.error = f"stopped by {name} during {stage}; no output was written"
+    e.stage = stage  # type: ignore[attr-defined]
 
 
 def _table(latency_table: Any) -> Any:
@@ -315,14 +362,26 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
         raise TypeError(f"compile() got unexpected keyword arguments {unknown}")
     report_path, html_path = _report_paths(report, report_html)
     dst = Path(output) if output is not None else default_output(model)
+    # every path the run writes, checked before any work (not an input, not each other, writable);
+    # a refused path is never written to, so no report either
+    _check_outputs(model, dst, budget, calib, latency_table, report_path, html_path)
     reports: list[Report] = []
     done: list[Run] = []
     several = False
+    early = Report(stage="start-up")  # what the run does before the first compile
+    current = [early]
+
+    def track(task: str, n: int, total: int) -> None:  # the stage an interrupted report names
+        current[0].task = task
+        (progress or _no_progress)(task, n, total)
+
     try:
         budgets = parse_budgets(budget)
         several = len(budgets) > 1
         shapes = _shapes(input_shapes)
-        calibration = _calibration(model, calib)
+        early.stage = "load calibration"
+        calibration = _calibration(model, calib, shapes)
+        early.stage = "load latency table"
         table = _table(latency_table)
         plan = (
             [(None, None, dst)]
@@ -336,6 +395,7 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
         for tag, b, out in plan:
             rep = Report()
             reports.append(rep)
+            current[0] = rep
             try:
                 compile_model(
                     model,
@@ -354,7 +414,7 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
                     latency_table=table,
                     max_error=max_error,
                     seed=seed,
-                    progress=progress or _no_progress,
+                    progress=track,
                     measure_latency=measure,
                     **options,
                 )
@@ -364,11 +424,8 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
             except Exception as e:
                 rep.status, rep.error = "failed", f"{type(e).__name__}: {e}"
                 raise
-            except KeyboardInterrupt:  # Ctrl-C or a signal the CLI turned into one
-                rep.status, rep.error = (
-                    "interrupted",
-                    "stopped (interrupted) before the compile finished",
-                )
+            except KeyboardInterrupt as e:  # Ctrl-C or a signal (spa_compiler.signals.Interrupted)
+                _stopped_how(e, rep)
                 raise
             done.append(Run(tag, Path(rep.output.get("path") or out), rep))
     except SpaError as e:
@@ -379,6 +436,11 @@ def compile(  # noqa: A001 - the API's verb, as on the command line
     except Exception as e:
         if not reports:
             reports.append(Report(status="failed", error=f"{type(e).__name__}: {e}"))
+        raise
+    except KeyboardInterrupt as e:
+        if not reports:  # stopped before the first compile (loading calibration data, ...)
+            _stopped_how(e, early)
+            reports.append(early)
         raise
     finally:
         _write_reports(reports, report_path, html_path, several=several)
@@ -419,8 +481,8 @@ def _no_progress(task: str, done: int, total: int) -> None:
 def _write_reports(
     reports: Sequence[Report], json_path: Path | None, html_path: Path | None, *, several: bool
 ) -> None:
-    """The JSON and HTML reports (a comparison with several budgets); a write failure is logged
-    (the run's own outcome stands)."""
+    """The JSON and HTML reports (a comparison with several budgets). A write failure after a run
+    that failed is logged (the run's own error stands); after a run that succeeded it raises."""
     if json_path is None and html_path is None:
         return
     from spa_compiler.report import write_text_atomic
@@ -430,13 +492,19 @@ def _write_reports(
         data: dict[str, Any] = comparison([r.to_dict() for r in reports])
     else:
         data = reports[0].to_dict() if reports else Report(status="failed").to_dict()
+    ok = all(r.status == "ok" for r in reports)
     for path, text in ((json_path, lambda: _json(data)), (html_path, lambda: render(data))):
         if path is None:
             continue
         try:
             write_text_atomic(path, text())
-        except OSError as e:
-            logger.error("could not write the report to %s: %s", path, e)
+        except (OSError, SpaError) as e:
+            why = e.one_line() if isinstance(e, SpaError) else (e.strerror or str(e))
+            if ok:  # a run that succeeded must not exit 0 without the report it was asked for
+                from spa_compiler.errors import OutputError
+
+                raise OutputError(f"cannot write the report {path}: {why}") from e
+            logger.error("could not write the report to %s: %s", path, why)  # the run's error stands
 
 
 def _json(data: Mapping[str, Any]) -> str:
@@ -471,7 +539,11 @@ def inspect(
         from spa_compiler.groups.report import format_groups, groups_to_json
         from spa_compiler.ir import ModelIR
 
-        analysis = analyze(ModelIR.load(model), input_shapes=shapes)
+        from spa_compiler.checks import check_shape_hints
+
+        ir = ModelIR.load(model)
+        check_shape_hints(ir, shapes)
+        analysis = analyze(ir, input_shapes=shapes)
         return Inspection(groups_to_json(analysis), format_groups(analysis))
     from spa_compiler.inspect import format_inspection, inspect_model
 
@@ -501,25 +573,29 @@ def profile(
 
     `lower`: the variants are timed lowered for the target as `compile` times its candidates
     (auto: the lowering chosen by measurement on the dense model; none; all)."""
-    from spa_compiler.compile import check_paths
+    from spa_compiler.checks import check_compute_dtypes, check_runs, check_shape_hints
     from spa_compiler.groups.analysis import analyze
     from spa_compiler.ir import ModelIR
     from spa_compiler.latency.profile import profile_pruning
     from spa_compiler.ort import random_feeds
+    from spa_compiler.outputs import check_outputs
     from spa_compiler.targets import get_target
 
     out = Path(output)
     if out.suffix.lower() != ".json":
         raise UsageError(f"the table {out} should end in .json")
-    check_paths(Path(model), out.with_suffix(".onnx"))
+    check_outputs([model], {"-o": out})
     tgt = get_target(target)
     shapes = _shapes(input_shapes)
     ir = ModelIR.load(model)
+    check_shape_hints(ir, shapes)
+    check_compute_dtypes(ir)
     missing = sorted(set(ir.symbolic_inputs()) - set(shapes))
     if missing:
         raise UsageError(
             f"inputs {missing} have symbolic dimensions", hint="pass --input-shape NAME:DxD"
         )
+    check_runs(ir, random_feeds(ir, shapes), shapes)
     unit_list = tuple(
         u.strip() for u in (units.split(",") if isinstance(units, str) else units) if u.strip()
     )

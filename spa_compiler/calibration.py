@@ -132,7 +132,8 @@ def model_inputs(model: onnx.ModelProto | ModelIR) -> list[InputSpec]:
                 dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
             if tt.HasField("shape"):
                 shape = tuple(
-                    d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
+                    d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                    for d in tt.shape.dim
                 )
         out.append(InputSpec(vi.name, dtype, shape))
     return out
@@ -214,14 +215,20 @@ class _Validated:
             if shape is not None and (
                 arr.ndim != len(shape)
                 or any(
-                    d is not None and d > 0 and d != a
+                    d is not None and d >= 0 and d != a
                     for d, a in zip(shape, arr.shape, strict=True)
                 )
             ):
-                dims = ["?" if d is None or d <= 0 else d for d in shape]
+                dims = ["?" if d is None or d < 0 else d for d in shape]
                 raise UsageError(
                     f"calibration feed {where}: input {name!r} has shape {list(arr.shape)}, "
                     f"expected {dims}"
+                )
+            if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
+                n = int(np.count_nonzero(~np.isfinite(arr)))
+                raise UsageError(
+                    f"calibration feed {where}: input {name!r} holds {n} NaN/Inf value(s) of {arr.size}",
+                    hint="calibration data must be finite: fix or drop that sample",
                 )
             feed[name] = arr
         return feed
@@ -331,18 +338,31 @@ class NumpyDirectorySource(_Validated):
                         key = name if name in keys else _file_stem(name)
                         if key in keys:
                             feed[name] = z[key]
-            except (OSError, ValueError) as e:
-                raise UsageError(f"cannot read calibration file {path}: {e}") from e
-            if not feed and keys:
-                logger.debug("%s has keys %s, none an input", path, sorted(keys))
+            except Exception as e:  # BadZipFile, zlib/EOF errors of a truncated member, pickles
+                raise UsageError(
+                    f"cannot read calibration file {path} ({type(e).__name__}: {e}): truncated or "
+                    "not written by np.savez",
+                    hint="re-save it with np.savez(path, input_name=array)",
+                ) from e
+            missing = [n for n in self.input_names if n not in feed]
+            if missing:
+                raise UsageError(
+                    f"calibration feed {path} lacks input(s) {missing} (the file holds the key(s) "
+                    f"{sorted(keys)})",
+                    hint=f"the model's inputs are {list(self.input_names)}: save one array per input "
+                    "under its name",
+                )
             yield str(path), feed
         for files in self.npy_feeds:
             feed = {}
             for name, path in files.items():
                 try:
                     feed[name] = np.load(path, allow_pickle=False)
-                except (OSError, ValueError) as e:
-                    raise UsageError(f"cannot read calibration file {path}: {e}") from e
+                except Exception as e:  # truncated, not .npy, a pickle
+                    raise UsageError(
+                        f"cannot read calibration file {path} ({type(e).__name__}: {e})",
+                        hint="re-save it with np.save(path, array)",
+                    ) from e
             names = ", ".join(p.name for p in files.values())
             yield f"{next(iter(files.values())).parent} ({names})", feed
 
@@ -440,6 +460,11 @@ class FunctionSource(_Validated):
             result = self.function()
         except SpaError:
             raise
+        except SystemExit as e:
+            raise UsageError(
+                f"calibration function {self.spec} called sys.exit({e.code!r}) instead of returning feeds",
+                hint="return (or yield) dicts of input name -> array; raise an exception to report a problem",
+            ) from None
         except Exception as e:
             raise UsageError(
                 f"calibration function {self.spec} raised {type(e).__name__}: {e}"
@@ -458,6 +483,11 @@ class FunctionSource(_Validated):
                 return
             except SpaError:
                 raise
+            except SystemExit as e:
+                raise UsageError(
+                    f"calibration function {self.spec} called sys.exit({e.code!r}) at feed {k}",
+                    hint="yield dicts of input name -> array; raise an exception to report a problem",
+                ) from None
             except Exception as e:
                 raise UsageError(
                     f"calibration function {self.spec} raised {type(e).__name__} at feed {k}: {e}"
@@ -485,6 +515,12 @@ def _import_function(spec: str) -> Callable[[], Any]:
             sys.modules[name] = module
             try:
                 mod_spec.loader.exec_module(module)
+            except SystemExit as e:
+                sys.modules.pop(name, None)
+                raise UsageError(
+                    f"calibration script {path} called sys.exit({e.code!r}) when imported",
+                    hint="guard its command-line code with `if __name__ == \"__main__\":`",
+                ) from None
             except BaseException:
                 sys.modules.pop(name, None)
                 raise
@@ -492,6 +528,11 @@ def _import_function(spec: str) -> Callable[[], Any]:
             module = importlib.import_module(module_part)
     except SpaError:
         raise
+    except SystemExit as e:
+        raise UsageError(
+            f"calibration module {module_part!r} called sys.exit({e.code!r}) when imported",
+            hint="guard its command-line code with `if __name__ == \"__main__\":`",
+        ) from None
     except Exception as e:  # ImportError, SyntaxError, errors at import time of user code
         raise UsageError(
             f"cannot import calibration module {module_part!r}: {type(e).__name__}: {e}"

@@ -1,6 +1,7 @@
 """`spa-compile`: the command-line front end.
 
-Exit codes: 0 ok, 1 pass failure, 2 usage error or missing requirement, 3 invalid input model.
+Exit codes: 0 ok, 1 pass failure, 2 usage error or missing requirement, 3 invalid input model,
+130 / 143 stopped by SIGINT / SIGTERM (`spa_compiler.signals`).
 Errors are one line on stderr; the traceback only with -vv.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spa_compiler import signals  # installed already when this process is the command (__init__)
 from spa_compiler.errors import SpaError, UsageError
 
 logger = logging.getLogger("spa_compiler")
@@ -46,12 +48,28 @@ def _add_shapes(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _NoCache(argparse.Action):
+    """--no-cache: the process's timing cache off (spa_compiler.latency.cache)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        from spa_compiler.latency.cache import ENV_DISABLE
+
+        os.environ[ENV_DISABLE] = "1"
+        setattr(namespace, self.dest, True)
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action=_NoCache, nargs=0, default=False,
+                   help="do not read or write the timing cache (also: SPA_COMPILER_NO_CACHE=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
     parser = _ArgumentParser(
         prog="spa-compile",
         description="Structured compression of ONNX models to a measured latency budget.",
-        epilog="exit codes: 0 ok, 1 pass failure, 2 usage/missing requirement, 3 invalid model. "
+        epilog="exit codes: 0 ok, 1 pass failure, 2 usage/missing requirement, 3 invalid model, "
+        "130 stopped by SIGINT, 143 stopped by SIGTERM. "
         "`spa-compile MODEL ...` means `spa-compile compile MODEL ...`.",
     )
     sub = parser.add_subparsers(dest="verb", parser_class=_ArgumentParser)
@@ -85,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads when timing")
     c.add_argument("--no-measure", action="store_true", help="skip latency measurement")
     c.add_argument("--seed", type=int, default=0)
+    _add_cache(c)
     _add_shapes(c)
     _add_common(c)
 
@@ -112,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-ratio", type=float, default=0.75, help="largest share of a group removed")
     pr.add_argument("--runs", type=int, default=20, help="timed runs per measurement (median)")
     pr.add_argument("--threads", type=int, default=1)
+    _add_cache(pr)
     _add_shapes(pr)
     _add_common(pr)
 
@@ -148,8 +168,18 @@ class _Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self.bars: dict[str, Any] = {}
         self.started: dict[str, float] = {}
+        # not a terminal (a piped or redirected log): plain, rate-limited lines instead of bars
+        self.log: Any = None
+        if enabled and not self.enabled and os.environ.get("SPA_COMPILER_PROGRESS", "1") != "0":
+            from spa_compiler.progress import LogProgress
+
+            # lines start once the passes run (their option checks come first) or after 8 s
+            self.log = LogProgress(prefix="spa-compile ", heartbeat=True,
+                                   hold=("load", "lower", "measure dense"))
 
     def __call__(self, task: str, done: int, total: int) -> None:
+        if self.log is not None:
+            self.log(task, done, total)
         if not self.enabled:
             return
         now = time.monotonic()
@@ -167,6 +197,8 @@ class _Progress:
                 del self.bars[task]
 
     def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
@@ -255,7 +287,11 @@ def cmd_list_passes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from spa_compiler.demo import run_demo
 
-    report = run_demo(Path(args.out_dir), runs=args.runs, progress=_Progress(enabled=True))
+    progress = _Progress(enabled=True)
+    try:
+        report = run_demo(Path(args.out_dir), runs=args.runs, progress=progress)
+    finally:
+        progress.close()
     print(report.summary())
     out = Path(args.out_dir)
     print(f"wrote {report.output.get('path')}, {out / 'report.json'} and {out / 'report.html'} "
@@ -292,6 +328,25 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    try:
+        if signals.installed() and not signals.armed():
+            signals.arm()  # installed at import (the command): raise a signal received meanwhile
+        else:
+            signals.install()  # first: a Ctrl-C or SIGTERM from here on ends with one line
+        return _main(argv)
+    except KeyboardInterrupt as e:  # raised while an error was being reported
+        return _stopped(e)
+
+
+def _stopped(e: KeyboardInterrupt) -> int:
+    name = getattr(e, "name", "SIGINT")
+    stage = getattr(e, "stage", None)
+    where = f" during {stage}" if stage else ""
+    print(f"spa-compile: stopped by {name}{where}; nothing half-written was left", file=sys.stderr)
+    return int(getattr(e, "exit_code", signals.EXIT_SIGINT))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
     verbose += argv.count("--verbose")
@@ -309,9 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("error")
         print(f"spa-compile: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("spa-compile: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(e)
     except BrokenPipeError:
         # the reader went away (`spa-compile list-passes | head`): not an error of ours; stop quietly
         # and keep Python from complaining again when it flushes stdout at exit

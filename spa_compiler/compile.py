@@ -14,10 +14,20 @@ from typing import Any
 import numpy as np
 
 from spa_compiler._version import __version__
+from spa_compiler.checks import (
+    check_compute_dtypes,
+    check_finite_weights,
+    check_interface,
+    check_no_empty_inputs,
+    check_runs,
+    check_shape_hints,
+    interface,
+)
 from spa_compiler.context import CompileContext, ProgressFn, no_progress
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR, file_digest
 from spa_compiler.ort import random_feeds
+from spa_compiler.outputs import check_outputs
 from spa_compiler.pass_manager import PassManager, Validate
 from spa_compiler.pipeline import DEFAULT_PRESET, parse, preset
 from spa_compiler.report import Report
@@ -178,12 +188,14 @@ def compile_model(
     report.tool_version = __version__
     src, dst = Path(model_path), Path(output_path)
     check_paths(src, dst)
+    check_outputs([src], {"output": dst, "output's external-data file": dst.with_name(dst.name + ".data")})
     tgt = get_target(target)
     report.target = tgt.name
     spec = pipeline if pipeline is not None else preset(preset_name or DEFAULT_PRESET)
     report.pipeline = spec
     passes = parse(spec) if spec.strip() else []
 
+    report.stage = "load"
     progress("load", 0, 1)
     model = ModelIR.load(src)
     digest = file_digest(src)
@@ -192,21 +204,21 @@ def compile_model(
     progress("load", 1, 1)
 
     shapes = dict(input_shapes or {})
-    unknown = sorted(set(shapes) - {t.name for t in model.graph.inputs})
-    if unknown:
-        raise UsageError(
-            f"--input-shape names {unknown}, which are not model inputs",
-            hint=f"inputs are {[t.name for t in model.graph.inputs]}",
-        )
+    check_shape_hints(model, shapes)
+    check_compute_dtypes(model)
+    check_finite_weights(model)
+    io = interface(model)
     missing = {n: s for n, s in model.symbolic_inputs().items() if n not in shapes}
     if missing:
         name, shape = next(iter(missing.items()))
-        example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in shape)
+        example = "x".join(str(d) if isinstance(d, int) and d >= 0 else "N" for d in shape)
         raise UsageError(
             f"input {name!r} has symbolic dimensions {list(shape)} and no shape hint",
             hint=f"pass --input-shape {name}:{example} (with N replaced by the size to compile for)",
         )
+    check_no_empty_inputs(model, shapes)
     feeds = random_feeds(model, shapes, seed=seed)
+    check_runs(model, feeds, shapes)
     provider = None
     if measure_latency:
         provider = tgt.provider(precision=precision, threads=threads, runs=measure_runs, input_shapes=shapes)
@@ -234,6 +246,7 @@ def compile_model(
     report.lowering = stage.decision.to_json()
     progress("lower", 1, 1)
     if provider is not None:
+        report.stage = "measure dense"
         ctx.latency = provider = stage.lowered  # every candidate is timed in its lowered form
         progress("measure dense", 0, 1)
         report.before = measure(model, feeds, stage.given, shapes=shapes)
@@ -274,8 +287,11 @@ def compile_model(
                 f"nothing lossy was done{' (skipped ' + ', '.join(lossy) + ')' if lossy else ''}")
 
     if passes:
+        report.stage = "passes"
         PassManager(passes, validate=validate).run(model, ctx)
+    check_interface(io, interface(model))
     ir_version = tgt.output_ir_version(model)
+    report.stage = "save"
     progress("save", 0, 1)
     from spa_compiler.ir import load_proto, save_proto
     from spa_compiler.lowering.provider import proto_digest
@@ -295,6 +311,7 @@ def compile_model(
 
     out = ModelIR.load(dst, check=stage.decision.lowering.is_identity)  # contrib ops: ORT checks them
     if provider is not None:
+        report.stage = "measure compiled"
         progress("measure compiled", 0, 1)
         report.after = model_stats(out, shapes)
         # the verdict: as given, lowered dense and the file written (read back, timed as it is)
@@ -307,6 +324,7 @@ def compile_model(
         progress("measure compiled", 1, 1)
     else:
         report.after = model_stats(out, shapes)
+    report.stage = "deploy check"
     report.output["deploy"] = tgt.deploy_check(dst, shapes)
     if tgt.name == "tensorrt":  # the builder settings the deploy check applied, for deployment
         report.output["deploy"]["builder_settings"] = {
@@ -330,4 +348,5 @@ def compile_model(
                 f"{paired['kind']} {paired['compiled_ms']:.3f} ms, {paired['ratio']:.3f}x of dense (paired timing)"
             )
     report.status = "ok"
+    report.stage = "done"
     return report

@@ -32,7 +32,16 @@ def run_demo(out_dir: Path, *, runs: int = 50, progress: ProgressFn = no_progres
         ) from e
     from spa_compiler import models_zoo
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from spa_compiler.errors import OutputError
+    from spa_compiler.outputs import check_outputs
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"--out-dir {out_dir}: cannot create it ({e.strerror or e})",
+                          hint="choose a writable folder") from e
+    check_outputs([], {f"--out-dir {out_dir}: {n}": out_dir / n
+                       for n in ("model.onnx", "model.compiled.onnx", "report.json", "report.html")})
     progress("export demo model", 0, 1)
     src = models_zoo.build(DEMO_MODEL, DEMO_EXPORTER)
     progress("export demo model", 1, 1)

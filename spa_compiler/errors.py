@@ -1,7 +1,8 @@
 """Exception hierarchy. Every error a user can cause is a SpaError subclass with a one-line message.
 
 Exit codes used by the CLI (documented in the README):
-    0 ok, 1 pass failure, 2 usage or missing requirement, 3 invalid input model.
+    0 ok, 1 pass failure, 2 usage or missing requirement, 3 invalid input model
+    (130 / 143: stopped by SIGINT / SIGTERM, see `spa_compiler.signals`).
 """
 
 from __future__ import annotations
@@ -67,5 +68,15 @@ class ValidationError(SpaError):
 
 class PassError(SpaError):
     """A pass failed while running (exit 1)."""
+
+    exit_code = 1
+
+
+class OutputError(UsageError):
+    """An output cannot be written where asked (folder missing or read-only, disk full) (exit 2)."""
+
+
+class InterfaceError(SpaError):
+    """A rewrite would change the model's inputs or outputs (names, order, dtypes) (exit 1)."""
 
     exit_code = 1

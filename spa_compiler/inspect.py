@@ -15,7 +15,10 @@ def inspect_model(path: str | Path, shapes: Mapping[str, Sequence[int]] | None =
     """A JSON-able description: inputs, outputs, opset, ops, params, MACs, coupled-channel groups."""
     from spa_compiler.groups.analysis import analyze
 
+    from spa_compiler.checks import check_shape_hints
+
     model = ModelIR.load(path)
+    check_shape_hints(model, shapes or {})
     stats = model_stats(model, shapes)
     analysis = analyze(model, input_shapes=shapes)
     reasons: Counter[str] = Counter(

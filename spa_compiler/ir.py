@@ -35,7 +35,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from spa_compiler.errors import InvalidModelError, UnsupportedModelError, UsageError
+from spa_compiler.errors import InvalidModelError, OutputError, UnsupportedModelError, UsageError
 from spa_compiler.protos import (  # noqa: F401  (re-exported: the names ir.py has always offered)
     EXTERNAL_DATA_MIN_TENSOR,
     EXTERNAL_DATA_THRESHOLD,
@@ -45,6 +45,10 @@ from spa_compiler.protos import (  # noqa: F401  (re-exported: the names ir.py h
 )
 
 logger = logging.getLogger(__name__)
+
+# graphsurgeon logs its warnings to stdout (e.g. for every bfloat16 constant), which would corrupt
+# `inspect --json` and other machine-read output; what matters to the user we say ourselves
+gs.logger.G_LOGGER.severity = max(gs.logger.G_LOGGER.severity, gs.logger.G_LOGGER.ERROR)
 
 #: Opsets of the default domain that the passes and channel rules are written and tested for.
 MIN_OPSET = 11
@@ -82,6 +86,9 @@ class ModelIR:
         self.metadata = dict(metadata or {})
         self.source = source
         self.version = 0
+        #: Initializers that the model also lists as graph inputs (a default value the caller may
+        #: override): kept as graph inputs, i.e. non-constant and frozen, written back on export.
+        self.input_defaults: dict[str, onnx.TensorProto] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -92,9 +99,13 @@ class ModelIR:
             graph = gs.import_onnx(model)
         except Exception as e:  # graphsurgeon raises plain exceptions on malformed graphs
             raise InvalidModelError(f"cannot import the graph: {e}") from e
+        defaults = _initializer_inputs(model)
+        _keep_as_inputs(graph, model, defaults)
         _detach(graph)
         meta = {p.key: p.value for p in model.metadata_props}
-        return cls(graph, ir_version=model.ir_version, metadata=meta, source=source)
+        ir = cls(graph, ir_version=model.ir_version, metadata=meta, source=source)
+        ir.input_defaults = defaults
+        return ir
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, check: bool = True) -> ModelIR:
@@ -160,6 +171,12 @@ class ModelIR:
             for t, values in swapped:
                 t._values = values
         model.ir_version = ir
+        if self.input_defaults:  # overridable weights: graph inputs with an initializer each
+            listed = {vi.name for vi in model.graph.input}
+            have = {t.name for t in model.graph.initializer}
+            for name, tensor in self.input_defaults.items():
+                if name in listed and name not in have:
+                    model.graph.initializer.append(tensor)
         del model.metadata_props[:]
         for k, v in self.metadata.items():
             model.metadata_props.add(key=k, value=v)
@@ -197,6 +214,7 @@ class ModelIR:
             metadata=self.metadata,
             source=self.source,
         )
+        other.input_defaults = dict(self.input_defaults)
         # graph.copy() shares the Constant objects of node attributes: give the clone its own
         for node in other.graph.nodes:  # (Constant nodes hold their value in an attribute)
             for key, value in list(node.attrs.items()):
@@ -243,11 +261,16 @@ class ModelIR:
         return any(t is tensor for t in self.graph.outputs)
 
     def count_params(self) -> int:
-        """Number of elements in float initializers (the model's parameters)."""
+        """Number of elements in float constants: initializers and Constant nodes (some exporters,
+        Paddle2ONNX among them, write every weight as a Constant node)."""
         total = 0
         for t in self.graph.tensors().values():
-            if isinstance(t, gs.Constant) and np.issubdtype(np.dtype(t.dtype), np.floating):
+            if isinstance(t, gs.Constant) and is_float_dtype(t.dtype):
                 total += int(np.prod(t.shape))
+        for node in self.graph.nodes:
+            value = node.attrs.get("value") if node.op == "Constant" else None
+            if isinstance(value, gs.Constant) and is_float_dtype(value.dtype):
+                total += int(np.prod(value.shape))
         return total
 
     def input_shapes(self) -> dict[str, tuple[int | str | None, ...]]:
@@ -289,11 +312,12 @@ class ModelIR:
         self.infer_shapes()
 
     def symbolic_inputs(self) -> dict[str, tuple[int | str | None, ...]]:
-        """Graph inputs with at least one dimension that is not a fixed positive integer."""
+        """Graph inputs with at least one dimension that is not fixed (an int >= 0; 0 is a fixed
+        empty dimension, -1 as some exporters write it is symbolic)."""
         out = {}
         for t in self.graph.inputs:
             shape = t.shape
-            if shape is None or any(not (isinstance(d, int) and d > 0) for d in shape):
+            if shape is None or any(not (isinstance(d, int) and d >= 0) for d in shape):
                 out[t.name] = tuple(shape or ())
         return out
 
@@ -311,6 +335,7 @@ class ModelIR:
         del proto.graph.value_info[:]
         proto.graph.value_info.extend(inferred.graph.value_info)
         graph = gs.import_onnx(proto)
+        _keep_as_inputs(graph, proto, self.input_defaults)
         tensors = graph.tensors()
         for name, old in left.items():
             new = tensors[name]
@@ -324,6 +349,66 @@ class ModelIR:
     def fingerprint(self) -> str:
         """Hash of the serialized graph, for the never-modified and equality checks in tests."""
         return hashlib.sha256(self.to_proto().SerializeToString(deterministic=True)).hexdigest()
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    """Whether a graphsurgeon dtype is floating point: a numpy float dtype, or an ONNX
+    TensorProto code for a type numpy lacks (bfloat16, float8, float4), as graphsurgeon gives them."""
+    if isinstance(dtype, int) and not isinstance(dtype, bool):
+        return dtype in _ONNX_FLOAT_CODES
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.floating))
+    except TypeError:
+        return False
+
+
+_ONNX_FLOAT_CODES = frozenset(
+    getattr(onnx.TensorProto, n)
+    for n in ("FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+              "FLOAT8E5M2FNUZ", "FLOAT4E2M1", "FLOAT8E8M0")
+    if hasattr(onnx.TensorProto, n)
+)
+
+
+def _initializer_inputs(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers that are also graph inputs (older exporters list every weight as an input)."""
+    listed = {vi.name for vi in model.graph.input}
+    out = {}
+    for t in model.graph.initializer:
+        if t.name in listed:
+            copy_ = onnx.TensorProto()
+            copy_.CopyFrom(t)
+            out[t.name] = copy_
+    return out
+
+
+def _keep_as_inputs(graph: gs.Graph, model: onnx.ModelProto, defaults: Mapping[str, onnx.TensorProto]) -> None:
+    """graphsurgeon imports an initializer that is also a graph input as a Constant and drops the
+    input: make it a graph input Variable again, in its place in the input order."""
+    if not defaults:
+        return
+    tensors = graph.tensors()
+    made: dict[str, gs.Variable] = {}
+    for name, proto in defaults.items():
+        t = tensors.get(name)
+        if isinstance(t, gs.Variable):
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(proto.data_type) if proto.data_type != onnx.TensorProto.BFLOAT16 else proto.data_type
+        v = gs.Variable(name, dtype=dtype, shape=[int(d) for d in proto.dims])
+        if t is not None:
+            for node in list(t.outputs):
+                for i, x in enumerate(list(node.inputs)):
+                    if x is t:
+                        node.inputs[i] = v
+            graph.outputs = [v if x is t else x for x in graph.outputs]
+        made[name] = v
+    if not made:
+        return
+    current = {t.name: t for t in graph.inputs}
+    order = [vi.name for vi in model.graph.input]
+    graph.inputs[:] = [current.get(n) or made[n] for n in order if n in current or n in made] + [
+        t for t in graph.inputs if t.name not in order
+    ]
 
 
 # ---------------------------------------------------------------------- constant storage
@@ -546,23 +631,39 @@ def save_proto(
     if external_data is None:
         external_data = proto_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = dest.name + ".data"
-    tmpdir = Path(tempfile.mkdtemp(prefix=".spa-tmp-", dir=parent))
+    from spa_compiler.outputs import TEMP_PREFIX
+    from spa_compiler.signals import deferred
+
+    tmpdir: Path | None = None
     try:
+        with deferred():  # a signal comes after the assignment, so the folder is removed below
+            try:
+                tmpdir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent))
+            except OSError as e:
+                raise OutputError(f"cannot write the output {dest}: {e.strerror or e}") from e
         tmp_model = tmpdir / dest.name
-        if external_data:
-            model = copy.deepcopy(model)
-            onnx.save_model(
-                model,
-                str(tmp_model),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=EXTERNAL_DATA_MIN_TENSOR,
-            )
-            os.replace(tmpdir / data_name, parent / data_name)
-        else:
-            onnx.save_model(model, str(tmp_model))
-        os.replace(tmp_model, dest)
+        try:
+            if external_data:
+                model = copy.deepcopy(model)
+                onnx.save_model(
+                    model,
+                    str(tmp_model),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=EXTERNAL_DATA_MIN_TENSOR,
+                )
+            else:
+                onnx.save_model(model, str(tmp_model))
+        except OSError as e:
+            raise OutputError(
+                f"cannot write the output {dest}: {e.strerror or e}", hint="check free space and permissions"
+            ) from e
+        with deferred():  # both files move, or (on a signal before this block) neither does
+            if external_data:
+                os.replace(tmpdir / data_name, parent / data_name)
+            os.replace(tmp_model, dest)
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     return dest

@@ -58,7 +58,7 @@ def make_session(
     if threads is not None:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach callers as exceptions; ORT would also log them
     if isinstance(model, ModelIR):
         model, own = model.to_proto_split()
         initializers = {**own, **(initializers or {})}
@@ -134,12 +134,14 @@ def random_feeds(
     rng = np.random.default_rng(seed)
     feeds: dict[str, npt.NDArray[np.generic]] = {}
     for t in ir.graph.inputs:
+        if t.name in ir.input_defaults:  # a weight the caller may override: its own value is used
+            continue
         shape = tuple((shapes or {}).get(t.name, t.shape or ()))
-        if any(not (isinstance(d, int) and d > 0) for d in shape):
+        if any(not (isinstance(d, int) and d >= 0) for d in shape):
             raise UsageError(
                 f"input {t.name!r} has symbolic dimensions {list(shape)}",
                 hint=f"pass --input-shape {t.name}:" + "x".join(
-                    str(d) if isinstance(d, int) and d > 0 else "N" for d in shape
+                    str(d) if isinstance(d, int) and d >= 0 else "N" for d in shape
                 ),
             )
         dtype = np.dtype(t.dtype)

@@ -66,6 +66,7 @@ class PassManager:
         for i, p in enumerate(self.passes):
             started = time.perf_counter()
             rec = PassRecord(name=p.name, options=p.options(), modified=False, seconds=0.0)
+            ctx.report.stage = f"pass {p.name}"
             try:
                 logger.info("running pass %s %s", p.name, p.options())
                 result = p.run(model, ctx)

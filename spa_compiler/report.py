@@ -6,7 +6,6 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,10 @@ class Report:
     before: dict[str, Any] = dataclasses.field(default_factory=dict)
     after: dict[str, Any] = dataclasses.field(default_factory=dict)
     lowering: dict[str, Any] = dataclasses.field(default_factory=dict)
-    status: str = "running"
+    status: str = "running"  # running | ok | failed | interrupted
     error: str | None = None
+    stage: str = ""  # what the run was doing last (load, measure dense, pass NAME, save, ...)
+    task: str = ""  # the last progress task inside the stage (e.g. "calibration statistics")
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def record(self, rec: PassRecord) -> None:
@@ -150,12 +151,8 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".spa-tmp-", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `text` to `path` through a temporary file in the same folder and a rename (mode 0666
+    less the umask, as the model gets; see `spa_compiler.outputs.write_bytes_atomic`)."""
+    from spa_compiler.outputs import write_bytes_atomic
+
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -21,7 +21,8 @@ def _shapes(proto: onnx.ModelProto) -> dict[str, list[int | None]]:
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
             out[vi.name] = [
-                d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim
+                d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                for d in vi.type.tensor_type.shape.dim
             ]
     for t in g.initializer:
         out[t.name] = list(t.dims)
@@ -29,7 +30,7 @@ def _shapes(proto: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 
 def _fixed(shape: Sequence[int | None] | None) -> bool:
-    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
 def _custom_costs() -> dict[str, Any]:

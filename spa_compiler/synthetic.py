@@ -60,6 +60,11 @@ def self_generated(
     return out
 
 
+#: Data-free statistics of a non-language model read at most this many samples (leading axis) of
+#: random input in all: 8 feeds at batch <= 8, 2 feeds at batch 32.
+SYNTHETIC_SAMPLES = 64
+
+
 def synthetic_feeds(
     model: ModelIR,
     input_shapes: Mapping[str, Sequence[int]],
@@ -69,12 +74,17 @@ def synthetic_feeds(
     min_tokens: int = 4096,
     lm_rounds: int = 4,
 ) -> list[dict[str, np.ndarray]]:
-    """`count` random feeds (seeds seed+1, seed+2, ...); for language models at least `min_tokens`
-    tokens in all and re-sampled from the model itself for `lm_rounds` rounds."""
+    """Random feeds (seeds seed+1, seed+2, ...): `count` of them, but at most `SYNTHETIC_SAMPLES`
+    samples (leading axis) in all, so the statistics' cost does not grow with the deploy batch;
+    for language models as many as make `min_tokens` tokens (one at 8x512, 32 at 1x128), re-sampled
+    from the model itself for `lm_rounds` rounds."""
     first = random_feeds(model, input_shapes, seed=seed + 1)
     n = count
     io = language_model_io(model)
-    if io is not None:  # a short latency shape (1x128) must not starve the statistics
-        n = max(n, -(-min_tokens // max(1, int(np.asarray(first[io[0]]).size))))
+    if io is not None:  # a short latency shape (1x128) must not starve the statistics, a long one needs few
+        n = -(-min_tokens // max(1, int(np.asarray(first[io[0]]).size)))
+    elif first:
+        batch = max(1, int(np.asarray(next(iter(first.values()))).shape[0] if np.ndim(next(iter(first.values()))) else 1))
+        n = min(n, max(1, -(-SYNTHETIC_SAMPLES // batch)))
     feeds = [first, *(random_feeds(model, input_shapes, seed=seed + 1 + i) for i in range(1, n))]
     return self_generated(model, feeds, rounds=lm_rounds, seed=seed)

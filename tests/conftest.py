@@ -49,3 +49,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def rng() -> np.random.Generator:
     """A seeded generator; every test draws its randomness from it."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _no_timing_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's timing cache (tests/core/test_latency_cache.py turns
+    it on in a temporary folder)."""
+    monkeypatch.setenv("SPA_COMPILER_NO_CACHE", "1")

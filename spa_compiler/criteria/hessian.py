@@ -20,8 +20,10 @@ acts on the im2col columns of its input (`im2col`); input channel ``c`` (within 
 (`conv_channel_columns`). The Hessian of group ``j`` of a grouped Conv is the accumulator fed with
 ``im2col(x)[:, conv_group_slice(j, ...)]``.
 
-Accumulation is in float64 whatever the input dtype (the running mean is rescaled at every batch,
-as in SparseGPT, so the sum never grows with ``n``).
+Accumulation is in float64 whatever the input dtype: raw sums of ``X^T X`` (BLAS ``syrk`` into the
+upper triangle, in place) divided by ``n`` when read; float64 sums of ``n`` terms lose nothing that
+matters at the sizes calibration has (a running mean rescaled at every batch, as in SparseGPT, costs
+three passes over the ``in x in`` matrix per batch).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "conv_output_shape",
     "conv_weight_2d",
     "im2col",
+    "im2col_rows",
 ]
 
 
@@ -62,20 +65,41 @@ class HessianAccumulator:
         n_samples: Number of feature vectors accumulated so far.
     """
 
-    def __init__(self, n_features: int, dtype: npt.DTypeLike = np.float64) -> None:
+    def __init__(self, n_features: int, dtype: npt.DTypeLike = np.float64, *,
+                 product_dtype: npt.DTypeLike | None = None) -> None:
         """Create an empty accumulator.
 
         Args:
             n_features: Length of the last axis of every batch.
             dtype: Accumulation dtype (float64 unless memory forbids it).
+            product_dtype: dtype of each batch's ``X^T X`` before it is added (default: `dtype`);
+                float32 halves the cost of the product of float32 activations, the sum across
+                batches stays in `dtype`.
         """
         if n_features <= 0:
             raise ValueError(f"n_features must be positive, got {n_features}")
         self.n_features = int(n_features)
         self.dtype = np.dtype(dtype)
+        self.product_dtype = np.dtype(product_dtype or dtype)
         self.n_samples = 0
-        self._xtx = np.zeros((self.n_features, self.n_features), dtype=self.dtype)  # mean x x^T
-        self._sum = np.zeros(self.n_features, dtype=self.dtype)  # mean x
+        # raw sums (upper triangle of X^T X, column-major so BLAS syrk adds in place); the means
+        # are taken when read
+        self._sxx = np.zeros((self.n_features, self.n_features), dtype=self.dtype, order="F")
+        self._sx = np.zeros(self.n_features, dtype=self.dtype)
+
+    @property
+    def _xtx(self) -> npt.NDArray[np.float64]:
+        """Mean ``x x^T`` (full, symmetric)."""
+        if self.n_samples == 0:
+            return np.zeros((self.n_features, self.n_features), dtype=self.dtype)
+        upper = np.triu(self._sxx)
+        full = upper + np.triu(upper, 1).T
+        return np.ascontiguousarray(full / self.n_samples)
+
+    @property
+    def _sum(self) -> npt.NDArray[np.float64]:
+        """Mean ``x``."""
+        return self._sx / max(self.n_samples, 1)
 
     def add_batch(self, x: npt.ArrayLike) -> None:
         """Add a batch of activations.
@@ -92,31 +116,23 @@ class HessianAccumulator:
             raise ValueError(
                 f"expected activations (..., {self.n_features}), got shape {arr.shape}"
             )
-        flat = arr.reshape(-1, self.n_features).astype(self.dtype, copy=False)
+        flat = arr.reshape(-1, self.n_features).astype(self.product_dtype, copy=False)
         m = flat.shape[0]
         if m == 0:
             return
         if not np.all(np.isfinite(flat)):
             raise ValueError("activations contain NaN or inf")
-        total = self.n_samples + m
-        # Running means: H_new = H_old * n/(n+m) + X^T X/(n+m) (SparseGPT rescales the same way).
-        self._xtx *= self.n_samples / total
-        self._xtx += (flat.T @ flat) / total
-        self._sum *= self.n_samples / total
-        self._sum += flat.sum(axis=0) / total
-        self.n_samples = total
+        _syrk_add(self._sxx, flat)
+        self._sx += flat.sum(axis=0, dtype=self.dtype)
+        self.n_samples += m
 
     def merge(self, other: HessianAccumulator) -> None:
         """Fold another accumulator of the same size into this one (e.g. from a worker)."""
         if other.n_features != self.n_features:
             raise ValueError(f"cannot merge {other.n_features} features into {self.n_features}")
-        total = self.n_samples + other.n_samples
-        if total == 0:
-            return
-        a, b = self.n_samples / total, other.n_samples / total
-        self._xtx = self._xtx * a + other._xtx.astype(self.dtype) * b
-        self._sum = self._sum * a + other._sum.astype(self.dtype) * b
-        self.n_samples = total
+        self._sxx += np.triu(other._sxx).astype(self.dtype)
+        self._sx += other._sx.astype(self.dtype)
+        self.n_samples += other.n_samples
 
     def _require_samples(self) -> None:
         if self.n_samples == 0:
@@ -157,6 +173,31 @@ class HessianAccumulator:
             mean_diag = float(np.mean(np.diag(h)))
             h[np.diag_indices_from(h)] += damp * (mean_diag if mean_diag > 0 else 1.0)
         return h
+
+
+def _syrk_add(acc: npt.NDArray[np.floating], flat: npt.NDArray[np.floating]) -> None:
+    """``acc += flat^T flat`` on the upper triangle of the column-major `acc`, in place.
+
+    BLAS ``syrk`` (half the flops of a full product, no temporary) when SciPy is there and the
+    dtypes agree; else the full product added (its lower triangle is ignored by the readers).
+    """
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # SciPy is optional
+        blas = None
+    if blas is not None and flat.dtype in (np.float32, np.float64):
+        syrk = blas.dsyrk if flat.dtype == np.float64 else blas.ssyrk
+        if acc.dtype == flat.dtype:
+            out = syrk(1.0, flat, beta=1.0, c=acc, trans=1, lower=0, overwrite_c=1)
+            if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover - BLAS copied
+                acc[...] = out
+            return
+        # float32 products: the upper triangle, column-major like `acc` (a mixed-order add of two
+        # in x in arrays would stride through memory)
+        acc += syrk(1.0, flat, trans=1, lower=0)
+        return
+    prod = flat.T @ flat  # symmetric: its transpose is a column-major view, as `acc` is
+    acc += prod.T.astype(acc.dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------- Conv
@@ -248,6 +289,59 @@ def im2col(
     # -> (N, *out_spatial, C, *kernel)
     order = (0, *range(2 + rank, 2 + 2 * rank), 1, *range(2, 2 + rank))
     return patches.transpose(order).reshape(n * math.prod(out_sp), c * math.prod(k))
+
+
+def im2col_rows(
+    x: npt.ArrayLike,
+    kernel_shape: Sequence[int],
+    rows: npt.ArrayLike,
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+) -> npt.NDArray[np.generic]:
+    """``im2col(x, ...)[rows]`` without building the whole im2col matrix.
+
+    Gathers only the patches of the requested output positions (row ``r`` is sample
+    ``r // prod(out_spatial)`` at output position ``r % prod(out_spatial)``, as in `im2col`), so
+    the cost and memory follow ``len(rows)``, not the batch and image size. Same values and
+    order as indexing the full matrix.
+
+    Args:
+        x: ``(N, C, *spatial)``.
+        kernel_shape: ``(k_1, ..., k_r)``.
+        rows: Row indices into `im2col`'s output (any order, repeats allowed).
+        strides: As in `im2col`.
+        pads: As in `im2col`.
+        dilations: As in `im2col`.
+
+    Returns:
+        ``(len(rows), C * prod(kernel))``, same dtype as x.
+    """
+    arr = np.asarray(x)
+    rank = len(kernel_shape)
+    if arr.ndim != rank + 2:
+        raise ValueError(f"expected x of rank {rank + 2} for a {rank}-D kernel, got {arr.shape}")
+    k = tuple(int(v) for v in kernel_shape)
+    s = _spatial(strides, 1, rank, "strides")
+    d = _spatial(dilations, 1, rank, "dilations")
+    p = tuple(int(v) for v in pads) if pads is not None else (0,) * (2 * rank)
+    out_sp = conv_output_shape(arr.shape[2:], k, strides=s, pads=p, dilations=d)
+    n, c = arr.shape[:2]
+    r = np.asarray(rows, dtype=np.intp).reshape(-1)
+    per = math.prod(out_sp)
+    if r.size and (r.min() < 0 or r.max() >= n * per):
+        raise ValueError(f"rows must lie in [0, {n * per})")
+    if any(p):
+        arr = np.pad(arr, [(0, 0), (0, 0)] + [(p[i], p[i + rank]) for i in range(rank)])
+    sample = r // per
+    pos = np.unravel_index(r % per, out_sp)  # per spatial axis, the output coordinate
+    out = np.empty((r.size, c, *k), dtype=arr.dtype)
+    for offs in itertools.product(*(range(ki) for ki in k)):
+        coords = tuple(pos[i] * s[i] + offs[i] * d[i] for i in range(rank))
+        # advanced indices (sample, *coords) around the channel slice -> (R, C)
+        out[(slice(None), slice(None), *offs)] = arr[(sample, slice(None), *coords)]
+    return out.reshape(r.size, c * math.prod(k))
 
 
 def conv_weight_2d(w: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:

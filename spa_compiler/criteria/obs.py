@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +59,7 @@ __all__ = [
     "greedy_prune",
     "group_errors",
     "inverse_hessian",
+    "joint_greedy_order",
     "prepare_hessian",
     "remove_group",
     "solve_kept",
@@ -83,22 +85,32 @@ def _as_matrix(w: npt.ArrayLike, what: str) -> FloatArray:
 
 
 def _as_groups(groups: Sequence[npt.ArrayLike], n_cols: int, *, disjoint: bool) -> list[IndexArray]:
-    """Validate groups: non-empty, in range, no repeated column (anywhere, if `disjoint`)."""
-    out: list[IndexArray] = []
-    seen = np.zeros(n_cols, dtype=bool)
-    for i, g in enumerate(groups):
-        idx = np.asarray(g, dtype=np.intp).reshape(-1)
-        if idx.size == 0:
-            raise ValueError(f"group {i} is empty")
-        if idx.min() < 0 or idx.max() >= n_cols:
-            raise ValueError(f"group {i} has columns outside [0, {n_cols})")
-        if np.unique(idx).size != idx.size:
-            raise ValueError(f"group {i} repeats a column")
-        if disjoint:
-            if seen[idx].any():
+    """Validate groups: non-empty, in range, no repeated column (anywhere, if `disjoint`).
+
+    One vectorized check over all groups (a per-group ``np.unique`` made this the hot spot of
+    joint paths); the slow per-group loop runs only to name the offending group.
+    """
+    out = [np.asarray(g, dtype=np.intp).reshape(-1) for g in groups]
+    if not out:
+        return out
+    sizes = np.fromiter((g.size for g in out), dtype=np.intp, count=len(out))
+    if (sizes == 0).any():
+        raise ValueError(f"group {int(np.flatnonzero(sizes == 0)[0])} is empty")
+    flat = np.concatenate(out)
+    if flat.min() < 0 or flat.max() >= n_cols:
+        bad = next(i for i, g in enumerate(out) if g.min() < 0 or g.max() >= n_cols)
+        raise ValueError(f"group {bad} has columns outside [0, {n_cols})")
+    owner = np.repeat(np.arange(len(out), dtype=np.intp), sizes)
+    key = owner * n_cols + flat
+    if np.unique(key).size != key.size:
+        bad = next(i for i, g in enumerate(out) if np.unique(g).size != g.size)
+        raise ValueError(f"group {bad} repeats a column")
+    if disjoint and np.unique(flat).size != flat.size:
+        seen = np.zeros(n_cols, dtype=bool)
+        for i, g in enumerate(out):
+            if seen[g].any():
                 raise ValueError(f"group {i} overlaps an earlier group; groups must be disjoint")
-            seen[idx] = True
-        out.append(idx)
+            seen[g] = True
     return out
 
 
@@ -402,17 +414,50 @@ def _inv_sqrt_factor(block: FloatArray) -> FloatArray:
         return np.asarray(q[:, keep] / np.sqrt(lam[keep]), dtype=np.float64)
 
 
+def _errors_from_gram(blocks: FloatArray, gram: FloatArray) -> FloatArray:
+    """``1/2 tr(blocks^-1 gram)`` per group (``gram = W_S^T W_S``); inf where a block is not PD."""
+    try:
+        lower = np.linalg.cholesky(blocks)
+    except np.linalg.LinAlgError:
+        err = np.empty(blocks.shape[0])
+        for g in range(blocks.shape[0]):
+            try:
+                low = np.linalg.cholesky(blocks[g])
+            except np.linalg.LinAlgError:
+                err[g] = np.inf
+                continue
+            linv = np.linalg.inv(low)
+            err[g] = 0.5 * float(np.sum((linv.T @ linv) * gram[g]))
+        return err
+    linv = np.linalg.inv(lower)  # (G, s, s), batched
+    binv = np.transpose(linv, (0, 2, 1)) @ linv
+    return 0.5 * np.einsum("gab,gab->g", binv, gram)
+
+
+def _blas_gemm() -> Callable[..., Any] | None:
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # SciPy is optional
+        return None
+    return blas.dgemm
+
+
 class _GreedyState:
     """W and a lazily downdated ``H^-1`` for the greedy loop, on the columns still kept.
 
     ``H^-1`` is kept as ``H0 - U U^T``: a removal appends ``u = (H^-1)_:,S C`` (with
-    ``C C^T = ((H^-1)_SS)^-1``) to ``U`` instead of rewriting the whole matrix, and ``U`` is folded
-    into ``H0`` with one matrix product every ``fold_cols`` columns (SparseGPT's lazy batch idea).
-    The diagonal blocks ``(H^-1)_SS`` of all groups, which the errors need, are downdated directly.
-    Removed columns are physically dropped from W and H0 once they are a quarter of them. A step
-    costs ``O(out * k * s + k * r * s)`` for ``k`` kept columns and ``r <= fold_cols`` pending
-    columns, plus the amortized fold; the flops equal a full downdate's, but as matrix products
-    rather than one memory-bound ``k x k`` rewrite per step.
+    ``C C^T = ((H^-1)_SS)^-1``) to ``U`` instead of rewriting the ``k x k`` matrix, and ``U`` is
+    folded into ``H0`` by one matrix product every ``refresh_cols`` columns (SparseGPT's lazy batch
+    idea: the flops equal a full downdate's, but as a compute-bound product instead of a
+    memory-bound rewrite per step; rows ``S`` of ``H0 - U U^T`` cost one pass over ``U``, so ``U``
+    is kept narrow). The diagonal blocks ``(H^-1)_SS`` of all groups, which the errors need, are downdated
+    directly, and so are the Gram matrices ``W_S^T W_S`` of groups of more than one column (``W``
+    changes by the rank-``s`` term ``A u^T``, ``A = W_:,S C``, so ``W_S^T W_S`` changes by
+    ``-P u_S^T - u_S P^T + u_S (A^T A) u_S^T`` with ``P = W_S^T A``): a step never copies ``W`` per
+    group. Blocks and Grams are recomputed exactly (from ``H0 - U U^T`` and ``W``) every
+    ``refresh_cols`` removed columns, so rounding never accumulates for long. W is stored
+    column-major and updated in place by BLAS (``dgemm`` with ``beta = 1``) when SciPy is there.
+    Removed columns are physically dropped from W, H0 and U once they are a quarter of them.
     """
 
     def __init__(
@@ -420,54 +465,78 @@ class _GreedyState:
         w: FloatArray,
         hinv: FloatArray,
         buckets: dict[int, tuple[IndexArray, IndexArray]],
-        fold_cols: int = 64,
+        refresh_cols: int = 64,
     ) -> None:
         self.n_in = w.shape[1]
-        self.w = w.copy()
+        self.w = np.array(w, dtype=np.float64, order="F", copy=True)
         self.h0 = hinv
         self.buckets = buckets
         self.cols = np.arange(self.n_in)  # local index -> original column
         self.pos = np.arange(self.n_in)  # original column -> local index (0 once dropped)
         self.zeroed: list[int] = []  # local indices removed since the last compaction
-        max_size = max(buckets) if buckets else 1
-        self.fold_cols = max(fold_cols, 4 * max_size)
-        self.u = np.zeros((self.n_in, self.fold_cols + max_size))
+        self.max_size = max(buckets) if buckets else 1
+        self.refresh_cols = max(refresh_cols, 4 * self.max_size)
+        # U is folded into H0 every `refresh_cols` columns: a fold is one k x k matrix product
+        # (compute-bound, fast), while rows of H0 - U U^T cost a memory-bound pass over U per step
+        # (benchmarks/cost/results/components.json: never folding was 2x slower on an FFN path)
+        self.fold_cols = self.refresh_cols
+        self.u = np.zeros((self.n_in, min(self.n_in, 256) + self.max_size))
         self.r = 0
+        self.since_refresh = 0
+        self.gemm = _blas_gemm()
         self.blocks: dict[int, FloatArray] = {}
+        self.grams: dict[int, FloatArray] = {}
         self._refresh_blocks()
 
     def _refresh_blocks(self) -> None:
-        """Diagonal blocks of ``H^-1`` for every group, from H0 (exact after a fold)."""
+        """Diagonal blocks of ``H^-1 = H0 - U U^T`` and Grams of W for every group, exactly."""
+        ur = self.u[:, : self.r]
         for size, (_, idx) in self.buckets.items():
             local = self.pos[idx]
-            self.blocks[size] = self.h0[local[:, :, None], local[:, None, :]].copy()
+            blocks = self.h0[local[:, :, None], local[:, None, :]]
+            if self.r:
+                ug = ur[local]  # (G, s, r)
+                blocks = blocks - ug @ np.transpose(ug, (0, 2, 1))
+            self.blocks[size] = np.ascontiguousarray(blocks)
+            if size > 1:
+                wg = self.w[:, local]  # (out, G, s)
+                self.grams[size] = np.einsum("ogs,ogt->gst", wg, wg)
+        self.since_refresh = 0
 
     def _fold(self) -> None:
         if self.r:
             ur = self.u[:, : self.r]
             self.h0 -= ur @ ur.T
             self.h0 = 0.5 * (self.h0 + self.h0.T)
+            self.u[:, : self.r] = 0.0
             self.r = 0
-            self._refresh_blocks()
 
-    def errors(self, n_groups: int, active: npt.NDArray[np.bool_]) -> FloatArray:
-        out = np.full(n_groups, np.inf)
+    def _reserve(self, extra: int) -> None:
+        """Room for ``extra`` more pending columns in U (grown by doubling, folded at r >= k)."""
+        if self.r + extra > self.cols.size:
+            self._fold()
+        if self.r + extra > self.u.shape[1]:
+            grown = np.zeros((self.u.shape[0], max(2 * self.u.shape[1], self.r + extra)))
+            grown[:, : self.r] = self.u[:, : self.r]
+            self.u = grown
+
+    def errors(self, active: npt.NDArray[np.bool_], out: FloatArray) -> None:
+        """Add each active group's OBS error to ``out`` (inactive entries are left alone)."""
         for size, (ids, idx) in self.buckets.items():
             keep = active[ids]
             if not keep.any():
                 continue
-            local = self.pos[idx[keep]]
             blocks = self.blocks[size][keep]
             if size == 1:  # column norms of the whole matrix, no fancy-indexed copy of W
-                sq = np.einsum("ij,ij->j", self.w, self.w)[local[:, 0]]
+                local = self.pos[idx[keep, 0]]
+                sq = np.einsum("ij,ij->j", self.w, self.w)[local]
                 d = blocks[:, 0, 0]
                 with np.errstate(divide="ignore", invalid="ignore"):
                     err = 0.5 * sq / d
                 err[~(d > 0)] = np.inf
-                out[ids[keep]] = err
             else:
-                out[ids[keep]] = _errors_blocks(blocks, np.transpose(self.w[:, local], (1, 2, 0)))
-        return out
+                err = _errors_from_gram(blocks, self.grams[size][keep])
+            out[ids[keep]] += err
 
     def remove(self, cols: IndexArray) -> None:
         local = self.pos[cols]
@@ -477,21 +546,35 @@ class _GreedyState:
             h_s[:, self.zeroed] = 0.0
         c = _inv_sqrt_factor(h_s[:, local])
         u_new = h_s.T @ c  # (k, s')
-        self.w -= (self.w[:, local] @ c) @ u_new.T
+        a = self.w[:, local] @ c  # (out, s')
+        if self.grams:
+            wta = self.w.T @ a  # (k, s'): W^T A before the update
+            ata = a.T @ a
+        if self.gemm is not None:  # W -= A u^T in place (W is column-major)
+            self.w = self.gemm(-1.0, a, u_new, beta=1.0, c=self.w, trans_b=True, overwrite_c=True)
+        else:
+            self.w -= a @ u_new.T
         self.w[:, local] = 0.0
+        self._reserve(u_new.shape[1])
         self.u[:, self.r : self.r + u_new.shape[1]] = u_new
         self.r += u_new.shape[1]
         for size, (_, idx) in self.buckets.items():
-            ug = u_new[self.pos[idx]]  # (G, size, s')
-            self.blocks[size] -= ug @ np.transpose(ug, (0, 2, 1))
+            li = self.pos[idx]
+            ug = u_new[li]  # (G, size, s')
+            ugt = np.transpose(ug, (0, 2, 1))
+            self.blocks[size] -= ug @ ugt
+            if size > 1:
+                pg = wta[li]  # (G, size, s')
+                cross = pg @ ugt
+                self.grams[size] -= cross + np.transpose(cross, (0, 2, 1)) - (ug @ ata) @ ugt
         self.zeroed.extend(local.tolist())
+        self.since_refresh += local.size
         if self.r >= self.fold_cols:
             self._fold()
         if 4 * len(self.zeroed) > self.cols.size and len(self.zeroed) < self.cols.size:
-            self._fold()
             keep = np.ones(self.cols.size, dtype=bool)
             keep[self.zeroed] = False
-            self.w = np.ascontiguousarray(self.w[:, keep])
+            self.w = np.asfortranarray(self.w[:, keep])
             self.h0 = np.ascontiguousarray(self.h0[np.ix_(keep, keep)])
             self.u = np.ascontiguousarray(self.u[keep])
             self.pos[self.cols[~keep]] = 0  # removed columns: any valid index (never read as data)
@@ -499,11 +582,108 @@ class _GreedyState:
             self.pos[self.cols] = np.arange(self.cols.size)
             self.zeroed = []
             self._refresh_blocks()
+        elif self.since_refresh >= self.refresh_cols:
+            self._refresh_blocks()
 
     def full_weight(self, dtype: npt.DTypeLike) -> npt.NDArray[np.floating]:
         out = np.zeros((self.w.shape[0], self.n_in), dtype=dtype)
         out[:, self.cols] = self.w
         return out
+
+
+def _make_state(w0: FloatArray, hh: FloatArray, buckets: dict[int, tuple[IndexArray, IndexArray]]) -> Any:
+    """The greedy state of one layer: on a CUDA GPU for large layers (`criteria.backend`), else numpy."""
+    from spa_compiler.criteria.backend import TorchGreedyState, spd_inverse, torch_device
+
+    dev = torch_device(w0.shape[1])
+    if dev is None:
+        return _GreedyState(w0, inverse_hessian(hh), buckets)
+    try:
+        hinv = spd_inverse(hh, dev)
+    except np.linalg.LinAlgError:  # the CPU path escalates the damping (with its warnings)
+        hinv = inverse_hessian(hh)
+    return TorchGreedyState(w0, hinv, buckets, dev)
+
+
+def _greedy_loop(
+    states: Sequence[Any],
+    groups: Sequence[Sequence[IndexArray]],
+    n_groups: int,
+    total: int,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[IndexArray, FloatArray]:
+    """Remove ``total`` groups greedily by their OBS error summed over every state (layer).
+
+    ``groups[v][g]`` are group ``g``'s columns in layer ``v``. Ties go to the lower group id;
+    when every remaining group has error inf, the first remaining one is removed.
+    """
+    active = np.ones(n_groups, dtype=bool)
+    order = np.zeros(total, dtype=np.intp)
+    step_err = np.zeros(total)
+    errs = np.empty(n_groups)
+    for step in range(total):
+        errs.fill(0.0)
+        for st in states:
+            st.errors(active, errs)
+        errs[~active] = np.inf
+        j = int(np.argmin(errs))
+        if not np.isfinite(errs[j]):
+            j = int(np.flatnonzero(active)[0])
+        order[step] = j
+        step_err[step] = errs[j]
+        active[j] = False
+        for st, gs_v in zip(states, groups):
+            st.remove(gs_v[j])
+        if on_step is not None:
+            on_step(step)
+    return order, step_err
+
+
+def joint_greedy_order(
+    weights: Sequence[npt.ArrayLike],
+    hessians: Sequence[npt.ArrayLike],
+    groups: Sequence[Sequence[npt.ArrayLike]],
+    n_remove: int,
+    *,
+    damp: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[IndexArray, FloatArray]:
+    """Greedy structured OBS over several layers that lose the same groups (ZipLM, jointly).
+
+    Each step removes the group with the least OBS error summed over every layer and compensates
+    every layer (a residual stream's channels feed several consumers). Equal, up to rounding, to
+    the reference loop of `group_errors` + `remove_group` per layer and step, at the cost of
+    `greedy_prune`'s lazy downdates.
+
+    Args:
+        weights: Per layer ``W_v: (out_v, in_v)``.
+        hessians: Per layer ``H_v: (in_v, in_v)``.
+        groups: Per layer, the columns of every group (same number of groups in every layer;
+            disjoint within a layer).
+        n_remove: Groups to remove, in ``[0, n_groups]``.
+        damp: Extra relative damping (`prepare_hessian`).
+        progress: Called as ``progress(step, n_remove)`` after each removal.
+
+    Returns:
+        ``(order, step_errors)``: group ids in removal order and the summed error of each step.
+    """
+    if not (len(weights) == len(hessians) == len(groups)) or not weights:
+        raise ValueError("weights, hessians and groups must be non-empty lists of equal length")
+    n_groups = len(groups[0])
+    if any(len(g) != n_groups for g in groups):
+        raise ValueError("every layer must have the same number of groups")
+    if not 0 <= n_remove <= n_groups:
+        raise ValueError(f"n_remove must lie in [0, {n_groups}], got {n_remove}")
+    states, gsv = [], []
+    for w, h, g in zip(weights, hessians, groups):
+        w0 = _as_matrix(w, "W")
+        hh = prepare_hessian(h, damp)
+        _check_square(hh, w0.shape[1], "H")
+        gs_v = _as_groups(g, w0.shape[1], disjoint=True)
+        states.append(_make_state(w0, hh, _bucket(gs_v)))
+        gsv.append(gs_v)
+    tick = None if progress is None else (lambda step: progress(step + 1, n_remove))
+    return _greedy_loop(states, gsv, n_groups, n_remove, tick)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -628,29 +808,19 @@ def greedy_prune(
         snapshot_dtype = w_in.dtype if np.issubdtype(w_in.dtype, np.floating) else np.float64
     total = lv[-1]
 
-    buckets = _bucket(gs)
-    state = _GreedyState(w0, inverse_hessian(hh), buckets)
-    active = np.ones(len(gs), dtype=bool)
-    order = np.zeros(total, dtype=np.intp)
-    step_err = np.zeros(total)
+    state = _make_state(w0, hh, _bucket(gs))
     snaps: dict[int, npt.NDArray[np.floating]] | None = {} if snapshots else None
     want = set(lv)
-
     if snaps is not None and 0 in want:
         snaps[0] = w0.astype(snapshot_dtype, copy=True)
-    for step in range(total):
-        errs = state.errors(len(gs), active)
-        j = int(np.argmin(errs))  # inactive groups are inf; an all-inf tie picks the first active
-        if not np.isfinite(errs[j]):
-            j = int(np.flatnonzero(active)[0])
-        order[step] = j
-        step_err[step] = errs[j]
-        active[j] = False
-        state.remove(gs[j])
+
+    def on_step(step: int) -> None:
         if snaps is not None and step + 1 in want:
             snaps[step + 1] = state.full_weight(snapshot_dtype)
         if progress is not None:
             progress(step + 1, total)
+
+    order, step_err = _greedy_loop([state], [gs], len(gs), total, on_step)
     cum = np.concatenate([[0.0], np.cumsum(step_err)])
     logger.debug(
         "greedy OBS on W %dx%d: %d of %d groups removed, error %.4g",

@@ -84,19 +84,20 @@ class LinearView:
         """A (out, cols) matrix back in the constant's layout and dtype."""
         return self._to_weight(w2d).astype(np.asarray(self.const.values).dtype)
 
-    def features(self, x: npt.NDArray[Any], rng: np.random.Generator) -> npt.NDArray[np.float64]:
-        """Rows of input features (n, cols) from one captured activation."""
+    def features(self, x: npt.NDArray[Any], rng: np.random.Generator) -> npt.NDArray[np.floating]:
+        """Rows of input features (n, cols) from one captured activation, in its float dtype
+        (float32 and float64 kept, others made float64)."""
+        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
         if self.conv is None:
-            return np.asarray(x, dtype=np.float64).reshape(-1, self.w2d.shape[1])
-        from spa_compiler.criteria.hessian import im2col
+            return np.asarray(x, dtype=dtype).reshape(-1, self.w2d.shape[1])
+        from spa_compiler.criteria.hessian import conv_output_shape, im2col_rows
 
-        cols = im2col(
-            np.asarray(x, dtype=np.float64), self.conv["kernel"], strides=self.conv["strides"],
-            pads=self.conv["pads"], dilations=self.conv["dilations"],
-        )
-        if cols.shape[0] > MAX_CONV_ROWS:
-            cols = cols[rng.choice(cols.shape[0], MAX_CONV_ROWS, replace=False)]
-        return cols
+        arr = np.asarray(x)
+        conv = {"strides": self.conv["strides"], "pads": self.conv["pads"], "dilations": self.conv["dilations"]}
+        n_rows = arr.shape[0] * int(np.prod(conv_output_shape(arr.shape[2:], self.conv["kernel"], **conv)))
+        # positions subsampled before the patches are gathered: the cost does not grow with the batch
+        rows = rng.choice(n_rows, MAX_CONV_ROWS, replace=False) if n_rows > MAX_CONV_ROWS else np.arange(n_rows)
+        return np.asarray(im2col_rows(arr, self.conv["kernel"], rows, **conv), dtype=dtype)
 
 
 def linear_view(model: ModelIR, member: Member, n_units: int) -> tuple[LinearView | None, str | None]:
@@ -265,10 +266,29 @@ def collect_hessians(
         return {}
     names = sorted({v.input_name for v in views})
     collector = ActivationCollector(model, names, prune=prune)
-    accs = {i: HessianAccumulator(v.w2d.shape[1]) for i, v in enumerate(views)}
+    # each batch's X^T X in float32 (the activations' own precision; half the cost), summed in
+    # float64 (tests/core/test_hessian_fast.py: same paths as float64 products)
+    from spa_compiler.criteria.backend import TorchHessianAccumulator, torch_device
+
+    def accumulator(n: int) -> Any:
+        dev = torch_device(n)
+        if dev is not None and dev.type == "cuda":
+            return TorchHessianAccumulator(n, dev)
+        return HessianAccumulator(n, product_dtype=np.float32)
+
+    accs = {i: accumulator(v.w2d.shape[1]) for i, v in enumerate(views)}
     rng = np.random.default_rng(seed)
     n = 0
     for n, acts in enumerate(collector.collect(feeds), start=1):
+        for name in names:
+            a = np.asarray(acts[name])
+            if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+                raise UsageError(
+                    f"activation {name!r} is NaN/Inf on calibration feed {n} "
+                    f"({int(np.count_nonzero(~np.isfinite(a)))} of {a.size} values): the model "
+                    "overflows or divides by zero on this input",
+                    hint="check that feed (range, dtype, normalization) or compile in float32",
+                )
         for i, v in enumerate(views):
             accs[i].add_batch(v.features(acts[v.input_name], rng))
         if progress:
@@ -283,32 +303,25 @@ def relative_obs_path(
     hessians: Sequence[npt.NDArray[np.float64]],
     n_units: int,
     n_remove: int,
+    step: Callable[[int, int], None] | None = None,
 ) -> tuple[list[int], npt.NDArray[np.float64]]:
     """Joint greedy structured OBS over every consumer; errors relative to the output energy."""
     from spa_compiler.criteria import obs
 
-    energy = sum(0.5 * float(np.einsum("ij,jk,ik->", v.w2d, h, v.w2d)) for v, h in zip(views, hessians))
+    # sum(W H * W) is tr(W H W^T) in one matrix product (a 3-operand einsum loops in C, no BLAS)
+    from spa_compiler.criteria.backend import energy as _energy
+
+    energy = sum(0.5 * _energy(v.w2d, h) for v, h in zip(views, hessians))
     energy = energy if energy > 0 else 1.0
     if len(views) == 1:
         v, h = views[0], hessians[0]
-        path = obs.greedy_prune(v.w2d, h, v.unit_cols, levels=list(range(n_remove + 1)), snapshots=False)
+        path = obs.greedy_prune(v.w2d, h, v.unit_cols, levels=list(range(n_remove + 1)), snapshots=False,
+                                progress=step)
         return [int(u) for u in path.order[:n_remove]], np.asarray(path.errors, dtype=np.float64) / energy
-    ws = [v.w2d.copy() for v in views]
-    hinvs = [obs.inverse_hessian(h) for h in hessians]
-    remaining = list(range(n_units))
-    order: list[int] = []
-    errs = [0.0]
-    for _ in range(n_remove):
-        total = np.zeros(len(remaining))
-        for w, hi, v in zip(ws, hinvs, views):
-            total += obs.group_errors(w, hi, [v.unit_cols[u] for u in remaining])
-        j = int(np.argmin(total))
-        u = remaining.pop(j)
-        order.append(u)
-        errs.append(errs[-1] + float(total[j]))
-        for k, v in enumerate(views):
-            ws[k], hinvs[k] = obs.remove_group(ws[k], hinvs[k], v.unit_cols[u])
-    return order, np.asarray(errs) / energy
+    order, step_err = obs.joint_greedy_order([v.w2d for v in views], hessians,
+                                             [v.unit_cols for v in views], n_remove, progress=step)
+    errs = np.concatenate([[0.0], np.cumsum(step_err)])
+    return [int(u) for u in order], errs / energy
 
 
 # ---------------------------------------------------------------------- the entry point
@@ -386,16 +399,36 @@ def group_paths(
     measured = [v for i, v in enumerate(flat) if i not in closed]
     data_source = CALIBRATION if criterion in ("wanda", "obs") else RESPONSE
 
+    fed = [0]
+    stats_task = "calibration statistics" if data_source == CALIBRATION else "random-input statistics"
+
     def tick(n: int) -> None:
+        fed[0] = n
         if progress:
-            progress("calibration statistics", n, 0)
+            progress(stats_task, n, 0)
 
     if measured and feeds is None:
         raise UsageError(
             f"criterion 'obspa' needs random-input feeds for {len(measured)} consumer(s) without a "
             "BatchNorm to synthesize moments from", hint="pass synthetic_feeds")
+    if progress and measured:
+        progress(stats_task, 0, 0)
     accs = collect_hessians(model, measured, feeds or (), seed=seed, progress=tick)
+    if progress and measured:
+        progress(stats_task, fed[0], fed[0])
     measured_index = {id(v): j for j, v in enumerate(measured)}
+    # progress of the OBS paths in greedy steps (one group of a ResNet's last stage is 1800 steps)
+    obs_steps = sum(max_removable(g.n_units, max_ratio) for g in groups if views_by_group[g.id])
+    steps_done = 0
+    task = f"{criterion} paths"
+
+    def step(done: int, total: int) -> None:
+        del total
+        if progress:
+            progress(task, steps_done + done, obs_steps)
+
+    if progress and criterion not in ("wanda",) and obs_steps:
+        progress(task, 0, obs_steps)
     k = 0
     for gi, g in enumerate(groups):
         vs = views_by_group[g.id]
@@ -427,9 +460,10 @@ def group_paths(
             from spa_compiler.criteria.obs import prepare_hessian
 
             hs = [prepare_hessian(h) for h in hs]
-            order, errs = relative_obs_path(vs, hs, g.n_units, n_remove)
+            order, errs = relative_obs_path(vs, hs, g.n_units, n_remove, step)
+            steps_done += n_remove
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
                                     views=vs, hessians=hs, view_moments=sources)
-        if progress:
-            progress(f"{criterion} paths", gi + 1, len(groups))
+        if progress and criterion == "wanda":
+            progress(task, gi + 1, len(groups))
     return paths

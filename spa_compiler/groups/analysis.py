@@ -56,6 +56,10 @@ ALL_UNITS = ("channel", "neuron", "head", "head_dim", "hidden")
 #: Values given to symbolic input dims during analysis (distinct, small, not 1).
 SYMBOLIC_SIZES = (2, 5, 7, 11, 13, 17, 19, 23, 29, 31)
 
+#: The second try when the small sizes leave tensors without a shape (a 7x7 kernel over a height of
+#: 5, a stride-32 backbone: spatial dims of detection/OCR models): distinct primes above 64.
+LARGE_SYMBOLIC_SIZES = (67, 71, 73, 79, 83, 89, 97, 101, 103, 107)
+
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 NORM_OPS = frozenset(
     {
@@ -283,7 +287,9 @@ def _strip(proto: onnx.ModelProto) -> None:
 
 
 def _fix_inputs(
-    proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
+    proto: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    sizes: Sequence[int] = SYMBOLIC_SIZES,
 ) -> dict[str, tuple[int, ...]]:
     chosen: dict[str, int] = {}
     fixed: dict[str, tuple[int, ...]] = {}
@@ -297,12 +303,12 @@ def _fix_inputs(
         for k, d in enumerate(dims):
             if given is not None and k < len(given):
                 v = int(given[k])
-            elif d.HasField("dim_value") and d.dim_value > 0:
+            elif d.HasField("dim_value") and d.dim_value >= 0:
                 v = d.dim_value
             else:
                 key = d.dim_param or f"{vi.name}:{k}"
                 if key not in chosen:
-                    chosen[key] = SYMBOLIC_SIZES[len(chosen) % len(SYMBOLIC_SIZES)]
+                    chosen[key] = sizes[len(chosen) % len(sizes)]
                 v = chosen[key]
             d.Clear()
             d.dim_value = v
@@ -323,7 +329,7 @@ def _collect_shapes(
             continue
         if tt.elem_type:
             dtypes[vi.name] = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+        if tt.HasField("shape") and all(d.HasField("dim_value") and d.dim_value >= 0 for d in tt.shape.dim):
             shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
     for t in g.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
@@ -339,8 +345,24 @@ def static_shapes(
     Returns (shapes, dtypes, the input shapes used). ONNX shape inference first; tensors it
     leaves without a static shape are measured by one ONNX Runtime run (when ORT can run it).
     """
+    best = None
+    for sizes in (SYMBOLIC_SIZES, LARGE_SYMBOLIC_SIZES):
+        shapes, dtypes, fixed, missing = _static_shapes(model, input_shapes, sizes)
+        if best is None or len(missing) < len(best[3]):
+            best = shapes, dtypes, fixed, missing
+        given = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+        if not missing or all(given.get(k) == v for k, v in fixed.items()):
+            break  # complete, or no symbolic dim to size differently
+        logger.debug("%d tensors without a shape with input sizes %s: trying larger ones", len(missing), fixed)
+    assert best is not None
+    return best[0], best[1], best[2]
+
+
+def _static_shapes(
+    model: ModelIR, input_shapes: Mapping[str, Sequence[int]] | None, sizes: Sequence[int]
+) -> tuple[dict[str, tuple[int, ...]], dict[str, np.dtype], dict[str, tuple[int, ...]], list[str]]:
     proto, weights = model.to_proto_split()  # the weights go to ORT as they are, if it runs
-    fixed = _fix_inputs(proto, input_shapes)
+    fixed = _fix_inputs(proto, input_shapes, sizes)
     light = onnx.ModelProto()
     light.CopyFrom(proto)
     _strip(light)  # value_info kept: it is the only shape source for ops inference cannot type
@@ -357,7 +379,7 @@ def static_shapes(
                 missing.append(o)
     if missing:
         _ort_shapes(proto, fixed, missing, shapes, dtypes, weights)
-    return shapes, dtypes, fixed
+    return shapes, dtypes, fixed, [o for o in missing if o not in shapes]
 
 
 def _ort_shapes(
@@ -571,7 +593,7 @@ class _Analyzer:
             if axes:
                 self.freeze(list(axes), "graph-input")
                 for d, a in zip(t.shape or [], axes, strict=False):
-                    if not (isinstance(d, int) and d > 0):
+                    if not (isinstance(d, int) and d >= 0):
                         self.space.tag(a, "dynamic")
         for t in self.graph.outputs:
             axes = self._axes_of_var(t.name)

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from spa_compiler.ir import ModelIR
-from spa_compiler.latency.provider import Feeds, Timing, interleaved
+from spa_compiler.latency.provider import Feeds, SessionCache, Timing, interleaved
 
 
 @dataclasses.dataclass
@@ -21,6 +21,7 @@ class OrtCpuProvider:
     runs: int = 30
     min_seconds: float = 0.3
     kind: str = "measured"
+    sessions: SessionCache = dataclasses.field(default_factory=SessionCache, repr=False, compare=False)
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
         return self.time_many([model], feeds)[0]
@@ -31,7 +32,7 @@ class OrtCpuProvider:
         runners = []
         for m in models:
             # a ModelIR goes to ORT with its own arrays (no exported copy of the weights)
-            sess = make_session(m, threads=self.threads, optimize=True)
+            sess = self.sessions.get(m, lambda m: make_session(m, threads=self.threads, optimize=True))
             runners.append(lambda sess=sess: sess.run(None, dict(feeds)))
         return interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
 

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from spa_compiler.errors import UsageError
 from spa_compiler.ir import ModelIR
-from spa_compiler.latency.provider import Feeds, Timing, as_proto, interleaved
+from spa_compiler.latency.provider import Feeds, SessionCache, Timing, as_proto, interleaved
 from spa_compiler.latency.timing import LatencyMeasurement, measure_runner
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -342,17 +342,21 @@ class OrtCudaProvider:
     runs: int = 50
     min_seconds: float = 0.3
     kind: str = "measured"
+    sessions: SessionCache = dataclasses.field(default_factory=SessionCache, repr=False, compare=False)
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
         return self.time_many([model], feeds)[0]
 
     def time_many(self, models: Sequence[ModelIR | onnx.ModelProto], feeds: Feeds) -> list[Timing]:
+        def build(m: ModelIR | onnx.ModelProto) -> Any:
+            proto = as_proto(m)
+            if self.fp16:  # the fp16 conversion, too, is made once per structure
+                proto = convert_float16(proto)
+            return make_cuda_session(proto)
+
         runners = []
         for m in models:
-            proto = as_proto(m)
-            if self.fp16:
-                proto = convert_float16(proto)
-            runners.append(iobound_runner(make_cuda_session(proto), feeds))
+            runners.append(iobound_runner(self.sessions.get(m, build), feeds))
         return interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
 
     def provenance(self) -> dict[str, Any]:

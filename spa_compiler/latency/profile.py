@@ -30,6 +30,7 @@ import numpy as np
 
 from spa_compiler._version import __version__
 from spa_compiler.ir import ModelIR
+from spa_compiler.latency.cache import entry_key, open_cache
 from spa_compiler.latency.table import (
     GroupLatency,
     LatencyTable,
@@ -79,17 +80,38 @@ def build_table(
     jobs = [(sig, v.key) for sig, vs in variants.items() for v in vs if not v.dense]
     ratios: dict[Any, dict[Hashable, float]] = {sig: {} for sig in by_sig}
     dense_times: list[float] = []
+    fingerprint = structure_fingerprint(model.to_proto(weights=False))
+    # timings of earlier runs of this model, shapes and provider (analytic estimates: never cached)
+    cache = (open_cache(fingerprint, input_shapes, provider.provenance())
+             if provider.kind != "analytic" else None)
+    if progress and jobs:
+        progress("latency table", 0, len(jobs))
     for i, (sig, key) in enumerate(jobs):
         members = by_sig[sig]
-        clone = model.clone()
-        method.apply(clone, {s.id: key for s in members}, exact=False, validate=False)
-        # timed in alternation with the dense model: the ratio is immune to load drift
-        t_dense, t_var = provider.time_many([model, clone], feeds)
-        dense_times.append(t_dense.ms)
-        ratios[sig][key] = t_var.ms / t_dense.ms
+        entry = entry_key("table", [method.name, sorted(s.id for s in members), repr(key)])
+        hit = cache.get(entry) if cache is not None else None
+        if hit is not None:
+            ratios[sig][key], dense_ms_then = hit
+            dense_times.append(dense_ms_then)
+        else:
+            clone = model.clone()
+            method.apply(clone, {s.id: key for s in members}, exact=False, validate=False)
+            # timed in alternation with the dense model: the ratio is immune to load drift
+            t_dense, t_var = provider.time_many([model, clone], feeds)
+            del clone
+            dense_times.append(t_dense.ms)
+            ratios[sig][key] = t_var.ms / t_dense.ms
+            if cache is not None:
+                cache.put(entry, ratios[sig][key], t_dense.ms)
+                if i % 8 == 7:
+                    cache.flush()  # a stopped run keeps what it measured
         if progress:
             progress("latency table", i + 1, len(jobs))
         logger.debug("profile %s x%d at %s: %.4f of dense", members[0].id, len(members), key, ratios[sig][key])
+    if cache is not None:
+        cache.flush()
+        if cache.hits:
+            logger.info("latency table: %d of %d timings from the cache (%s)", cache.hits, len(jobs), cache.path)
     dense = provider.time(model, feeds) if not dense_times else None
     dense_ms = float(np.median(dense_times)) if dense_times else dense.ms  # type: ignore[union-attr]
     table_groups: dict[str, GroupLatency | SiteLatency] = {}
@@ -132,12 +154,13 @@ def build_table(
         runtime_version=str(prov.get("runtime_version") or ""),
         precision=str(prov.get("precision") or "fp32"),
         input_shapes={k: tuple(int(d) for d in v) for k, v in input_shapes.items()},
-        model_fingerprint=structure_fingerprint(model.to_proto()),
+        model_fingerprint=fingerprint,
         tool_version=__version__,
         provider=prov.get("provider"),
         threads=prov.get("threads"),
         model_name=str(model.source.name if model.source else ""),
         notes=f"in-context timing ({method.name}), {len(by_sig)} signatures, {len(jobs)} variants"
+              + (f" ({cache.hits} from the timing cache)" if cache is not None and cache.hits else "")
               + (f"; lowering: {prov['lowering']}" if prov.get("lowering") else ""),
     )
     return LatencyTable(

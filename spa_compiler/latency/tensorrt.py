@@ -332,14 +332,9 @@ def sparse_eligibility(log: str) -> dict[str, list[str]] | None:
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".spa-tmp-", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from spa_compiler.outputs import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
 
 
 def time_engine(

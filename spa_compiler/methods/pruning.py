@@ -212,8 +212,12 @@ class PruningMethod:
         group to score.
         """
         units = tuple(units) + (("hidden",) if include_hidden and "hidden" not in units else ())
+        if progress:
+            progress("channel groups", 0, 1)
         analysis, groups, skipped = cls.analyse(model, units=units, include_hidden=include_hidden,
                                                 input_shapes=input_shapes, min_units=min_units)
+        if progress:
+            progress("channel groups", 1, 1)
         method = cls(model, analysis, groups, {}, units, None, criterion, skipped)
         if not groups:
             method.paths = {}

@@ -120,21 +120,39 @@ class CandidateTimer:
     """
 
     def __init__(self, model: ModelIR, method: Method, latency: Any, feeds: Mapping[str, Any],
-                 dense_ref_ms: float, *, prepare: Callable[[ModelIR], ModelIR] | None = None):
+                 dense_ref_ms: float, *, prepare: Callable[[ModelIR], ModelIR] | None = None,
+                 input_shapes: Mapping[str, Any] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None):
         self.model = model
         self.method = method
         self.latency = latency
         self.feeds = dict(feeds)
         self.dense_ref_ms = dense_ref_ms
         self.prepare = prepare
+        self.progress = progress
         self.seen: dict[tuple[tuple[str, Hashable], ...], float] = {}
+        # ratios measured by earlier runs of this model, shapes and provider (latency/cache.py);
+        # prepared candidates (target lowering) are keyed apart from plain ones
+        self.timings = None
+        if latency is not None and input_shapes is not None:
+            from spa_compiler.latency.cache import provider_cache
+
+            self.timings = provider_cache(model, input_shapes, latency)
 
     def __call__(self, plan: Mapping[str, Hashable], predicted: float) -> float:
         key = tuple(sorted((str(k), v) for k, v in plan.items()))
         if key not in self.seen:
+            from spa_compiler.latency.cache import entry_key
+
+            entry = entry_key("candidate", [self.method.name, self.prepare is not None, [list(map(repr, kv)) for kv in key]])
+            hit = self.timings.get(entry) if self.timings is not None else None
             if self.latency is None:
                 self.seen[key] = predicted
+            elif hit is not None:
+                self.seen[key] = hit[0] * self.dense_ref_ms
             else:
+                if self.progress:
+                    self.progress("measure candidate", 0, 1)
                 clone = self.model.clone()
                 self.method.apply(clone, dict(plan), exact=False, validate=False)
                 dense = self.model
@@ -143,6 +161,11 @@ class CandidateTimer:
                 t_dense, t_cand = self.latency.time_many([dense, clone], self.feeds)
                 self.seen[key] = t_cand.ms / t_dense.ms * self.dense_ref_ms
                 del clone
+                if self.timings is not None:
+                    self.timings.put(entry, t_cand.ms / t_dense.ms, t_dense.ms)
+                    self.timings.flush()
+                if self.progress:
+                    self.progress("measure candidate", 1, 1)
         return self.seen[key]
 
 

@@ -169,7 +169,7 @@ def test_output_equal_to_input_exit_2(chain_path: Path, capsys) -> None:
         (["--latency-budget", "1.5x"], "slower than the dense model"),
         (["--target", "tpu"], "unknown target"),
         (["--input-shape", "x:1xAx3"], "--input-shape"),
-        (["--input-shape", "nope:1x3x8x8"], "not model inputs"),
+        (["--input-shape", "nope:1x3x8x8"], "names no model input"),
         (["--preset", "nope"], "unknown preset"),
     ],
 )

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from spa_compiler import ir as ir_mod
-from spa_compiler.errors import InvalidModelError, UsageError
+from spa_compiler.errors import InvalidModelError, OutputError, UsageError
 from spa_compiler.ir import ModelIR, save_proto
 from spa_compiler.targets import TARGETS, output_ir_version
 from tests.helpers import conv_chain_model, run_ort
@@ -57,7 +57,7 @@ def test_save_failure_leaves_nothing(tmp_path: Path, rng: np.random.Generator, m
         raise OSError("no space left on device")
 
     monkeypatch.setattr(onnx, "save_model", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="no space left on device"):  # a one-line usage error
         model.save(dest)
     assert dest.read_bytes() == b"previous contents"  # the old file is intact, not half-replaced
     assert [q.name for q in tmp_path.iterdir()] == ["o.onnx"]
