@@ -10,6 +10,7 @@ PASSES: dict[str, str] = {
     "cleanup": "spa_compiler.passes.cleanup:CleanupPass",
     "prune-uniform": "spa_compiler.passes.prune_uniform:PruneUniformPass",
     "prune-to-budget": "spa_compiler.passes.prune_to_budget:PruneToBudgetPass",
+    "sparsify-nm": "spa_compiler.passes.sparsify_nm:SparsifyNMPass",
     "substitute-monarch": "spa_compiler.passes.substitute_monarch:SubstituteMonarchPass",
 }
 

@@ -25,6 +25,10 @@ PRESETS: dict[str, str] = {
     # the common tools' baseline: one share for every group (searched to the budget when given)
     "uniform": "cleanup,prune-uniform,cleanup",
     "uniform-magnitude": "cleanup,prune-uniform{criterion=magnitude},cleanup",
+    # N:M (2:4) where the target measures it faster (TensorRT's rule of thumb where it cannot be timed)
+    "nm": "cleanup,sparsify-nm,cleanup",
+    # structured pruning first (to the budget when given), then 2:4 on the surviving weights
+    "prune-nm": "cleanup,prune-to-budget,cleanup,sparsify-nm,cleanup",
     # Monarch variants per linear layer, kept only where measured faster (needs a budget)
     "monarch": "cleanup,substitute-monarch,cleanup",
 }

@@ -149,11 +149,19 @@ class Target:
         except SpaError as e:
             return {"checked": False, "why": e.one_line()}
         out: dict[str, Any] = {"runtime": describe(trt)}
+        from spa_compiler.latency.tensorrt import sparse_eligibility
+
         for label, sparse in (("dense", False), ("sparse_weights", True)):
+            # the sparse build logs at verbose level: full TensorRT names the 2:4-eligible layers there
             res = build_engine(path, shapes={k: tuple(v) for k, v in shapes.items()}, sparse_weights=sparse,
-                               module=trt)
+                               module=trt, verbose="verbose" if sparse else False)
             out[label] = {"ok": res.ok, "seconds": round(res.seconds, 3), "engine_bytes": res.engine_bytes,
                           "compute_capability": res.compute_capability}
+            if sparse and res.ok:
+                found = sparse_eligibility(res.log)
+                out[label]["sparse_layers"] = found if found is not None else (
+                    f"not reported: the {describe(trt)} builder log names no sparse-eligible layers, "
+                    "even at verbose level")
             if not res.ok:
                 out[label]["log"] = res.log[-2000:]
         out["checked"] = True

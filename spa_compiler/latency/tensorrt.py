@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -200,7 +201,7 @@ def build_engine(
     workspace_mb: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
     module: ModuleType | None = None,
-    verbose: bool = False,
+    verbose: bool | str = False,
 ) -> EngineBuildResult:
     """Parse an ONNX file and build a serialized TensorRT engine.
 
@@ -217,7 +218,7 @@ def build_engine(
         workspace_mb: Workspace memory pool limit.
         output_path: Also write the engine there.
         module: The TensorRT module to use (default: `trt_module()`).
-        verbose: Keep info-level messages in the log too.
+        verbose: Keep info-level messages in the log too ("verbose": verbose-level ones as well).
 
     Returns:
         An EngineBuildResult; `ok` is False when the builder failed (its reasons are in `log`).
@@ -228,9 +229,9 @@ def build_engine(
     """
     trt = module or trt_module()
     lines: list[str] = []
-    logger = _make_logger(
-        trt, lines, trt.ILogger.Severity.INFO if verbose else trt.ILogger.Severity.WARNING
-    )
+    severity = (trt.ILogger.Severity.VERBOSE if verbose == "verbose" else
+                trt.ILogger.Severity.INFO if verbose else trt.ILogger.Severity.WARNING)
+    logger = _make_logger(trt, lines, severity)
     path = Path(onnx_path)
     if not path.is_file():
         raise UsageError(f"no ONNX file at {path}")
@@ -304,6 +305,30 @@ def build_engine(
         out = Path(output_path)
         _write_bytes_atomic(out, engine)
     return EngineBuildResult(True, seconds, len(engine), "\n".join(lines), engine, rt, cc_used, out)
+
+
+_ELIGIBLE = re.compile(r"Layers eligible for sparse math:\s*(.*)")
+_PICKED = re.compile(r"picked sparse implementation for layers:\s*(.*)")
+
+
+def sparse_eligibility(log: str) -> dict[str, list[str]] | None:
+    """What a sparse-weights build's log says about 2:4 layers, or None when it says nothing.
+
+    Full TensorRT (8.x-10.x) logs, at info level, "(Sparsity) Layers eligible for sparse math: a, b"
+    and "TRT inference plan picked sparse implementation for layers: a". TensorRT-RTX 1.7 logs
+    neither, even at verbose level (checked here: its builds fuse the layers into Myelin nodes and
+    choose kernels when the engine first runs), so there the answer is None.
+    """
+    eligible: list[str] = []
+    picked: list[str] = []
+    found = False
+    for line in log.splitlines():
+        for rx, out in ((_ELIGIBLE, eligible), (_PICKED, picked)):
+            m = rx.search(line)
+            if m:
+                found = True
+                out.extend(x.strip() for x in m.group(1).split(",") if x.strip())
+    return {"eligible": eligible, "picked_sparse": picked} if found else None
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
