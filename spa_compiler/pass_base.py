@@ -88,10 +88,18 @@ def option_infos(cls: type[Pass]) -> list[OptionInfo]:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """Option docs from an `Options:` section of the class docstring (`name: text` lines; a line
-    indented deeper than the option names continues the option above it)."""
+    """Option docs from the `Options:` sections of the class docstring and its bases' (`name: text`
+    lines; a line indented deeper than the option names continues the option above it). A subclass
+    documents only the options it adds or words differently; the rest come from its bases."""
     docs: dict[str, str] = {}
-    text = cls.__doc__ or ""
+    for base in reversed(cls.__mro__):
+        if base is not object and "__doc__" in vars(base):
+            docs.update(_own_field_docs(base.__doc__ or ""))
+    return docs
+
+
+def _own_field_docs(text: str) -> dict[str, str]:
+    docs: dict[str, str] = {}
     if "Options:" not in text:
         return docs
     indent: int | None = None
