@@ -72,6 +72,9 @@ class PruningPass(Pass):
             (measured once, on the first plan, one kind at a time).
         sequential: obs with calibration: stages of sequential calibration of the chosen plan (each
             stage's statistics from the model with the earlier stages compressed; 0 or 1: one-shot).
+        table_sampling: Measured latency tables: time each group kind's levels coarse to fine and
+            interpolate where the latency is linear, with a stopping rule per timing
+            (latency.sampling); false: time every level a fixed number of runs.
     """
 
     criterion: str = "auto"
@@ -95,6 +98,7 @@ class PruningPass(Pass):
     max_output_error: float = -1.0
     error_classes: bool = True
     sequential: int = 4
+    table_sampling: bool = True
 
     #: How many levels per group the method offers (prune-to-budget's `levels` option).
     def _level_count(self) -> int:
@@ -263,7 +267,7 @@ class PruningPass(Pass):
                 method.levels[gid] = [k for k in method.levels[gid] if lv[0].kept_units <= k <= lv[-1].kept_units]
         else:
             table = build_table(model, method, ctx.latency, ctx.feeds or {}, input_shapes=ctx.input_shapes,
-                                progress=ctx.progress)
+                                progress=ctx.progress, sample=self.table_sampling)
 
         def lo_hi(gid: str) -> tuple[int, int]:
             lv = table.groups[gid].levels  # type: ignore[union-attr]

@@ -21,6 +21,10 @@ class OrtCpuProvider:
     runs: int = 30
     min_seconds: float = 0.3
     kind: str = "measured"
+    #: untimed runs of each model first
+    warmup: int = 3
+    #: > 0: stop timing once every ratio to the first model is known within +-rel_ci (95%)
+    rel_ci: float = 0.0
     sessions: SessionCache = dataclasses.field(default_factory=SessionCache, repr=False, compare=False)
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
@@ -34,7 +38,8 @@ class OrtCpuProvider:
             # a ModelIR goes to ORT with its own arrays (no exported copy of the weights)
             sess = self.sessions.get(m, lambda m: make_session(m, threads=self.threads, optimize=True))
             runners.append(lambda sess=sess: sess.run(None, dict(feeds)))
-        return interleaved(runners, warmup=3, runs=self.runs, min_seconds=self.min_seconds)
+        return interleaved(runners, warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds,
+                           rel_ci=self.rel_ci)
 
     def provenance(self) -> dict[str, Any]:
         from spa_compiler.ort import import_ort

@@ -342,6 +342,10 @@ class OrtCudaProvider:
     runs: int = 50
     min_seconds: float = 0.3
     kind: str = "measured"
+    #: untimed runs of each model first
+    warmup: int = 10
+    #: > 0: stop timing once every ratio to the first model is known within +-rel_ci (95%)
+    rel_ci: float = 0.0
     sessions: SessionCache = dataclasses.field(default_factory=SessionCache, repr=False, compare=False)
 
     def time(self, model: ModelIR | onnx.ModelProto, feeds: Feeds) -> Timing:
@@ -357,7 +361,8 @@ class OrtCudaProvider:
         runners = []
         for m in models:
             runners.append(iobound_runner(self.sessions.get(m, build), feeds))
-        return interleaved(runners, warmup=10, runs=self.runs, min_seconds=self.min_seconds)
+        return interleaved(runners, warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds,
+                           rel_ci=self.rel_ci)
 
     def provenance(self) -> dict[str, Any]:
         from spa_compiler.ort import import_ort

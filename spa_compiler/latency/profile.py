@@ -31,6 +31,8 @@ import numpy as np
 from spa_compiler._version import __version__
 from spa_compiler.ir import ModelIR
 from spa_compiler.latency.cache import entry_key, open_cache
+from spa_compiler.latency.provider import timing_settings, timing_variant
+from spa_compiler.latency.sampling import AllLevels, LevelSampler
 from spa_compiler.latency.table import (
     GroupLatency,
     LatencyTable,
@@ -43,6 +45,22 @@ from spa_compiler.methods.base import Method, Site
 
 logger = logging.getLogger(__name__)
 
+#: Sampled tables: a stretch of levels is linear when its middle measures within this share of the
+#: dense latency of the line through its ends (`latency.sampling`).
+LINEAR_TOL = 0.005
+#: Sampled tables: each alternation stops once every ratio's 95% interval is within +-this.
+TABLE_REL_CI = 0.004
+
+
+def _held(provider: Any, n: int) -> Any:
+    """Keep `n` sessions of `provider` (or the provider it wraps) cached while one batch is timed."""
+    import contextlib
+
+    p = provider
+    while p is not None and getattr(p, "sessions", None) is None:
+        p = getattr(p, "inner", None)
+    return p.sessions.hold(n) if p is not None else contextlib.nullcontext()
+
 
 def build_table(
     model: ModelIR,
@@ -53,6 +71,8 @@ def build_table(
     input_shapes: Mapping[str, Sequence[int]],
     progress: Callable[[str, int, int], None] | None = None,
     sites: Sequence[Site] | None = None,
+    sample: bool = True,
+    batch: int = 3,
 ) -> LatencyTable:
     """Measure (or estimate, for an analytic provider) a latency table of `method`'s variants.
 
@@ -64,54 +84,99 @@ def build_table(
         input_shapes: Concrete input shapes (recorded in the provenance).
         progress: (task, done, total) callback.
         sites: The sites to profile (default: all of the method's).
+        sample: Measured pruning tables: time each signature's levels coarse to fine and keep only
+            the levels where the latency is not linear (`latency.sampling.LevelSampler`), and stop
+            each alternation once its ratios are known to +-TABLE_REL_CI. False: every level, a
+            fixed number of runs (the reference). Analytic tables always estimate every level.
+        batch: Variants timed in one alternation with the dense model (measured providers).
     """
-    if dataclasses.is_dataclass(provider) and hasattr(provider, "runs"):
-        # a table needs many timings: fewer runs each (the medians stay stable), no minimum time
-        changes = {"runs": max(5, provider.runs // 3)}
-        if hasattr(provider, "min_seconds"):
-            changes["min_seconds"] = 0.0
-        provider = dataclasses.replace(provider, **changes)
+    measured = provider.kind != "analytic"
+    if measured:
+        # a table needs many timings: fewer runs each, no minimum time, and (with `sample`) a
+        # stopping rule once the ratios are known to +-TABLE_REL_CI
+        runs = int(timing_settings(provider).get("runs", 30))
+        changes: dict[str, Any] = {"runs": max(5, runs // 3), "min_seconds": 0.0}
+        if sample:
+            changes.update(rel_ci=TABLE_REL_CI, warmup=2)
+        provider = timing_variant(provider, **changes)
     chosen = list(sites) if sites is not None else list(method.sites())
     sig_of = getattr(method, "signature", None)
     by_sig: dict[Any, list[Site]] = defaultdict(list)
     for site in chosen:
         by_sig[sig_of(site) if sig_of is not None else site.id].append(site)
     variants = {sig: method.variants(members[0]) for sig, members in by_sig.items()}
-    jobs = [(sig, v.key) for sig, vs in variants.items() for v in vs if not v.dense]
+    n_variants = sum(1 for vs in variants.values() for v in vs if not v.dense)
+    numeric = method.name == "pruning"
+    samplers: dict[Any, AllLevels | LevelSampler] = {}
+    for sig, vs in variants.items():
+        dense_key = next(v.key for v in vs if v.dense)
+        keys = [v.key for v in vs]
+        samplers[sig] = (LevelSampler(keys, dense_key, LINEAR_TOL) if sample and measured and numeric
+                         else AllLevels(keys, dense_key))
     ratios: dict[Any, dict[Hashable, float]] = {sig: {} for sig in by_sig}
     dense_times: list[float] = []
     fingerprint = structure_fingerprint(model.to_proto(weights=False))
     # timings of earlier runs of this model, shapes and provider (analytic estimates: never cached)
-    cache = (open_cache(fingerprint, input_shapes, provider.provenance())
-             if provider.kind != "analytic" else None)
-    if progress and jobs:
-        progress("latency table", 0, len(jobs))
-    for i, (sig, key) in enumerate(jobs):
-        members = by_sig[sig]
-        entry = entry_key("table", [method.name, sorted(s.id for s in members), repr(key)])
-        hit = cache.get(entry) if cache is not None else None
-        if hit is not None:
-            ratios[sig][key], dense_ms_then = hit
-            dense_times.append(dense_ms_then)
-        else:
-            clone = model.clone()
-            method.apply(clone, {s.id: key for s in members}, exact=False, validate=False)
-            # timed in alternation with the dense model: the ratio is immune to load drift
-            t_dense, t_var = provider.time_many([model, clone], feeds)
-            del clone
+    cache = open_cache(fingerprint, input_shapes, provider.provenance()) if measured else None
+    per_call = max(1, batch if measured else 1)
+    done = 0
+
+    def total() -> int:
+        return done + sum(s.remaining() for s in samplers.values())
+
+    if progress and n_variants:
+        progress("latency table", 0, total())
+    timed = 0
+    while True:
+        wave = [(sig, key) for sig, smp in samplers.items() for key in smp.next_wave()]
+        if not wave:
+            break
+        misses = []
+        for sig, key in wave:
+            members = by_sig[sig]
+            entry = entry_key("table", [method.name, sorted(s.id for s in members), repr(key)])
+            hit = cache.get(entry) if cache is not None else None
+            if hit is not None:
+                ratio, dense_ms_then = hit
+                dense_times.append(dense_ms_then)
+                ratios[sig][key] = ratio
+                samplers[sig].record(key, ratio)
+                done += 1
+            else:
+                misses.append((sig, key, entry))
+        for at in range(0, len(misses), per_call):
+            chunk = misses[at:at + per_call]
+            clones = []
+            for sig, key, _ in chunk:
+                clone = model.clone()
+                method.apply(clone, {s.id: key for s in by_sig[sig]}, exact=False, validate=False)
+                clones.append(clone)
+            # timed in alternation with the dense model: each ratio is immune to load drift
+            with _held(provider, len(chunk) + 2):
+                t_dense, *t_vars = provider.time_many([model, *clones], feeds)
+            del clones
             dense_times.append(t_dense.ms)
-            ratios[sig][key] = t_var.ms / t_dense.ms
-            if cache is not None:
-                cache.put(entry, ratios[sig][key], t_dense.ms)
-                if i % 8 == 7:
-                    cache.flush()  # a stopped run keeps what it measured
+            for (sig, key, entry), t_var in zip(chunk, t_vars):
+                ratio = t_var.ms / t_dense.ms
+                ratios[sig][key] = ratio
+                samplers[sig].record(key, ratio)
+                if cache is not None:
+                    cache.put(entry, ratio, t_dense.ms)
+                logger.debug("profile %s x%d at %s: %.4f of dense (%d rounds)", by_sig[sig][0].id,
+                             len(by_sig[sig]), key, ratio, t_var.runs)
+            done += len(chunk)
+            timed += len(chunk)
+            if cache is not None and timed % 8 < len(chunk):
+                cache.flush()  # a stopped run keeps what it measured
+            if progress:
+                progress("latency table", done, total())
         if progress:
-            progress("latency table", i + 1, len(jobs))
-        logger.debug("profile %s x%d at %s: %.4f of dense", members[0].id, len(members), key, ratios[sig][key])
+            progress("latency table", done, total())
     if cache is not None:
         cache.flush()
         if cache.hits:
-            logger.info("latency table: %d of %d timings from the cache (%s)", cache.hits, len(jobs), cache.path)
+            logger.info("latency table: %d of %d timings from the cache (%s)", cache.hits, done, cache.path)
+    jobs = done
     dense = provider.time(model, feeds) if not dense_times else None
     dense_ms = float(np.median(dense_times)) if dense_times else dense.ms  # type: ignore[union-attr]
     table_groups: dict[str, GroupLatency | SiteLatency] = {}
@@ -159,7 +224,9 @@ def build_table(
         provider=prov.get("provider"),
         threads=prov.get("threads"),
         model_name=str(model.source.name if model.source else ""),
-        notes=f"in-context timing ({method.name}), {len(by_sig)} signatures, {len(jobs)} variants"
+        notes=f"in-context timing ({method.name}), {len(by_sig)} signatures, {jobs} variants"
+              + (f" of {n_variants} (levels where the latency is linear within {LINEAR_TOL:g} of dense "
+                 "are interpolated)" if jobs < n_variants else "")
               + (f" ({cache.hits} from the timing cache)" if cache is not None and cache.hits else "")
               + (f"; lowering: {prov['lowering']}" if prov.get("lowering") else ""),
     )
@@ -193,9 +260,11 @@ def profile_pruning(
     progress: Callable[[str, int, int], None] | None = None,
     analysis: Any = None,
     groups: Sequence[Any] | None = None,
+    sample: bool = True,
 ) -> LatencyTable:
     """The pruning latency table of `model` for `target`: every prunable group at `levels`
-    hardware-friendly widths (`round_to=0`: the target's multiple, `targets.width_multiple`)."""
+    hardware-friendly widths (`round_to=0`: the target's multiple, `targets.width_multiple`);
+    `sample`: see `build_table`."""
     from spa_compiler.methods.pruning import PruningMethod, kept_levels
     from spa_compiler.targets import width_multiple
 
@@ -205,4 +274,4 @@ def profile_pruning(
         lambda g: kept_levels(g.n_units, g.unit_size, round_to=multiple, max_ratio=max_ratio, count=levels),
         units=units, analysis=analysis, groups=groups,
     )
-    return build_table(model, method, provider, feeds, input_shapes=input_shapes, progress=progress)
+    return build_table(model, method, provider, feeds, input_shapes=input_shapes, progress=progress, sample=sample)

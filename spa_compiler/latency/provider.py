@@ -57,14 +57,17 @@ def as_proto(model: ModelIR | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def interleaved(
-    runners: Sequence[Any], *, warmup: int, runs: int, min_seconds: float
+    runners: Sequence[Any], *, warmup: int, runs: int, min_seconds: float, rel_ci: float = 0.0,
+    min_runs: int = 3,
 ) -> list[Timing]:
-    """Time callables in alternation; one Timing per callable (see `measure.time_callables`)."""
+    """Time callables in alternation; one Timing per callable (see `timing.time_callables`: with
+    `rel_ci`, a stopping rule on the confidence interval of the ratios to the first callable)."""
     from spa_compiler.latency.timing import time_callables
 
     return [
         Timing(median, "measured", n, p10, p90)
-        for median, p10, p90, n in time_callables(runners, warmup=warmup, runs=runs, min_seconds=min_seconds)
+        for median, p10, p90, n in time_callables(runners, warmup=warmup, runs=runs, min_seconds=min_seconds,
+                                                  rel_ci=rel_ci, min_runs=min_runs)
     ]
 
 
@@ -103,3 +106,43 @@ class SessionCache:
 
     def __deepcopy__(self, memo: Any) -> SessionCache:
         return self  # sessions cannot be copied; copies of a provider share them
+
+    def hold(self, at_least: int) -> _Held:
+        """A context in which the cache keeps at least `at_least` entries (e.g. the dense model and
+        a batch of variants timed in one alternation), back to its size after."""
+        return _Held(self, at_least)
+
+
+class _Held:
+    def __init__(self, cache: SessionCache, at_least: int) -> None:
+        self.cache, self.at_least, self.size = cache, at_least, cache.size
+
+    def __enter__(self) -> SessionCache:
+        self.cache.size = max(self.size, self.at_least)
+        return self.cache
+
+    def __exit__(self, *exc: object) -> None:
+        self.cache.size = self.size
+        while len(self.cache.items) > self.size:
+            del self.cache.items[next(iter(self.cache.items))]
+
+
+def timing_variant(provider: Any, **changes: Any) -> Any:
+    """A copy of `provider` with timing settings changed (`runs`, `min_seconds`, `warmup`,
+    `rel_ci`): only the fields the provider has; through wrappers that time with an `inner`
+    provider (`lowering.provider.LoweredProvider`). The copy shares the provider's sessions."""
+    if not dataclasses.is_dataclass(provider) or isinstance(provider, type):
+        return provider
+    names = {f.name for f in dataclasses.fields(provider)}
+    if "inner" in names and not {"runs", "min_seconds"} & names:
+        return dataclasses.replace(provider, inner=timing_variant(provider.inner, **changes))
+    own = {k: v for k, v in changes.items() if k in names}
+    return dataclasses.replace(provider, **own) if own else provider
+
+
+def timing_settings(provider: Any) -> dict[str, Any]:
+    """The timing fields of `provider` (or of the provider it wraps), for deriving changes."""
+    inner = getattr(provider, "inner", None)
+    if inner is not None and not hasattr(provider, "runs"):
+        return timing_settings(inner)
+    return {k: getattr(provider, k) for k in ("runs", "min_seconds", "warmup", "rel_ci") if hasattr(provider, k)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,13 +17,19 @@ from spa_compiler.ort import import_ort, make_session
 
 
 def time_callables(
-    runners: Sequence[Callable[[], object]], *, warmup: int, runs: int, min_seconds: float = 0.0
+    runners: Sequence[Callable[[], object]], *, warmup: int, runs: int, min_seconds: float = 0.0,
+    rel_ci: float = 0.0, min_runs: int = 3,
 ) -> list[tuple[float, float, float, int]]:
     """Time callables in alternation (a, b, a, b, ...) after `warmup` untimed calls of each.
 
     Alternation makes their ratio immune to changes of machine load during the measurement. Each
     callable must block until its work is done. Stops after `runs` rounds once `min_seconds` have
     passed (at most 100 x runs rounds). Returns (median, p10, p90, rounds) in milliseconds per callable.
+
+    `rel_ci` > 0 is a stopping rule for ratios to the first callable (the reference, e.g. the dense
+    model): after at least `min_runs` rounds, timing stops as soon as, for every other callable, the
+    95% confidence interval of its per-round ratio to the reference (normal approximation on the
+    log ratios of the paired rounds) is within +-`rel_ci`; `runs` is then the most rounds taken.
     """
     for r in runners:
         for _ in range(warmup):
@@ -36,11 +43,32 @@ def time_callables(
             times[i].append((time.perf_counter() - t0) * 1e3)
         if len(times[0]) >= 100 * max(runs, 1):
             break
+        if rel_ci > 0 and len(times[0]) >= max(2, min_runs) and ratio_ci(times) <= rel_ci:
+            break
     out = []
     for ts in times:
         qs = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
         out.append((statistics.median(ts), qs[0], qs[-1], len(ts)))
     return out
+
+
+def ratio_ci(times: Sequence[Sequence[float]]) -> float:
+    """The widest 95% half-interval (relative) of the paired ratios times[i] / times[0], i >= 1.
+
+    Normal approximation on the per-round log ratios; 0.0 for a single callable, inf for fewer
+    than two rounds."""
+    if len(times) < 2:
+        return 0.0
+    n = len(times[0])
+    if n < 2:
+        return math.inf
+    worst = 0.0
+    ref = times[0]
+    for ts in times[1:]:
+        logs = [math.log(max(t, 1e-9) / max(d, 1e-9)) for t, d in zip(ts, ref)]
+        half = 1.96 * statistics.stdev(logs) / math.sqrt(n)
+        worst = max(worst, math.expm1(half))
+    return worst
 
 
 @dataclasses.dataclass(frozen=True)
