@@ -175,7 +175,8 @@ class GroupPath:
         criterion: Which criterion made it (after fallbacks).
         note: Why a fallback happened, if one did.
         views: The consumers OBS compensates (empty for magnitude/wanda).
-        hessians: Per view, the prepared Hessian (for exact re-fits).
+        hessians: Per view, the prepared Hessian (for exact re-fits): an array, or a
+            `criteria.spill.Spilled` handle when the Hessians kept would exceed the memory limit.
         view_moments: Per view, where its second moments came from (`moment_sources` names).
     """
 
@@ -186,7 +187,7 @@ class GroupPath:
     criterion: str
     note: str | None = None
     views: list[LinearView] = dataclasses.field(default_factory=list)
-    hessians: list[npt.NDArray[np.float64]] = dataclasses.field(default_factory=list)
+    hessians: list[Any] = dataclasses.field(default_factory=list)
     view_moments: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -210,6 +211,7 @@ class GroupPath:
         """Per view index, the consumer weight re-fitted on the kept columns (full shape, removed
         columns zero); empty when the criterion does not compensate."""
         from spa_compiler.criteria.obs import solve_kept
+        from spa_compiler.criteria.spill import as_array
 
         out: dict[int, npt.NDArray[Any]] = {}
         removed = set(self.removed(kept))
@@ -220,7 +222,8 @@ class GroupPath:
                 np.arange(view.w2d.shape[1]),
                 np.concatenate([view.unit_cols[u] for u in sorted(removed)]),
             )
-            out[i] = view.to_weight(solve_kept(view.w2d, h, keep_cols))  # full width, zeros removed
+            # a spilled Hessian is read back here and freed after its solve
+            out[i] = view.to_weight(solve_kept(view.w2d, as_array(h), keep_cols))  # full width, zeros removed
         return out
 
 
@@ -459,11 +462,15 @@ def group_paths(
         else:
             from spa_compiler.criteria.obs import prepare_hessian
 
+            from spa_compiler.criteria.spill import keep
+
             hs = [prepare_hessian(h) for h in hs]
             order, errs = relative_obs_path(vs, hs, g.n_units, n_remove, step)
             steps_done += n_remove
+            # kept for the re-fit: in memory up to a limit, on disk beyond it (criteria.spill)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
-                                    views=vs, hessians=hs, view_moments=sources)
+                                    views=vs, hessians=[keep(h) for h in hs], view_moments=sources)
+            del hs
         if progress and criterion == "wanda":
             progress(task, gi + 1, len(groups))
     return paths

@@ -69,6 +69,7 @@ def sequential_refit(
     """
     from spa_compiler.criteria.obs import prepare_hessian
     from spa_compiler.criteria.paths import GroupPath, relative_obs_path, collect_hessians, linear_view
+    from spa_compiler.criteria.spill import keep
 
     t0 = time.perf_counter()
     paths = method.paths
@@ -108,7 +109,9 @@ def sequential_refit(
                 old = paths[g]
                 ordr, errs = relative_obs_path(vs, hs, grp.n_units, n_remove)
                 paths[g] = GroupPath(g, grp.n_units, ordr, errs, old.criterion, note=old.note, views=vs,
-                                     hessians=hs, view_moments=["calibration (sequential)"] * len(vs))
+                                     hessians=[keep(h) for h in hs],
+                                     view_moments=["calibration (sequential)"] * len(vs))
+                del old, hs
                 recalibrated += 1
         _mask(model, [paths[g] for g in gids], kept)
         if progress:
