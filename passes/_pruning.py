@@ -203,6 +203,8 @@ class PruningPass(Pass):
             synthetic=(lambda: self._synthetic(ctx, model, cache)) if criterion == "obspa" else None,
             closed_form=self.moments == "auto", norm=norm_power(self.norm), normalize=self.normalize,
             include_hidden=self.include_hidden, min_units=self.min_units, seed=ctx.seed, progress=ctx.progress,
+            # without a budget the plan is the ratio: no path needs to go further
+            share=self.ratio if ctx.budget_ms is None else None,
         )
 
     # ------------------------------------------------------------------ no budget: a share

@@ -342,6 +342,7 @@ def group_paths(
     damp: float = 0.01,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    removals: Mapping[str, int] | None = None,
 ) -> dict[str, GroupPath]:
     """A GroupPath for every group under `criterion` (see the module docstring).
 
@@ -360,18 +361,24 @@ def group_paths(
         damp: Relative Hessian damping.
         seed: For the im2col row subsampling.
         progress: (task, done, total) callback.
+        removals: group id -> the most units any plan will remove (paths stop there; the greedy
+            path's first steps do not depend on its length). Default: max_ratio's share.
 
     Raises:
         UsageError: unknown criterion, or a criterion that needs data without it.
     """
+
+    def n_removable(g: ChannelGroup) -> int:
+        n = max_removable(g.n_units, max_ratio)
+        return min(n, max(0, int(removals[g.id]))) if removals is not None and g.id in removals else n
+
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion {criterion!r}", hint=f"use one of {', '.join(CRITERIA)}")
     paths: dict[str, GroupPath] = {}
     nodes = {n.name: n for n in model.graph.nodes}
     if criterion == "magnitude":
         for g in groups:
-            order, errs = _magnitude_path(model, g, max_removable(g.n_units, max_ratio), norm,
-                                          normalize=normalize, nodes=nodes)
+            order, errs = _magnitude_path(model, g, n_removable(g), norm, normalize=normalize, nodes=nodes)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "magnitude")
         return paths
 
@@ -421,7 +428,7 @@ def group_paths(
         progress(stats_task, fed[0], fed[0])
     measured_index = {id(v): j for j, v in enumerate(measured)}
     # progress of the OBS paths in greedy steps (one group of a ResNet's last stage is 1800 steps)
-    obs_steps = sum(max_removable(g.n_units, max_ratio) for g in groups if views_by_group[g.id])
+    obs_steps = sum(n_removable(g) for g in groups if views_by_group[g.id])
     steps_done = 0
     task = f"{criterion} paths"
 
@@ -435,7 +442,7 @@ def group_paths(
     k = 0
     for gi, g in enumerate(groups):
         vs = views_by_group[g.id]
-        n_remove = max_removable(g.n_units, max_ratio)
+        n_remove = n_removable(g)
         hs = []
         sources = []
         for v in vs:

@@ -205,11 +205,13 @@ class PruningMethod:
         min_units: int = 1,
         seed: int = 0,
         progress: Any = None,
+        share: float | None = None,
     ) -> PruningMethod:
         """Analyse `model`, score every prunable group with `criterion`, and list its levels.
 
         `synthetic` makes the data-free criterion's random feeds; it is called only when there is a
-        group to score.
+        group to score. `share`: the plan will remove at most this share of each group (a ratio
+        without a budget): the criterion's paths stop there instead of at `max_ratio`.
         """
         units = tuple(units) + (("hidden",) if include_hidden and "hidden" not in units else ())
         if progress:
@@ -226,6 +228,7 @@ class PruningMethod:
             model, list(groups.values()), criterion, max_ratio=max_ratio, calibration=calibration,
             synthetic_feeds=synthetic() if synthetic is not None else None, closed_form=closed_form, norm=norm, normalize=normalize,
             seed=seed, progress=progress,
+            removals=None if share is None else {gid: int(round(g.n_units * share)) for gid, g in groups.items()},
         )
         for p in paths.values():
             if p.note:

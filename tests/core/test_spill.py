@@ -57,3 +57,53 @@ def test_refit_with_hessians_on_disk_equals_in_memory(monkeypatch: pytest.Monkey
     del disk
     gc.collect()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("criterion", ["obs", "magnitude", "wanda"])
+def test_shorter_paths_are_prefixes_of_longer_ones(criterion: str, rng: np.random.Generator) -> None:
+    """A ratio without a budget stops each path at the ratio (group_paths' removals): the greedy
+    order and errors are the first steps of the full path, so the plan is the same."""
+    from spa_compiler.criteria.paths import group_paths
+    from spa_compiler.groups.analysis import analyze
+    from spa_compiler.ir import ModelIR
+
+    model = ModelIR.from_proto(deep_mlp(rng, depth=3, hidden=80))
+    calib = _calib(rng)
+    groups = list(analyze(model).prunable)
+    full = group_paths(model, groups, criterion, max_ratio=0.75, calibration=calib)
+    short = group_paths(model, groups, criterion, max_ratio=0.75, calibration=calib,
+                        removals={g.id: int(round(g.n_units * 0.25)) for g in groups})
+    for g in groups:
+        r = int(round(g.n_units * 0.25))
+        assert len(short[g.id].order) == r < len(full[g.id].order)
+        assert short[g.id].order == full[g.id].order[:r]
+        np.testing.assert_allclose(short[g.id].errors, full[g.id].errors[:r + 1], rtol=1e-9, atol=1e-12)
+        if criterion == "obs":
+            for i, w in short[g.id].compensated(g.n_units - r).items():
+                np.testing.assert_allclose(w, full[g.id].compensated(g.n_units - r)[i], rtol=1e-9, atol=1e-12)
+
+
+def test_ratio_without_budget_gives_the_same_model_with_shorter_paths(rng: np.random.Generator,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from spa_compiler.methods import pruning
+
+    dense = deep_mlp(rng)
+    calib = _calib(rng)
+    short, _ = _prune(dense, calib, sequential=2)
+    real = pruning.PruningMethod.build
+
+    def full_paths(*a, **kw):
+        kw["share"] = None
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pruning.PruningMethod, "build", staticmethod(full_paths))
+    full, _ = _prune(dense, calib, sequential=2)
+    a, b = short.tensors(), full.tensors()
+    assert set(a) == set(b)
+    compared = 0
+    for name, t in a.items():
+        v = getattr(t, "values", None)
+        if v is not None and np.asarray(v).dtype.kind == "f":
+            np.testing.assert_allclose(v, b[name].values, rtol=1e-6, atol=1e-7)
+            compared += 1
+    assert compared >= 8
