@@ -28,8 +28,10 @@ def smollm2_16x512() -> Iterator[dict[str, np.ndarray]]:
 
 
 def llama1b_8x512() -> Iterator[dict[str, np.ndarray]]:
-    """8 sequences of 512 tokens (a 32000-token vocabulary, LLaMA's), with mask and positions."""
-    for feed in tokens(8, 512, 32000):
-        seq = feed["input_ids"].shape[1]
-        yield {**feed, "attention_mask": np.ones((1, seq), dtype=np.int64),
-               "position_ids": np.arange(seq, dtype=np.int64)[None]}
+    """8 sequences of 512 tokens of a 32000-token vocabulary (benchmarks.cost.models llama1b)."""
+    return tokens(8, 512, 32000)
+
+
+def llama_mini_8x128() -> Iterator[dict[str, np.ndarray]]:
+    """8 sequences of 128 tokens of llama-mini's 512-token vocabulary (tests of the 1B case)."""
+    return tokens(8, 128, 512)

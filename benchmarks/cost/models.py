@@ -3,6 +3,8 @@
     python -m benchmarks.cost.models resnet50 OUT.onnx            # torchvision-style ResNet-50
     python -m benchmarks.cost.models minilm OUT.onnx              # BERT at all-MiniLM-L6-v2's dims
     python -m benchmarks.cost.models smollm2 OUT.onnx             # LLaMA at SmolLM2-135M's dims
+    python -m benchmarks.cost.models llama1b DIR/model.onnx        # LLaMA at LLaMA-3.2-1B's dims (4.2 GB)
+    python -m benchmarks.cost.models llama-mini DIR/model.onnx     # the same layout, tiny (tests)
 
 Every model is exported with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``,
 opset 17) the way a user exports a torchvision model: eval mode, constant folding on (BatchNorm
@@ -14,6 +16,12 @@ conv (torchvision's ResNet-50 v1.5), 25.6 M parameters, input ``input: (batch, 3
 ``minilm``: `models_zoo.tiny_bert` at hidden 384, 6 layers, 12 heads, FFN 1536, vocab 30522.
 ``smollm2``: `models_zoo.tiny_llama` at hidden 576, 30 layers, 9 query / 3 KV heads, FFN 1536,
 vocab 49152, 512 positions (134.5 M parameters).
+``llama1b``: `models_zoo.tiny_llama` at LLaMA-3.2-1B's shapes (hidden 2048, 16 layers, 32 query /
+8 KV heads, FFN 8192), a 32000-token vocabulary tied to the LM head, 2048 positions: 1.05 B
+parameters, 4.2 GB of fp32 weights, written as external data (`model.onnx.data`, one file) beside
+the model. Built in plain torch, so it builds wherever torch does (the GPU host, or here).
+``llama-mini``: the same layout at hidden 64, 2 layers, FFN 256, also with external data (tests
+of the 1B case's path on any machine).
 """
 
 from __future__ import annotations
@@ -120,12 +128,47 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]
                     p.copy_(1.0 + 0.1 * torch.randn_like(p))
         ids = torch.randint(0, 49152, (1, 128))
         return m.eval(), (ids,), ["input_ids"], {"input_ids": {0: "batch", 1: "sequence"}}
-    raise SystemExit(f"unknown model {name!r}: use resnet50, minilm or smollm2")
+    if name in ("llama1b", "llama-mini"):
+        from spa_compiler.models_zoo.tiny_llama import TinyLlama
+
+        dims = (dict(vocab_size=32000, max_positions=2048, hidden=2048, num_layers=16, num_heads=32,
+                     num_kv_heads=8, intermediate=8192) if name == "llama1b" else
+                dict(vocab_size=512, max_positions=512, hidden=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     intermediate=256))
+        m = TinyLlama(**dims)
+        with torch.no_grad():
+            for p_name, p in m.named_parameters():
+                if p_name.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+        ids = torch.randint(0, dims["vocab_size"], (1, 128))
+        return m.eval(), (ids,), ["input_ids"], {"input_ids": {0: "batch", 1: "sequence"}}
+    raise SystemExit(f"unknown model {name!r}: use {', '.join(NAMES)}")
+
+
+NAMES = ("resnet50", "minilm", "smollm2", "llama1b", "llama-mini")
+
+
+def _one_data_file(path: pathlib.Path) -> None:
+    """Re-save an export with its weights as one external-data file `<name>.data` (the exporter
+    writes one file per tensor beyond 2 GB); removes the per-tensor files."""
+    import onnx
+
+    folder = path.parent
+    before = {f.name for f in folder.iterdir()}
+    proto = onnx.load(str(path))  # with its external data
+    data = path.name + ".data"
+    tmp = path.with_name(path.name + ".one")
+    onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    del proto
+    for name in before - {path.name, data, tmp.name}:
+        (folder / name).unlink()
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("name", choices=["resnet50", "minilm", "smollm2"])
+    ap.add_argument("name", choices=NAMES)
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -135,8 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     outputs = ["logits"] if args.name != "minilm" else ["last_hidden_state", "pooler_output"]
     if args.name == "minilm":
         axes = {**axes, "last_hidden_state": {0: "batch", 1: "sequence"}, "pooler_output": {0: "batch"}}
-    elif args.name == "smollm2":
+    elif args.name in ("smollm2", "llama1b", "llama-mini"):
         axes = {**axes, "logits": {0: "batch", 1: "sequence"}}
+    if args.name.startswith("llama"):  # external data: exported into the model's own folder
+        with torch.no_grad():
+            torch.onnx.export(module, inputs, str(out), dynamo=False, opset_version=17, input_names=names,
+                              output_names=outputs, dynamic_axes=axes)
+        del module
+        _one_data_file(out)
+        print(out, f"{sum(f.stat().st_size for f in out.parent.iterdir()) / 2**30:.2f} GiB on disk", file=sys.stderr)
+        return 0
     tmp = out.with_name(out.name + ".tmp")
     torch.onnx.export(module, inputs, str(tmp), dynamo=False, opset_version=17, input_names=names,
                       output_names=outputs, dynamic_axes=axes)

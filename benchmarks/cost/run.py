@@ -39,8 +39,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
                                                   "0.6x", "--input-shape", "input:32x3x224x224"]),
     "llama1b-calib": ("model.onnx", [
         "-p", "cleanup,prune-ziplm{criterion=obs,units=neuron,ratio=0.25},cleanup", "--no-measure",
-        "--validate", "end", "--input-shape", "input_ids:1x512", "--input-shape", "attention_mask:1x512",
-        "--input-shape", "position_ids:1x512", "--calib", str(HERE / "calib.py") + ":llama1b_8x512"]),
+        "--validate", "end", "--input-shape", "input_ids:1x512", "--calib", str(HERE / "calib.py") + ":llama1b_8x512"]),
+    "llama-mini-calib": ("model.onnx", [  # the 1B case's path at a tiny size (tests, CPU rehearsal)
+        "-p", "cleanup,prune-ziplm{criterion=obs,units=neuron,ratio=0.25},cleanup", "--no-measure",
+        "--validate", "end", "--input-shape", "input_ids:1x128", "--calib", str(HERE / "calib.py") + ":llama_mini_8x128"]),
     "smollm2-calib64x512": ("smollm2.onnx", [
         "-p", "cleanup,prune-ziplm{criterion=obs,units=neuron,ratio=0.25},cleanup", "--no-measure",
         "--input-shape", "input_ids:1x512", "--calib", str(HERE / "calib.py") + ":smollm2_64x512"]),
@@ -63,12 +65,15 @@ def _commit(pythonpath: str | None) -> str:
 
 
 def run_case(case: str, models: Path, *, pythonpath: str | None, label: str, extra: list[str],
-             timeout: float | None = None) -> dict:
+             timeout: float | None = None, logs: Path | None = None, keep_cache: bool = False) -> dict:
     model_file, args = CASES[case]
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory() as tmp:
+        if not keep_cache:  # a fresh timing cache: the compile profiles everything
+            env["SPA_COMPILER_CACHE"] = str(Path(tmp) / "cache")
+            env.pop("SPA_COMPILER_NO_CACHE", None)
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "spa_compiler", str(models / model_file), "-o", str(Path(tmp) / "out.onnx"),
                "--report", str(report), *args, *extra]
@@ -94,6 +99,9 @@ def run_case(case: str, models: Path, *, pythonpath: str | None, label: str, ext
         rss_kb = usage.ru_maxrss
         stderr = log.read_text(errors="replace")
         load1 = os.getloadavg()
+        if logs is not None:
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / f"{case}-{label}.progress.log").write_text(stderr)
         rep = json.loads(report.read_text()) if report.exists() else {}
     prune = next((p for p in rep.get("passes", []) if str(p.get("name", "")).startswith("prune")), {})
     stats = prune.get("stats") or {}
@@ -107,7 +115,7 @@ def run_case(case: str, models: Path, *, pythonpath: str | None, label: str, ext
         "mean_error": stats.get("mean_error"), "search_rounds": stats.get("search_rounds"),
         "kept": {d["group"]: d["kept"] for d in prune.get("details") or [] if "kept" in d},
         "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in load1],
-        "cpus": os.cpu_count(), "progress_log_head": stderr.splitlines()[:3],
+        "cpus": os.cpu_count(), "cache": "kept" if keep_cache else "fresh", "progress_log_head": stderr.splitlines()[:3],
         "stderr_tail": stderr.splitlines()[-15:], "model_mb": round(sum(f.stat().st_size for f in models.iterdir() if f.is_file() and (
             model_file == "model.onnx" or f.name.startswith(model_file))) / 2**20, 1),
     }
@@ -121,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pythonpath", help="run another checkout (installed layout) instead of this one")
     ap.add_argument("--label", default="after")
     ap.add_argument("--timeout", type=float, default=None, help="stop a case after this many seconds")
+    ap.add_argument("--logs", type=Path, help="write each case's whole progress log (stderr) here")
+    ap.add_argument("--keep-cache", action="store_true", help="use the caller's timing cache (default: a fresh one)")
     args, extra = ap.parse_known_args(argv)  # anything else (after --) goes to spa-compile
     extra = [a for a in extra if a != "--"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for case in args.cases:
         row = run_case(case, args.models, pythonpath=args.pythonpath, label=args.label, extra=extra,
-                       timeout=args.timeout)
+                       timeout=args.timeout, logs=args.logs, keep_cache=args.keep_cache)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{case} [{args.label}]: {row['wall_s']:.1f} s, {row['peak_rss_mb']:.0f} MB, exit {row['exit']}, "

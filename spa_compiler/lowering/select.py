@@ -164,6 +164,12 @@ def choose(
     families = TARGET_FAMILIES.get(target, ())
     if not families:
         return Decision(mode, base, notes=[f"target {target}: no graph lowering (the runtime fuses itself)"])
+    if mode == "auto" and getattr(provider, "kind", "") != "measured":
+        # nothing would be kept: skip the rewrites and their numerical checks, which run the
+        # whole model several times (minutes and copies of the weights for a 1B model)
+        return Decision(mode, base, notes=[
+            "no device to time on: lowering is a measured choice, so none is applied and none was tried "
+            "(use --lower all to apply every family that passes the check)"])
     from spa_compiler.ir import ModelIR
     from spa_compiler.ort import random_feeds
 
