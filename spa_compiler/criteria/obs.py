@@ -190,7 +190,9 @@ def _spd_inverse(h: FloatArray) -> FloatArray:
         low, info = lapack.dpotri(factor, lower=True)
         if info != 0:
             raise np.linalg.LinAlgError(f"potri failed (info={info})")
-        hinv = np.tril(low) + np.tril(low, -1).T
+        hinv = np.tril(low)
+        hinv += np.tril(low, -1).T  # mirrored: exactly symmetric already
+        return np.asarray(hinv, dtype=np.float64)
     return np.asarray(0.5 * (hinv + hinv.T), dtype=np.float64)
 
 
@@ -442,6 +444,10 @@ def _blas_gemm() -> Callable[..., Any] | None:
     return blas.dgemm
 
 
+#: Layers with at least this many input columns fold U into H0 less often (`_GreedyState`).
+WIDE_COLS = 1024
+
+
 class _GreedyState:
     """W and a lazily downdated ``H^-1`` for the greedy loop, on the columns still kept.
 
@@ -478,9 +484,12 @@ class _GreedyState:
         self.refresh_cols = max(refresh_cols, 4 * self.max_size)
         # U is folded into H0 every `refresh_cols` columns: a fold is one k x k matrix product
         # (compute-bound, fast), while rows of H0 - U U^T cost a memory-bound pass over U per step
-        # (benchmarks/cost/results/components.json: never folding was 2x slower on an FFN path)
-        self.fold_cols = self.refresh_cols
-        self.u = np.zeros((self.n_in, min(self.n_in, 256) + self.max_size))
+        # (benchmarks/cost/results/components.json: never folding was 2x slower on an FFN path).
+        # Layers of WIDE_COLS inputs or more fold every 4 x refresh_cols: a fold's symmetrization
+        # is a memory-bound pass over k^2 that then costs as much as its product, while the
+        # pending rows cost s x k x r per step (small next to W's update at that width)
+        self.fold_cols = self.refresh_cols * (4 if self.n_in >= WIDE_COLS else 1)
+        self.u = np.zeros((self.n_in, min(self.n_in, max(256, self.fold_cols)) + self.max_size))
         self.r = 0
         self.since_refresh = 0
         self.gemm = _blas_gemm()

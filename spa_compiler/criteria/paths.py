@@ -439,6 +439,13 @@ def group_paths(
 
     if progress and criterion not in ("wanda",) and obs_steps:
         progress(task, 0, obs_steps)
+    from spa_compiler.criteria import parallel
+
+    # groups' greedy paths are independent: large ones run in worker processes (criteria.parallel)
+    pool = parallel.PathPool.for_groups(
+        [(sum(v.w2d.shape[1] ** 2 for v in views_by_group[g.id]), n_removable(g)) for g in groups
+         if views_by_group[g.id]]) if criterion not in ("wanda", "magnitude") else None
+    pending: list[tuple[ChannelGroup, list[LinearView], list[Any], list[str]]] = []
     k = 0
     for gi, g in enumerate(groups):
         vs = views_by_group[g.id]
@@ -472,6 +479,10 @@ def group_paths(
             from spa_compiler.criteria.spill import keep
 
             hs = [prepare_hessian(h) for h in hs]
+            if pool is not None:
+                pending.append((g, vs, hs, sources))
+                pool.submit(g.id, vs, hs, g.n_units, n_remove)
+                continue
             order, errs = relative_obs_path(vs, hs, g.n_units, n_remove, step)
             steps_done += n_remove
             # kept for the re-fit: in memory up to a limit, on disk beyond it (criteria.spill)
@@ -480,4 +491,14 @@ def group_paths(
             del hs
         if progress and criterion == "wanda":
             progress(task, gi + 1, len(groups))
+    if pool is not None:
+        from spa_compiler.criteria.spill import keep
+
+        results = pool.results(lambda done: progress(task, done, obs_steps) if progress else None)
+        for g, vs, hs, sources in pending:
+            order, errs = results[g.id]
+            paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
+                                    views=vs, hessians=[keep(h) for h in hs], view_moments=sources)
+        pending.clear()
+        paths = {g.id: paths[g.id] for g in groups if g.id in paths}  # the groups' order
     return paths

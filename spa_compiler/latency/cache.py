@@ -86,7 +86,7 @@ class TimingCache:
         if not isinstance(entries, dict):
             return {}
         return {k: [float(x) for x in v] for k, v in entries.items()
-                if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)}
+                if isinstance(v, list) and len(v) in (2, 3) and all(isinstance(x, (int, float)) for x in v)}
 
     def get(self, entry: str) -> tuple[float, float] | None:
         """``(ratio, dense_ms)`` of a cached timing, or None."""
@@ -97,9 +97,15 @@ class TimingCache:
         self.hits += 1
         return got[0], got[1]
 
-    def put(self, entry: str, ratio: float, dense_ms: float) -> None:
-        """Record a timing (written by `flush`)."""
-        self.entries[entry] = self._dirty[entry] = [float(ratio), float(dense_ms)]
+    def ci(self, entry: str) -> float:
+        """The 95% half-interval recorded with a timing (0.0 when none was)."""
+        got = self.entries.get(entry)
+        return float(got[2]) if got is not None and len(got) > 2 else 0.0
+
+    def put(self, entry: str, ratio: float, dense_ms: float, ci: float | None = None) -> None:
+        """Record a timing (written by `flush`), with its ratio's 95% half-interval when known."""
+        value = [float(ratio), float(dense_ms)] + ([float(ci)] if ci is not None else [])
+        self.entries[entry] = self._dirty[entry] = value
 
     def flush(self) -> None:
         """Write new entries, merged with the file's current content; errors are only logged."""

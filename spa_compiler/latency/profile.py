@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: dense latency of the line through its ends (`latency.sampling`).
 LINEAR_TOL = 0.005
 #: Sampled tables: each alternation stops once every ratio's 95% interval is within +-this.
-TABLE_REL_CI = 0.004
+TABLE_REL_CI = 0.01
 
 
 def _held(provider: Any, n: int) -> Any:
@@ -72,7 +72,7 @@ def build_table(
     progress: Callable[[str, int, int], None] | None = None,
     sites: Sequence[Site] | None = None,
     sample: bool = True,
-    batch: int = 3,
+    batch: int = 4,
 ) -> LatencyTable:
     """Measure (or estimate, for an analytic provider) a latency table of `method`'s variants.
 
@@ -97,7 +97,7 @@ def build_table(
         runs = int(timing_settings(provider).get("runs", 30))
         changes: dict[str, Any] = {"runs": max(5, runs // 3), "min_seconds": 0.0}
         if sample:
-            changes.update(rel_ci=TABLE_REL_CI, warmup=2)
+            changes.update(runs=max(5, runs // 4), rel_ci=TABLE_REL_CI, warmup=1)
         provider = timing_variant(provider, **changes)
     chosen = list(sites) if sites is not None else list(method.sites())
     sig_of = getattr(method, "signature", None)
@@ -140,7 +140,7 @@ def build_table(
                 ratio, dense_ms_then = hit
                 dense_times.append(dense_ms_then)
                 ratios[sig][key] = ratio
-                samplers[sig].record(key, ratio)
+                samplers[sig].record(key, ratio, cache.ci(entry))  # type: ignore[union-attr]
                 done += 1
             else:
                 misses.append((sig, key, entry))
@@ -159,9 +159,9 @@ def build_table(
             for (sig, key, entry), t_var in zip(chunk, t_vars):
                 ratio = t_var.ms / t_dense.ms
                 ratios[sig][key] = ratio
-                samplers[sig].record(key, ratio)
+                samplers[sig].record(key, ratio, t_var.ci or 0.0)
                 if cache is not None:
-                    cache.put(entry, ratio, t_dense.ms)
+                    cache.put(entry, ratio, t_dense.ms, t_var.ci)
                 logger.debug("profile %s x%d at %s: %.4f of dense (%d rounds)", by_sig[sig][0].id,
                              len(by_sig[sig]), key, ratio, t_var.runs)
             done += len(chunk)

@@ -34,6 +34,8 @@ class Timing:
     runs: int
     p10_ms: float | None = None
     p90_ms: float | None = None
+    #: 95% half-interval (relative) of the ratio to the first model timed in the same alternation
+    ci: float | None = None
 
 
 class LatencyProvider(Protocol):
@@ -64,11 +66,10 @@ def interleaved(
     `rel_ci`, a stopping rule on the confidence interval of the ratios to the first callable)."""
     from spa_compiler.latency.timing import time_callables
 
-    return [
-        Timing(median, "measured", n, p10, p90)
-        for median, p10, p90, n in time_callables(runners, warmup=warmup, runs=runs, min_seconds=min_seconds,
-                                                  rel_ci=rel_ci, min_runs=min_runs)
-    ]
+    cis: list[float] = []
+    out = time_callables(runners, warmup=warmup, runs=runs, min_seconds=min_seconds, rel_ci=rel_ci,
+                         min_runs=min_runs, ci_out=cis)
+    return [Timing(median, "measured", n, p10, p90, ci) for (median, p10, p90, n), ci in zip(out, cis)]
 
 
 class SessionCache:

@@ -38,7 +38,7 @@ class AllLevels:
         wave, self.pending = self.pending, []
         return wave
 
-    def record(self, key: Hashable, ratio: float) -> None:
+    def record(self, key: Hashable, ratio: float, ci: float = 0.0) -> None:
         self.measured[key] = ratio
 
     def remaining(self) -> int:
@@ -52,7 +52,9 @@ class LevelSampler:
         keys: The variant keys (kept units), the dense one included.
         dense_key: The dense variant (ratio 1.0, never timed).
         tol: Largest deviation from linear, as a ratio of the dense latency, that still counts as
-            linear.
+            linear, at least; a deviation within the measurements' own confidence intervals
+            (the middle's plus the mean of the ends', `record(ci=...)`) counts as linear too, since
+            timing more levels could not tell it apart from the line.
     """
 
     def __init__(self, keys: Sequence[Hashable], dense_key: Hashable, tol: float) -> None:
@@ -61,6 +63,7 @@ class LevelSampler:
         self.tol = tol
         self.measured: dict[Hashable, float] = {}
         self.ratio: dict[int, float] = {len(self.ks) - 1: 1.0}
+        self.ci: dict[int, float] = {len(self.ks) - 1: 0.0}
         self.open: list[tuple[int, int]] = []  # stretches whose middle is being timed
         self.checks: list[tuple[int, int, int]] = []  # (a, mid, b) awaiting their middle
         self.first = len(self.ks) > 1
@@ -76,7 +79,9 @@ class LevelSampler:
         # judge the last wave's middles, then open the next
         nxt: list[tuple[int, int]] = []
         for a, m, b in self.checks:
-            if abs(self.ratio[m] - self._line(a, b, m)) > self.tol:
+            noise = self.ci.get(m, 0.0) * self.ratio[m] + 0.5 * (
+                self.ci.get(a, 0.0) * self.ratio[a] + self.ci.get(b, 0.0) * self.ratio[b])
+            if abs(self.ratio[m] - self._line(a, b, m)) > max(self.tol, noise):
                 nxt += [(a, m), (m, b)]
         if not self.checks:
             nxt = self.open
@@ -94,9 +99,12 @@ class LevelSampler:
         ka, kb, km = self.ks[a], self.ks[b], self.ks[m]
         return self.ratio[a] + (self.ratio[b] - self.ratio[a]) * (km - ka) / (kb - ka)
 
-    def record(self, key: Hashable, ratio: float) -> None:
+    def record(self, key: Hashable, ratio: float, ci: float = 0.0) -> None:
+        """The measured ratio to dense of `key`, and its 95% half-interval (relative)."""
         self.measured[key] = ratio
-        self.ratio[self.ks.index(float(key))] = ratio  # type: ignore[arg-type]
+        i = self.ks.index(float(key))  # type: ignore[arg-type]
+        self.ratio[i] = ratio
+        self.ci[i] = ci
 
     def remaining(self) -> int:
         """An upper bound on the timings still to come."""

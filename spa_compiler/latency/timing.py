@@ -18,7 +18,7 @@ from spa_compiler.ort import import_ort, make_session
 
 def time_callables(
     runners: Sequence[Callable[[], object]], *, warmup: int, runs: int, min_seconds: float = 0.0,
-    rel_ci: float = 0.0, min_runs: int = 3,
+    rel_ci: float = 0.0, min_runs: int = 3, ci_out: list[float] | None = None,
 ) -> list[tuple[float, float, float, int]]:
     """Time callables in alternation (a, b, a, b, ...) after `warmup` untimed calls of each.
 
@@ -30,6 +30,7 @@ def time_callables(
     model): after at least `min_runs` rounds, timing stops as soon as, for every other callable, the
     95% confidence interval of its per-round ratio to the reference (normal approximation on the
     log ratios of the paired rounds) is within +-`rel_ci`; `runs` is then the most rounds taken.
+    `ci_out`, when given, receives each callable's 95% half-interval of that ratio (0 for the first).
     """
     for r in runners:
         for _ in range(warmup):
@@ -49,6 +50,8 @@ def time_callables(
     for ts in times:
         qs = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
         out.append((statistics.median(ts), qs[0], qs[-1], len(ts)))
+    if ci_out is not None:
+        ci_out[:] = [0.0] + [ratio_ci([times[0], ts]) for ts in times[1:]]
     return out
 
 

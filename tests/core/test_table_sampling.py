@@ -160,3 +160,20 @@ def test_sampled_table_gives_the_full_tables_decisions(rng: np.random.Generator,
         timed.append(provider.timed)
     assert kept[0] == kept[1] and rounds[0] == rounds[1]
     assert timed[1] < timed[0]
+
+
+def test_a_deviation_within_the_timing_noise_counts_as_linear() -> None:
+    keys = [16, 32, 48, 64, 80, 96, 112, 128]
+    line = lambda k: 0.5 + 0.5 * k / 128  # noqa: E731
+    s = LevelSampler(keys, 128, tol=0.005)
+    assert s.next_wave() == [16]
+    s.record(16, line(16), ci=0.01)
+    assert s.next_wave() == [64]
+    s.record(64, line(64) + 0.012, ci=0.01)  # off the line by more than tol, within the intervals
+    assert s.next_wave() == []
+    s2 = LevelSampler(keys, 128, tol=0.005)
+    s2.next_wave()
+    s2.record(16, line(16), ci=0.002)
+    s2.next_wave()
+    s2.record(64, line(64) + 0.012, ci=0.002)  # the same deviation, precise timings: refined
+    assert s2.next_wave() == [32, 96]
