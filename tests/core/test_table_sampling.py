@@ -169,11 +169,11 @@ def test_a_deviation_within_the_timing_noise_counts_as_linear() -> None:
     assert s.next_wave() == [16]
     s.record(16, line(16), ci=0.01)
     assert s.next_wave() == [64]
-    s.record(64, line(64) + 0.012, ci=0.01)  # off the line by more than tol, within the intervals
+    s.record(64, line(64) + 0.009, ci=0.01)  # off the line by more than tol, within the intervals
     assert s.next_wave() == []
     s2 = LevelSampler(keys, 128, tol=0.005)
     s2.next_wave()
     s2.record(16, line(16), ci=0.002)
     s2.next_wave()
-    s2.record(64, line(64) + 0.012, ci=0.002)  # the same deviation, precise timings: refined
+    s2.record(64, line(64) + 0.009, ci=0.002)  # the same deviation, precise timings: refined
     assert s2.next_wave() == [32, 96]
