@@ -5,6 +5,7 @@
     python -m benchmarks.cost.models smollm2 OUT.onnx             # LLaMA at SmolLM2-135M's dims
     python -m benchmarks.cost.models llama1b DIR/model.onnx        # LLaMA at LLaMA-3.2-1B's dims (4.2 GB)
     python -m benchmarks.cost.models llama-mini DIR/model.onnx     # the same layout, tiny (tests)
+    python -m benchmarks.cost.models resnet-mini OUT.onnx         # ResNet-50's blocks, one per stage, width 8
 
 Every model is exported with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``,
 opset 17) the way a user exports a torchvision model: eval mode, constant folding on (BatchNorm
@@ -65,16 +66,16 @@ class Bottleneck(nn.Module):
 class ResNet50(nn.Module):
     """torchvision.models.resnet50's architecture (v1.5), 1000 classes."""
 
-    def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), num_classes: int = 1000) -> None:
+    def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), num_classes: int = 1000, base: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         stages = []
-        in_ch = 64
+        in_ch = base
         for i, n in enumerate(layers):
-            width = 64 * 2**i
+            width = base * 2**i
             blocks = []
             for j in range(n):
                 blocks.append(Bottleneck(in_ch, width, stride=2 if (i > 0 and j == 0) else 1))
@@ -105,8 +106,8 @@ def _randomize_norms(module: nn.Module, seed: int) -> None:
 def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[str], dict]:
     """(module in eval mode, example inputs, input names, dynamic axes)."""
     torch.manual_seed(seed)
-    if name == "resnet50":
-        m: nn.Module = ResNet50()
+    if name in ("resnet50", "resnet-mini"):
+        m: nn.Module = ResNet50() if name == "resnet50" else ResNet50((1, 1, 1, 1), num_classes=10, base=8)
         _randomize_norms(m, seed)
         return m.eval(), (torch.randn(1, 3, 224, 224),), ["input"], {"input": {0: "batch"}, "logits": {0: "batch"}}
     if name == "minilm":
@@ -145,7 +146,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]
     raise SystemExit(f"unknown model {name!r}: use {', '.join(NAMES)}")
 
 
-NAMES = ("resnet50", "minilm", "smollm2", "llama1b", "llama-mini")
+NAMES = ("resnet50", "resnet-mini", "minilm", "smollm2", "llama1b", "llama-mini")
 
 
 def _one_data_file(path: pathlib.Path) -> None:

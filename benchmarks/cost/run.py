@@ -35,6 +35,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
                                      "--input-shape", "input_ids:4x128", "--input-shape", "attention_mask:4x128"]),
     "resnet50-b32-cuda": ("resnet50.onnx", ["--target", "ort-cuda", "--precision", "fp16", "--latency-budget",
                                             "0.6x", "--input-shape", "input:32x3x224x224"]),
+    "resnet-mini-cuda": ("resnet-mini.onnx", ["--target", "ort-cuda", "--precision", "fp16", "--latency-budget",
+                                              "0.6x", "--input-shape", "input:2x3x64x64"]),  # rehearsals
     "mobilenetv3-b32-cuda": ("mobilenetv3.onnx", ["--target", "ort-cuda", "--precision", "fp16", "--latency-budget",
                                                   "0.6x", "--input-shape", "input:32x3x224x224"]),
     "llama1b-calib": ("model.onnx", [
