@@ -36,7 +36,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "resnet50-b32-cuda": ("resnet50.onnx", ["--target", "ort-cuda", "--precision", "fp16", "--latency-budget",
                                             "0.6x", "--input-shape", "input:32x3x224x224"]),
     "resnet-mini-cuda": ("resnet-mini.onnx", ["--target", "ort-cuda", "--precision", "fp16", "--latency-budget",
-                                              "0.6x", "--input-shape", "input:2x3x64x64"]),  # rehearsals
+                                              "0.6x", "--input-shape", "input:2x3x224x224"]),  # rehearsals
     "mobilenetv3-b32-cuda": ("mobilenetv3.onnx", ["--target", "ort-cuda", "--precision", "fp16", "--latency-budget",
                                                   "0.6x", "--input-shape", "input:32x3x224x224"]),
     "llama1b-calib": ("model.onnx", [
