@@ -17,12 +17,12 @@ export PYTHONUNBUFFERED=1
 log() { echo "[$(( $(date +%s) - start ))s] $*" >> "$OUT/run.log"; }
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | head -2; nproc; free -g | head -2
   python3 -c "import numpy, onnxruntime, torch; print('numpy', numpy.__version__, 'ort', onnxruntime.__version__, onnxruntime.get_available_providers(), 'torch', torch.__version__, torch.cuda.is_available())"
-  cat COMMIT 2>/dev/null; } > "$OUT/machine.txt" 2>&1
-timeout 60 python3 -m benchmarks.cost.device_check > "$OUT/check.json" 2>&1 || { log "device_check failed: numpy backend"; export SPA_COMPILER_DEVICE=cpu; }
+  echo "commit $(cat COMMIT 2>/dev/null)"; } > "$OUT/run.log" 2>&1
+timeout 60 python3 -m benchmarks.cost.device_check >> "$OUT/run.log" 2>&1 || { log "device_check failed: numpy backend"; export SPA_COMPILER_DEVICE=cpu; }
 if [ "${TINY:-0}" = 1 ]; then LL=llama-mini; LC=llama-mini-calib; RN=resnet-mini; RC=resnet-mini-cuda
 else LL=llama1b; LC=llama1b-calib; RN=resnet50; RC=resnet50-b32-cuda; fi
 # the decoder is built in the background (CPU, one process) while ResNet-50 compiles (GPU)
-( /usr/bin/time -v python3 -m benchmarks.cost.models $LL "$M/llama/model.onnx" > "$OUT/llama-build.log" 2>&1 ) &
+( /usr/bin/time -v python3 -m benchmarks.cost.models $LL "$M/llama/model.onnx" > "$M/llama-build.log" 2>&1 ) &
 build=$!
 python3 -m benchmarks.cost.models $RN "$M/$RN.onnx" 2>>"$OUT/build.log"
 log "$RN built"
@@ -44,4 +44,5 @@ if [ "$(left)" -gt 60 ] && python3 -c "import torchvision" 2>/dev/null; then
     --logs "$OUT" --timeout $(( lim - 10 )) >>"$OUT/run.log" 2>&1
 fi
 log "total"
-tail -c 4000 "$OUT/build.log" > "$OUT/build_tail.log" 2>/dev/null; rm -f "$OUT/build.log"
+{ grep -v Warning "$OUT/build.log" | tail -c 3000; echo "--- llama build"; grep -v Warning "$M/llama-build.log" | tail -c 3000; } > "$OUT/build_tail.log" 2>/dev/null
+rm -f "$OUT/build.log"
