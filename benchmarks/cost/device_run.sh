@@ -22,7 +22,7 @@ timeout 60 python3 -m benchmarks.cost.device_check >> "$OUT/run.log" 2>&1 || { l
 if [ "${TINY:-0}" = 1 ]; then LL=llama-mini; LC=llama-mini-calib; RN=resnet-mini; RC=resnet-mini-cuda
 else LL=llama1b; LC=llama1b-calib; RN=resnet50; RC=resnet50-b32-cuda; fi
 # the decoder is built in the background (CPU, one process) while ResNet-50 compiles (GPU)
-( /usr/bin/time -v python3 -m benchmarks.cost.models $LL "$M/llama/model.onnx" > "$M/llama-build.log" 2>&1 ) &
+( $(command -v /usr/bin/time >/dev/null && echo /usr/bin/time -v) python3 -m benchmarks.cost.models $LL "$M/llama/model.onnx" > "$M/llama-build.log" 2>&1 ) &
 build=$!
 python3 -m benchmarks.cost.models $RN "$M/$RN.onnx" 2>>"$OUT/build.log"
 log "$RN built"
