@@ -20,9 +20,12 @@ STRIPPED_LOCATION = "__stripped__"
 
 
 def proto_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of inline tensor data (initializers) of a model, without serializing it."""
+    """Bytes of inline tensor data (initializers) of a model, without serializing it (tensors
+    whose data lives outside the proto count nothing)."""
     total = 0
     for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
         total += len(t.raw_data) if t.HasField("raw_data") else int(np.prod(t.dims or [1])) * 4
     return total
 
