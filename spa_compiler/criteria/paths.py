@@ -423,7 +423,8 @@ def group_paths(
             "BatchNorm to synthesize moments from", hint="pass synthetic_feeds")
     if progress and measured:
         progress(stats_task, 0, 0)
-    accs = collect_hessians(model, measured, feeds or (), seed=seed, progress=tick)
+    # only the part of the graph the consumers' inputs depend on (an LM head is never run)
+    accs = collect_hessians(model, measured, feeds or (), seed=seed, progress=tick, prune=True)
     if progress and measured:
         progress(stats_task, fed[0], fed[0])
     measured_index = {id(v): j for j, v in enumerate(measured)}
