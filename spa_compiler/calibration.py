@@ -681,9 +681,11 @@ def _used_names(g: onnx.GraphProto) -> set[str]:
     return used
 
 
-def keep_only(g: onnx.GraphProto, names: Sequence[str]) -> None:
-    """Make `names` the graph's only outputs and drop the nodes none of them depends on."""
+def keep_only(g: onnx.GraphProto, names: Sequence[str], stop: Iterable[str] = ()) -> None:
+    """Make `names` the graph's only outputs and drop the nodes none of them depends on (`stop`:
+    tensors whose producers are not followed: they will be fed)."""
     wanted = set(names)
+    stops = set(stop)
     outs = [o for o in g.output if o.name in wanted]
     del g.output[:]
     g.output.extend(outs)
@@ -700,7 +702,7 @@ def keep_only(g: onnx.GraphProto, names: Sequence[str]) -> None:
         for a in node.attribute:  # subgraphs read outer-scope tensors
             for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 deps.extend(x for n2 in sub.node for x in n2.input)
-        stack.extend(producer[d] for d in deps if d in producer)
+        stack.extend(producer[d] for d in deps if d in producer and d not in stops)
     kept = [n for i, n in enumerate(g.node) if i in need]
     del g.node[:]
     g.node.extend(kept)
@@ -734,6 +736,7 @@ class ActivationCollector:
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         prune: bool = False,
+        fed: Sequence[str] = (),
     ) -> None:
         """Build the session.
 
@@ -744,6 +747,9 @@ class ActivationCollector:
             providers: ORT execution providers.
             prune: Keep only the requested tensors as outputs and only the nodes they depend on
                 (a prefix of the model runs when they are early ones).
+            fed: Intermediate tensors given with each feed instead of computed (with `prune`: a
+                cut through the graph, e.g. values captured by an earlier run; the nodes only they
+                depend on are dropped). They join `input_names`.
 
         Raises:
             PreconditionError: A name is not a tensor of the main graph.
@@ -760,6 +766,9 @@ class ActivationCollector:
             proto = model
         self.tensor_names = tuple(dict.fromkeys(tensor_names))
         self._prune = prune
+        self._fed = tuple(dict.fromkeys(fed))
+        if self._fed and not prune:
+            raise ValueError("fed tensors need prune=True")
         if not self.tensor_names:
             raise ValueError("ActivationCollector needs at least one tensor name")
         self.input_names = [s.name for s in model_inputs(proto)]
@@ -785,6 +794,7 @@ class ActivationCollector:
                 work = onnx.ModelProto()
                 work.CopyFrom(proto)
         self._add_outputs(work)
+        self.input_names = [s.name for s in model_inputs(work)]
         if prune:  # initializers of dropped nodes go too (ONNX Runtime refuses unused external ones)
             used = _used_names(work.graph)
             keep = [t for t in work.graph.initializer if t.name in used]
@@ -848,7 +858,22 @@ class ActivationCollector:
                 vi.type.tensor_type.elem_type = inits[name].data_type
             g.output.append(vi)
         if self._prune:
-            keep_only(g, self.tensor_names)
+            keep_only(g, self.tensor_names, stop=self._fed)
+        if self._fed:
+            still = {o for n in g.node for o in n.output} & set(self._fed)
+            if still:
+                raise PreconditionError(f"cannot feed {sorted(still)[:4]}: kept nodes compute them (not a cut)")
+            graph_inputs = {i.name for i in g.input}
+            for name in self._fed:
+                if name in graph_inputs or name in inits:
+                    continue
+                vi = onnx.ValueInfoProto()
+                vi.name = name
+                src = known.get(name)
+                if src is None or not src.type.HasField("tensor_type") or not src.type.tensor_type.elem_type:
+                    raise PreconditionError(f"cannot feed {name!r}: its element type is unknown")
+                vi.type.tensor_type.elem_type = src.type.tensor_type.elem_type
+                g.input.append(vi)
 
     def run(self, feed: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]:
         """The requested tensors for one feed.

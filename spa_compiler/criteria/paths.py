@@ -256,10 +256,15 @@ def collect_hessians(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     prune: bool = False,
+    fed: Sequence[str] = (),
+    capture: Sequence[str] = (),
+    captured: list[dict[str, Any]] | None = None,
 ) -> dict[int, Any]:
     """One HessianAccumulator per view, fed by one pass of ONNX Runtime over `feeds`.
 
-    `prune`: run only the part of the graph the views' inputs depend on.
+    `prune`: run only the part of the graph the views' inputs depend on. `fed`: intermediate
+    tensors each feed carries (a cut through the graph; with `prune`, the nodes before it are not
+    run). `capture`: more tensors to return, one dict per feed appended to `captured`.
     Memory: one accumulator (cols²) per view plus one feed's captured activations.
     """
     from spa_compiler.calibration import ActivationCollector
@@ -268,7 +273,8 @@ def collect_hessians(
     if not views:
         return {}
     names = sorted({v.input_name for v in views})
-    collector = ActivationCollector(model, names, prune=prune)
+    extra = [c for c in dict.fromkeys(capture) if c not in names]
+    collector = ActivationCollector(model, names + extra, prune=prune, fed=fed)
     # each batch's X^T X in float32 (the activations' own precision; half the cost), summed in
     # float64 (tests/core/test_hessian_fast.py: same paths as float64 products)
     from spa_compiler.criteria.backend import TorchHessianAccumulator, torch_device
@@ -294,6 +300,8 @@ def collect_hessians(
                 )
         for i, v in enumerate(views):
             accs[i].add_batch(v.features(acts[v.input_name], rng))
+        if captured is not None:
+            captured.append({c: np.asarray(acts[c]) for c in capture})
         if progress:
             progress(n)
     if n == 0:

@@ -79,6 +79,12 @@ def sequential_refit(
     stage_of = _stage_of(positions, max(1, stages))
     n_stages = max(stage_of.values()) + 1 if stage_of else 0
     recalibrated = 0
+    # each pass starts at the cut before the previous stage's first consumer, captured by the
+    # previous pass (nothing before that cut changes in between): a pass runs two stages, not a
+    # prefix of the model (`_Cuts`)
+    cuts = _Cuts(model)
+    fed: tuple[str, ...] = ()
+    fed_values: list[dict[str, Any]] | None = None
     for s in range(n_stages):
         gids = sorted((g for g, st in stage_of.items() if st == s), key=lambda g: positions[g])
         if not gids:
@@ -94,7 +100,23 @@ def sequential_refit(
                         vs.append(v)
                 views[g] = vs
             flat = [v for g in gids for v in views[g]]
-            accs = collect_hessians(model, flat, calibration, seed=seed + s, prune=True)
+            later = [positions[g] for g, st in stage_of.items() if st > s]
+            nxt = cuts.at(min(positions[g] for g in gids)) if later else None
+            usable = fed if fed_values is not None and not ({v.input_name for v in flat} & set(fed)) else ()
+            feeds = (calibration if not usable else
+                     ({**f, **c} for f, c in zip(calibration, fed_values)))  # type: ignore[arg-type]
+            capture = [] if nxt is None else [c for c in nxt if c not in usable]
+            captured: list[dict[str, Any]] = []
+            accs = collect_hessians(model, flat, feeds, seed=seed + s, prune=True, fed=usable,
+                                    capture=capture, captured=captured)
+            if nxt is not None and cuts.fits(captured):
+                carried = [c for c in nxt if c in usable]
+                fed_values = [{**cap, **{c: old[c] for c in carried}} for cap, old in
+                              zip(captured, fed_values or [{}] * len(captured))]
+                fed = tuple(nxt)
+            else:
+                fed, fed_values = (), None
+            del captured
             i = 0
             for g in gids:
                 vs = views[g]
@@ -119,6 +141,53 @@ def sequential_refit(
         logger.info("sequential calibration: stage %d/%d, %d group(s)", s + 1, n_stages, len(gids))
     return {"calibration_stages": n_stages, "groups_recalibrated": recalibrated,
             "seconds_sequential": round(time.perf_counter() - t0, 2)}
+
+
+class _Cuts:
+    """The tensors crossing a cut of the (topologically ordered) graph before a node position."""
+
+    #: Captured cut values kept in memory at most (bytes over all feeds); beyond, passes start
+    #: at the graph's inputs.
+    MAX_BYTES = 2 * 2**30
+
+    def __init__(self, model: ModelIR) -> None:
+        nodes = list(model.graph.nodes)
+        self.nodes = nodes
+        producer: dict[str, int] = {}
+        self.ok = True
+        for i, n in enumerate(nodes):
+            for t in n.outputs:
+                producer[t.name] = i
+        self.producer = producer
+        self.reads: list[set[str]] = []
+        for i, n in enumerate(nodes):
+            names = {t.name for t in n.inputs}
+            names |= _subgraph_reads(n)
+            self.reads.append(names)
+            if any(producer.get(x, -1) >= i for x in names):
+                self.ok = False  # not topologically ordered: no cuts
+
+    def at(self, q: int) -> list[str] | None:
+        """Tensors made by nodes before position q and read at or after it (None: no cut)."""
+        if not self.ok or q <= 0:
+            return None
+        read_after: set[str] = set().union(*self.reads[q:]) if q < len(self.reads) else set()
+        return sorted(x for x in read_after if self.producer.get(x, len(self.nodes)) < q)
+
+    def fits(self, captured: list[dict[str, Any]]) -> bool:
+        total = sum(int(np.asarray(v).nbytes) for c in captured for v in c.values())
+        return total <= self.MAX_BYTES
+
+
+def _subgraph_reads(node: Any) -> set[str]:
+    out: set[str] = set()
+    for v in node.attrs.values():
+        for g in (v if isinstance(v, (list, tuple)) else [v]):
+            if hasattr(g, "nodes") and hasattr(g, "inputs"):
+                for n in g.nodes:
+                    out |= {t.name for t in n.inputs}
+                    out |= _subgraph_reads(n)
+    return out
 
 
 def _mask(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None:

@@ -148,3 +148,30 @@ def test_error_feeds_auto_uses_calibration_until_enough_rows_and_is_off_without(
             assert "output_error" not in rec.stats
         else:
             assert f"on {want} feed(s)" in rec.stats["output_error_measure"]
+
+
+def test_sequential_passes_start_at_the_previous_stage(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stage's pass is fed the cut before the previous stage (captured by the previous pass)
+    instead of running the model from its inputs: the same re-fitted weights, fewer nodes run."""
+    from spa_compiler.criteria import paths as paths_mod
+    from spa_compiler.criteria import sequential
+
+    dense = deep_mlp(rng, depth=6)
+    calib = _calib(rng)
+    fed_sets = []
+    real = paths_mod.collect_hessians
+
+    def spy(*a, **kw):
+        fed_sets.append(tuple(kw.get("fed", ())))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(paths_mod, "collect_hessians", spy)
+    cut, _ = _prune(dense, calib, sequential=4)
+    assert sum(1 for f in fed_sets if f) >= 2  # stages 3 and 4 started at a cut
+    monkeypatch.setattr(sequential._Cuts, "at", lambda self, q: None)
+    fed_sets.clear()
+    full, _ = _prune(dense, calib, sequential=4)
+    assert not any(fed_sets)
+    a, b = cut.tensors(), full.tensors()
+    for name in [f"d{i}" for i in range(6)] + [f"u{i}" for i in range(6)]:
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-6, atol=1e-7)
