@@ -72,7 +72,7 @@ def build_table(
     progress: Callable[[str, int, int], None] | None = None,
     sites: Sequence[Site] | None = None,
     sample: bool = True,
-    batch: int = 4,
+    batch: int = 6,
 ) -> LatencyTable:
     """Measure (or estimate, for an analytic provider) a latency table of `method`'s variants.
 

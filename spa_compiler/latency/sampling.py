@@ -12,7 +12,9 @@ signatures, 115 variants, each a session build and paired runs of the whole mode
 2. for every stretch [a, b] between measured levels with an unmeasured level inside, the middle
    level m; if the ratio measured at m is within `tol` (a share of the dense model's latency) of
    the line through a and b, the whole stretch is taken as linear and nothing else inside it is
-   timed; otherwise [a, m] and [m, b] are refined in the next wave.
+   timed; otherwise [a, m] and [m, b] are refined in the next wave. A stretch whose ends differ by
+   no more than `tol` (or their timings' noise) is not refined at all: latency does not fall as
+   units are added, so nothing inside it can be further from the line than its ends are apart.
 
 So a signature whose latency is linear costs 2 timings instead of 7, a curved or stepped one up to
 all of them. Only measured levels go into the table; what lies between them is the table's usual
@@ -79,8 +81,7 @@ class LevelSampler:
         # judge the last wave's middles, then open the next
         nxt: list[tuple[int, int]] = []
         for a, m, b in self.checks:
-            noise = self.ci.get(m, 0.0) * self.ratio[m] + 0.5 * (
-                self.ci.get(a, 0.0) * self.ratio[a] + self.ci.get(b, 0.0) * self.ratio[b])
+            noise = self.ci.get(m, 0.0) * self.ratio[m] + 0.5 * self._noise(a, b)
             if abs(self.ratio[m] - self._line(a, b, m)) > max(self.tol, noise):
                 nxt += [(a, m), (m, b)]
         if not self.checks:
@@ -88,12 +89,18 @@ class LevelSampler:
         self.checks = []
         wave = []
         for a, b in nxt:
+            if abs(self.ratio[b] - self.ratio[a]) <= max(self.tol, self._noise(a, b)):
+                continue  # the ends agree within noise: a monotone curve between them is that flat
             if b - a >= 2:
                 m = (a + b) // 2
                 self.checks.append((a, m, b))
                 wave.append(self.key_of[self.ks[m]])
         self.open = []
         return wave
+
+    def _noise(self, a: int, b: int) -> float:
+        """The summed 95% half-intervals of two measured levels (ratio units)."""
+        return self.ci.get(a, 0.0) * self.ratio[a] + self.ci.get(b, 0.0) * self.ratio[b]
 
     def _line(self, a: int, b: int, m: int) -> float:
         ka, kb, km = self.ks[a], self.ks[b], self.ks[m]

@@ -177,9 +177,20 @@ def choose(
     cs = check_shapes or input_shapes
     check_feeds = ([feeds] if not check_shapes else []) + [
         random_feeds(ir, cs, seed=seed + 101 + i) for i in range(check_seeds - (0 if check_shapes else 1))]
-    refs = [_run_cpu(model, f) for f in check_feeds]
+    refs_cache: list[Any] = []
+
+    def refs() -> list[Any]:  # the unlowered outputs, computed once a family has something to check
+        if not refs_cache:
+            refs_cache.extend(_run_cpu(model, f) for f in check_feeds)
+        return refs_cache
     device = "cuda" if target == "ort-cuda" and getattr(provider, "kind", "") == "measured" else "cpu"
-    plain16 = lower(model, base, input_shapes).model if precision == "fp16" and device == "cuda" else None
+    plain16_cache: list[Any] = []
+
+    def plain16() -> Any:  # the plain fp16 conversion, made once a family needs the fp16 check
+        if not plain16_cache:
+            plain16_cache.append(lower(model, base, input_shapes).model if precision == "fp16" and device == "cuda"
+                                 else None)
+        return plain16_cache[0]
     decision = Decision(mode, base)
     passing: list[str] = []
     for fam in families:
@@ -198,11 +209,11 @@ def choose(
             entry.update(applicable=False, kept=False, why="nothing to fuse")
             decision.tried.append(entry)
             continue
-        c32 = check(res.model, model, check_feeds, precision="fp32", device="cpu", ref_outputs=refs)
+        c32 = check(res.model, model, check_feeds, precision="fp32", device="cpu", ref_outputs=refs())
         entry["check_fp32"] = c32.to_json()
         if c32.ok and precision == "fp16":
             c16 = check(lower(model, base.with_families([fam]), input_shapes).model, model, check_feeds,
-                        precision="fp16", device=device, ref_outputs=refs, fp16_plain=plain16)
+                        precision="fp16", device=device, ref_outputs=refs(), fp16_plain=plain16())
             entry["check_fp16"] = c16.to_json()
             ok = c16.ok
         else:
