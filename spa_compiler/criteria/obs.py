@@ -191,7 +191,8 @@ def _spd_inverse(h: FloatArray) -> FloatArray:
         if info != 0:
             raise np.linalg.LinAlgError(f"potri failed (info={info})")
         hinv = np.tril(low)
-        hinv += np.tril(low, -1).T  # mirrored: exactly symmetric already
+        hinv += hinv.T  # mirrored (the diagonal doubled, then halved: exact)
+        hinv[np.diag_indices_from(hinv)] *= 0.5
         return np.asarray(hinv, dtype=np.float64)
     return np.asarray(0.5 * (hinv + hinv.T), dtype=np.float64)
 
@@ -490,6 +491,13 @@ class _GreedyState:
         # pending rows cost s x k x r per step (small next to W's update at that width)
         self.fold_cols = self.refresh_cols * (4 if self.n_in >= WIDE_COLS else 1)
         self.u = np.zeros((self.n_in, min(self.n_in, max(256, self.fold_cols)) + self.max_size))
+        # Wide layers keep W lazily too, W = W0 - A U^T with the same pending U as H^-1: a step then
+        # reads W0 once (W^T a) instead of reading it for the column norms and rewriting it (a
+        # memory-bound rank-s update of out x k per step); the column norms are updated from
+        # W^T a, and recomputed exactly at every refresh
+        self.lazy = self.n_in >= WIDE_COLS
+        self.a = np.zeros((self.w.shape[0], self.u.shape[1])) if self.lazy else None
+        self.sq = np.einsum("ij,ij->j", self.w, self.w) if self.lazy else None
         self.r = 0
         self.since_refresh = 0
         self.gemm = _blas_gemm()
@@ -497,9 +505,18 @@ class _GreedyState:
         self.grams: dict[int, FloatArray] = {}
         self._refresh_blocks()
 
+    def _current_w(self) -> FloatArray:
+        """W as it stands (the lazy form materialized: W0 - A U^T)."""
+        if not self.lazy or not self.r:
+            return self.w
+        return self.w - self.a[:, : self.r] @ self.u[:, : self.r].T
+
     def _refresh_blocks(self) -> None:
         """Diagonal blocks of ``H^-1 = H0 - U U^T`` and Grams of W for every group, exactly."""
         ur = self.u[:, : self.r]
+        w_now = self._current_w() if self.lazy and (self.max_size > 1 or self.r) else self.w
+        if self.lazy:
+            self.sq = np.einsum("ij,ij->j", w_now, w_now)
         for size, (_, idx) in self.buckets.items():
             local = self.pos[idx]
             blocks = self.h0[local[:, :, None], local[:, None, :]]
@@ -508,7 +525,7 @@ class _GreedyState:
                 blocks = blocks - ug @ np.transpose(ug, (0, 2, 1))
             self.blocks[size] = np.ascontiguousarray(blocks)
             if size > 1:
-                wg = self.w[:, local]  # (out, G, s)
+                wg = w_now[:, local]  # (out, G, s)
                 self.grams[size] = np.einsum("ogs,ogt->gst", wg, wg)
         self.since_refresh = 0
 
@@ -517,6 +534,13 @@ class _GreedyState:
             ur = self.u[:, : self.r]
             self.h0 -= ur @ ur.T
             self.h0 = 0.5 * (self.h0 + self.h0.T)
+            if self.lazy:
+                ar = self.a[:, : self.r]
+                if self.gemm is not None:  # W0 -= A U^T in place (column-major)
+                    self.w = self.gemm(-1.0, ar, ur, beta=1.0, c=self.w, trans_b=True, overwrite_c=True)
+                else:
+                    self.w -= ar @ ur.T
+                self.a[:, : self.r] = 0.0
             self.u[:, : self.r] = 0.0
             self.r = 0
 
@@ -525,9 +549,14 @@ class _GreedyState:
         if self.r + extra > self.cols.size:
             self._fold()
         if self.r + extra > self.u.shape[1]:
-            grown = np.zeros((self.u.shape[0], max(2 * self.u.shape[1], self.r + extra)))
+            width = max(2 * self.u.shape[1], self.r + extra)
+            grown = np.zeros((self.u.shape[0], width))
             grown[:, : self.r] = self.u[:, : self.r]
             self.u = grown
+            if self.lazy:
+                grown_a = np.zeros((self.a.shape[0], width))
+                grown_a[:, : self.r] = self.a[:, : self.r]
+                self.a = grown_a
 
     def errors(self, active: npt.NDArray[np.bool_], out: FloatArray) -> None:
         """Add each active group's OBS error to ``out`` (inactive entries are left alone)."""
@@ -538,7 +567,7 @@ class _GreedyState:
             blocks = self.blocks[size][keep]
             if size == 1:  # column norms of the whole matrix, no fancy-indexed copy of W
                 local = self.pos[idx[keep, 0]]
-                sq = np.einsum("ij,ij->j", self.w, self.w)[local]
+                sq = self.sq[local] if self.lazy else np.einsum("ij,ij->j", self.w, self.w)[local]
                 d = blocks[:, 0, 0]
                 with np.errstate(divide="ignore", invalid="ignore"):
                     err = 0.5 * sq / d
@@ -555,18 +584,35 @@ class _GreedyState:
             h_s[:, self.zeroed] = 0.0
         c = _inv_sqrt_factor(h_s[:, local])
         u_new = h_s.T @ c  # (k, s')
-        a = self.w[:, local] @ c  # (out, s')
-        if self.grams:
-            wta = self.w.T @ a  # (k, s'): W^T A before the update
+        if self.lazy:
+            ar = self.a[:, : self.r]
+            w_s = self.w[:, local] - ar @ ur[local].T  # columns S of W0 - A U^T
+            a = w_s @ c  # (out, s')
+            wta = self.w.T @ a - ur @ (ar.T @ a)  # (k, s'): W^T A before the update
             ata = a.T @ a
-        if self.gemm is not None:  # W -= A u^T in place (W is column-major)
-            self.w = self.gemm(-1.0, a, u_new, beta=1.0, c=self.w, trans_b=True, overwrite_c=True)
+            # column norms after W -= A u^T: |w_j|^2 - 2 u_j.(W^T A)_j + u_j (A^T A) u_j^T
+            self.sq -= 2.0 * np.einsum("js,js->j", u_new, wta) - np.einsum("js,st,jt->j", u_new, ata, u_new)
+            self._reserve(u_new.shape[1])
+            self.u[:, self.r : self.r + u_new.shape[1]] = u_new
+            self.a[:, self.r : self.r + u_new.shape[1]] = a
+            self.r += u_new.shape[1]
+            # the removed columns are zero from now on: in W0 and in every pending term
+            self.w[:, local] = 0.0
+            self.u[local, : self.r] = 0.0
+            self.sq[local] = 0.0
         else:
-            self.w -= a @ u_new.T
-        self.w[:, local] = 0.0
-        self._reserve(u_new.shape[1])
-        self.u[:, self.r : self.r + u_new.shape[1]] = u_new
-        self.r += u_new.shape[1]
+            a = self.w[:, local] @ c  # (out, s')
+            if self.grams:
+                wta = self.w.T @ a  # (k, s'): W^T A before the update
+                ata = a.T @ a
+            if self.gemm is not None:  # W -= A u^T in place (W is column-major)
+                self.w = self.gemm(-1.0, a, u_new, beta=1.0, c=self.w, trans_b=True, overwrite_c=True)
+            else:
+                self.w -= a @ u_new.T
+            self.w[:, local] = 0.0
+            self._reserve(u_new.shape[1])
+            self.u[:, self.r : self.r + u_new.shape[1]] = u_new
+            self.r += u_new.shape[1]
         for size, (_, idx) in self.buckets.items():
             li = self.pos[idx]
             ug = u_new[li]  # (G, size, s')
@@ -586,6 +632,8 @@ class _GreedyState:
             self.w = np.asfortranarray(self.w[:, keep])
             self.h0 = np.ascontiguousarray(self.h0[np.ix_(keep, keep)])
             self.u = np.ascontiguousarray(self.u[keep])
+            if self.lazy:
+                self.sq = self.sq[keep]
             self.pos[self.cols[~keep]] = 0  # removed columns: any valid index (never read as data)
             self.cols = self.cols[keep]
             self.pos[self.cols] = np.arange(self.cols.size)
@@ -596,7 +644,7 @@ class _GreedyState:
 
     def full_weight(self, dtype: npt.DTypeLike) -> npt.NDArray[np.floating]:
         out = np.zeros((self.w.shape[0], self.n_in), dtype=dtype)
-        out[:, self.cols] = self.w
+        out[:, self.cols] = self._current_w()
         return out
 
 
