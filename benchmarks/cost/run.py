@@ -69,6 +69,7 @@ def _commit(pythonpath: str | None) -> str:
 def run_case(case: str, models: Path, *, pythonpath: str | None, label: str, extra: list[str],
              timeout: float | None = None, logs: Path | None = None, keep_cache: bool = False) -> dict:
     model_file, args = CASES[case]
+    commit = _commit(pythonpath)  # the code that runs (taken before: the tree may move meanwhile)
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
@@ -108,7 +109,7 @@ def run_case(case: str, models: Path, *, pythonpath: str | None, label: str, ext
     prune = next((p for p in rep.get("passes", []) if str(p.get("name", "")).startswith("prune")), {})
     stats = prune.get("stats") or {}
     return {
-        "case": case, "label": label, "commit": _commit(pythonpath),
+        "case": case, "label": label, "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "spa-compile " + " ".join([model_file, *args, *extra]),
         "exit": code, "timed_out": timed_out, "wall_s": round(wall, 2), "peak_rss_mb": round(int(rss_kb) / 1024, 1),
