@@ -193,8 +193,15 @@ def choose(
         return plain16_cache[0]
     decision = Decision(mode, base)
     passing: list[str] = []
+    ops = _op_types(model.graph)
     for fam in families:
         entry: dict[str, Any] = {"family": fam}
+        lacking = [group for group in FAMILY_NEEDS.get(fam, ()) if not ops & set(group)]
+        if lacking:  # the pattern cannot be there: not worth a rewrite of the whole model
+            entry.update(fused={}, applicable=False, kept=False,
+                         why="nothing to fuse (no " + " / ".join("|".join(g) for g in lacking) + " nodes)")
+            decision.tried.append(entry)
+            continue
         try:
             res = lower(model, Lowering(families=(fam,)), input_shapes)  # the fp32 graph rewrite
         except Exception as e:  # ORT's script raising on an unknown pattern: not applicable
@@ -244,6 +251,33 @@ def choose(
     keep = _measure_families(model, base, passing, input_shapes, feeds, provider, decision)
     decision.lowering = base.with_families(keep)
     return decision
+
+
+#: Op types each family's pattern must contain (any one of each group): a model without them has
+#: nothing that family fuses, so its rewrite (ORT's script over a copy of the whole model) is skipped.
+FAMILY_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "attention": (("Softmax",), ("MatMul",)),
+    "mha": (("Softmax",), ("MatMul",)),
+    "layer_norm": (("ReduceMean",),),
+    "skip_layer_norm": (("Add",), ("LayerNormalization", "SimplifiedLayerNormalization", "ReduceMean")),
+    "gelu": (("Erf", "Tanh"),),
+    "embed_layer_norm": (("Gather",), ("LayerNormalization", "SimplifiedLayerNormalization", "ReduceMean")),
+}
+
+
+def _op_types(graph: onnx.GraphProto) -> set[str]:
+    """Op types of a graph's nodes, subgraphs included."""
+    out: set[str] = set()
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for n in g.node:
+            out.add(n.op_type)
+            for a in n.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)
+    return out
 
 
 def _measure_families(

@@ -292,3 +292,24 @@ def test_compiled_model_failing_the_check_is_written_unlowered(tmp_path: Path,
     assert rep.lowering["check_compiled"]["ok"] is False
     assert any("precision alone" in n for n in rep.lowering["notes"])
     assert not ATTENTION_OPS & set(_ops(load_proto(tmp_path / "out.onnx")))
+
+
+def test_families_whose_ops_are_absent_are_not_rewritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CNN has no Softmax, ReduceMean, Erf or Tanh: no family's pattern can be there, so none is
+    run over the model (each would copy it and run ORT's script), and the decision says why."""
+    from spa_compiler.lowering import select
+
+    assert set(select.FAMILY_NEEDS) == set(ALL_FAMILIES)  # every family has its precondition
+    calls = []
+    real = select.lower
+
+    def spy(*a, **kw):
+        calls.append(a[1])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(select, "lower", spy)
+    d = _choose("tiny_resnet", CostProvider(cost={}))
+    assert calls == [] or all(not c.families for c in calls)  # no family rewrite was run
+    assert {e["family"] for e in d.tried} == set(ALL_FAMILIES)
+    assert all(not e["applicable"] and "nodes)" in e["why"] for e in d.tried)
+    assert d.lowering.families == ()
