@@ -25,6 +25,7 @@ MIN_WORK = 2e9
 
 _JOBS: list[tuple[str, Any, Any, int, int]] = []  # read by forked workers
 _DONE: Any = None  # shared step counter
+_FN: list[Callable[..., Any]] = []  # the path function (paths.relative_obs_path), set by the caller
 
 
 def workers_wanted() -> int:
@@ -65,8 +66,7 @@ def _init() -> None:
 
 
 def _run(i: int) -> tuple[str, list[int], Any]:
-    from spa_compiler.criteria.paths import relative_obs_path
-
+    relative_obs_path = _FN[0]
     gid, views, hs, n_units, n_remove = _JOBS[i]
     last = [0]
 
@@ -84,16 +84,18 @@ def _run(i: int) -> tuple[str, list[int], Any]:
 class PathPool:
     """Collects the groups' path jobs, then runs them in worker processes (`results`)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, path_fn: Callable[..., Any]) -> None:
         self.workers = workers
+        self.path_fn = path_fn
         self.jobs: list[tuple[str, Any, Any, int, int]] = []
         self.work: list[float] = []
 
     @classmethod
-    def for_groups(cls, sizes: Sequence[tuple[int, int]]) -> PathPool | None:
+    def for_groups(cls, sizes: Sequence[tuple[int, int]], path_fn: Callable[..., Any]) -> PathPool | None:
         """A pool when the groups' paths are worth spreading, else None (serial).
 
-        `sizes`: per group with consumers, (sum of its consumers' columns^2, greedy steps)."""
+        `sizes`: per group with consumers, (sum of its consumers' columns^2, greedy steps);
+        `path_fn`: (views, hessians, n_units, n_remove, step) -> (order, errors), run in the workers."""
         from spa_compiler.criteria.backend import torch_device
 
         workers = min(workers_wanted(), len(sizes))
@@ -104,7 +106,7 @@ class PathPool:
         widest = max((int(k2 ** 0.5) for k2, _ in sizes), default=0)
         if torch_device(widest) is not None:
             return None  # torch paths (a GPU): serial
-        return cls(workers)
+        return cls(workers, path_fn)
 
     def submit(self, gid: str, views: Any, hessians: Any, n_units: int, n_remove: int) -> None:
         self.jobs.append((gid, views, hessians, n_units, n_remove))
@@ -118,6 +120,7 @@ class PathPool:
         if not self.jobs:
             return {}
         _JOBS[:] = self.jobs
+        _FN[:] = [self.path_fn]
         ctx = mp.get_context("fork")
         _DONE = ctx.Value("q", 0)
         out: dict[str, tuple[list[int], Any]] = {}
@@ -134,6 +137,7 @@ class PathPool:
                         progress(int(_DONE.value))
         finally:
             _JOBS.clear()
+            _FN.clear()
             _DONE = None
         return out
 

@@ -453,7 +453,7 @@ def group_paths(
     # groups' greedy paths are independent: large ones run in worker processes (criteria.parallel)
     pool = parallel.PathPool.for_groups(
         [(sum(v.w2d.shape[1] ** 2 for v in views_by_group[g.id]), n_removable(g)) for g in groups
-         if views_by_group[g.id]]) if criterion not in ("wanda", "magnitude") else None
+         if views_by_group[g.id]], relative_obs_path) if criterion not in ("wanda", "magnitude") else None
     pending: list[tuple[ChannelGroup, list[LinearView], list[Any], list[str]]] = []
     k = 0
     for gi, g in enumerate(groups):

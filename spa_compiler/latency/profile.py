@@ -159,11 +159,11 @@ def build_table(
             for (sig, key, entry), t_var in zip(chunk, t_vars):
                 ratio = t_var.ms / t_dense.ms
                 ratios[sig][key] = ratio
-                samplers[sig].record(key, ratio, t_var.ci or 0.0)
+                samplers[sig].record(key, ratio, getattr(t_var, "ci", None) or 0.0)
                 if cache is not None:
-                    cache.put(entry, ratio, t_dense.ms, t_var.ci)
+                    cache.put(entry, ratio, t_dense.ms, getattr(t_var, "ci", None))
                 logger.debug("profile %s x%d at %s: %.4f of dense (%d rounds)", by_sig[sig][0].id,
-                             len(by_sig[sig]), key, ratio, t_var.runs)
+                             len(by_sig[sig]), key, ratio, getattr(t_var, "runs", 0))
             done += len(chunk)
             timed += len(chunk)
             if cache is not None and timed % 8 < len(chunk):

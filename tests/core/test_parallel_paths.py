@@ -48,7 +48,9 @@ def test_paths_in_workers_equal_serial_paths(rng: np.random.Generator, monkeypat
 def test_small_work_stays_serial(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPA_COMPILER_WORKERS", "2")
     monkeypatch.setenv("SPA_COMPILER_DEVICE", "cpu")
-    assert parallel.PathPool.for_groups([(64 * 64, 48), (64 * 64, 48)]) is None
-    assert parallel.PathPool.for_groups([(4096 ** 2, 3000)]) is None  # one group: nothing to spread
+    fn = group_paths  # any callable: not run here
+    assert parallel.PathPool.for_groups([(64 * 64, 48), (64 * 64, 48)], fn) is None
+    assert parallel.PathPool.for_groups([(4096 ** 2, 3000)], fn) is None  # one group: nothing to spread
+    assert parallel.PathPool.for_groups([(4096 ** 2, 3000)] * 2, fn) is not None
     monkeypatch.setenv("SPA_COMPILER_WORKERS", "1")
-    assert parallel.PathPool.for_groups([(4096 ** 2, 3000)] * 2) is None
+    assert parallel.PathPool.for_groups([(4096 ** 2, 3000)] * 2, fn) is None
