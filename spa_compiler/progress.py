@@ -88,7 +88,12 @@ class LogProgress:
                     continue
                 now = self._clock()
                 cur = self.current
-                if cur is not None and cur[0] not in self.finished:
+                if cur is not None and cur[0] in self.finished and not self.written:
+                    # armed between stages (the last one done, the next not begun): say so, so a
+                    # log never stays empty past the quiet period
+                    task = cur[0]
+                    self._write(f"{task}: done in {format_seconds(self.finish_time - self.started.get(task, now))}")
+                elif cur is not None and cur[0] not in self.finished:
                     task, done, total = cur
                     if now - self.last_line.get(task, self.t0) >= self.every or task not in self.written:
                         self.last_line[task] = now

@@ -141,3 +141,16 @@ def test_setup_stages_held_until_the_passes_run() -> None:
     p("channel groups", 0, 1)
     lines = _lines(buf)
     assert lines[0].endswith("measure dense: done in 2.0s") and lines[1].endswith("channel groups: started")
+
+
+def test_a_line_appears_when_the_quiet_period_ends_between_stages() -> None:
+    """A setup stage done, then seconds of work outside any stage (a large model's fingerprint):
+    the held-back line is written when the quiet period ends, not only when the next stage starts."""
+    buf = io.StringIO()
+    p = LogProgress(buf, every=5.0, quiet=0.3, heartbeat=True, hold=("load",))
+    p("load", 0, 1)
+    p("load", 1, 1)
+    time.sleep(1.5)
+    text = buf.getvalue()
+    p.close()
+    assert "load: done in" in text
