@@ -105,13 +105,22 @@ class SparsifyNMPass(Pass):
     sequential: int = 8
 
     def requirements(self) -> frozenset[Requirement]:
-        if self.criterion == "magnitude" and self.keep != "measured":
-            return frozenset()
-        return frozenset({Requirement.STATIC_SHAPES})
+        # timing needs fixed shapes; so do synthetic feeds (data-free Wanda/SparseGPT), which depend
+        # on whether calibration is given: checked in check_preconditions
+        return frozenset({Requirement.STATIC_SHAPES}) if self.keep == "measured" else frozenset()
 
     def check_preconditions(self, model: ModelIR, ctx: CompileContext) -> None:
-        del model
         n = self.name
+        criterion = self.criterion if self.criterion in NM_CRITERIA else "auto"
+        if ctx.calibration is None and criterion not in ("auto", "magnitude"):
+            missing = sorted(set(model.symbolic_inputs()) - set(ctx.input_shapes))
+            if missing:  # the data-free statistics run the model on synthetic feeds of fixed shapes
+                from spa_compiler.errors import MissingRequirementError
+                from spa_compiler.requirements import Requirement as R
+
+                raise MissingRequirementError(
+                    f"pass {n!r} needs {R.STATIC_SHAPES.description} for data-free {criterion} "
+                    f"(symbolic: {', '.join(missing)})", hint=f"pass {R.STATIC_SHAPES.flag} or --calib")
         from spa_compiler.criteria.nm import parse_pattern
 
         if not self.patterns:

@@ -63,13 +63,14 @@ for what in "$@"; do
       done ;;
     minilm)
       M=$(export_dense minilm-l6 torchscript)
-      for crit in ${CRITERIA:-magnitude wanda sparsegpt}; do
-        compile_eval minilm "$M" "$crit" "$CAL:minilm_calibration" --input-shape input_ids:1x128 \
-          --input-shape attention_mask:1x128 --input-shape token_type_ids:1x128
+      # no --input-shape: the calibration feeds are single sentences of their own lengths (a fixed
+      # hint would reject them); keep=all needs no fixed shapes
+      for crit in ${CRITERIA:-magnitude wanda sparsegpt sparsegpt-seq}; do
+        compile_eval minilm "$M" "$crit" "$CAL:minilm_calibration"
       done ;;
     efficientnet)
       M=$(export_dense efficientnet-lite0 torchscript)
-      for crit in ${CRITERIA:-magnitude wanda sparsegpt}; do
+      for crit in ${CRITERIA:-magnitude wanda sparsegpt sparsegpt-seq}; do
         compile_eval efficientnet "$M" "$crit" "$CAL:efficientnet_calibration" --input-shape input:1x3x224x224
       done ;;
     crosscheck-smollm2)

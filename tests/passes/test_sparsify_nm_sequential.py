@@ -160,3 +160,27 @@ def test_one_shot_when_off_or_without_data(rng: np.random.Generator) -> None:
             np.testing.assert_array_equal(_w(model, "w2"), _w(ref, "w2"))
     with pytest.raises(PreconditionError, match="sequential"):
         SparsifyNMPass(sequential=-1).check_preconditions(ModelIR.from_proto(proto), CompileContext())
+
+
+def test_calibrated_runs_need_no_fixed_shapes_data_free_ones_do(rng: np.random.Generator) -> None:
+    """Calibration feeds of varying length (sentences) on a model with symbolic dims: no --input-shape
+    needed; data-free Wanda/SparseGPT (synthetic feeds) do need fixed shapes: a one-line error."""
+    from spa_compiler.errors import MissingRequirementError
+    from spa_compiler.pass_manager import PassManager
+
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "w1"], ["a"], name="up"),
+         helper.make_node("Relu", ["a"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")],
+        [helper.make_tensor_value_info("x", F, ["n", 16])], [helper.make_tensor_value_info("y", F, ["n", 16])],
+        {"w1": rng.standard_normal((16, 32)).astype(np.float32),
+         "w2": rng.standard_normal((32, 16)).astype(np.float32)})
+    calib = [{"x": rng.standard_normal((n, 16)).astype(np.float32)} for n in (5, 9, 13, 7)]
+    model = ModelIR.from_proto(proto)
+    res = PassManager([SparsifyNMPass(keep="all", criterion="sparsegpt")]).run(model, CompileContext(calibration=calib))
+    assert res.modified and nmath.satisfies_pattern(_w(model, "w2").T, 2, 4)
+    with pytest.raises(MissingRequirementError, match="data-free sparsegpt"):
+        PassManager([SparsifyNMPass(keep="all", criterion="sparsegpt")]).run(ModelIR.from_proto(proto), CompileContext())
+    # magnitude needs neither
+    assert PassManager([SparsifyNMPass(keep="all", criterion="magnitude")]).run(
+        ModelIR.from_proto(proto), CompileContext()).modified
