@@ -22,6 +22,11 @@ Which sites take a sparse variant (`keep`):
               least `min-channels` (256), the first pattern listed.
     all       every eligible site at the first pattern listed (quality studies).
 
+Calibration (`--calib`) with Wanda or SparseGPT is sequential by default (`sequential`, stages): the
+chosen sites are re-solved stage by stage in graph order, each stage calibrated on the model with the
+earlier stages already sparse (`NMMethod.solve_sequential`, the stages of `criteria.sequential`);
+with keep=all or the prior no one-shot pass is made first. sequential=0 is one-shot.
+
 The report has one record per site (PassResult.details): applied or not, why, measured gain,
 error. Masked dense weights run at dense speed on ORT CPU/CUDA (their kernels do not skip zeros),
 so with `keep=measured` on those targets nothing is applied unless the op form is measured faster.
@@ -74,6 +79,10 @@ class SparsifyNMPass(Pass):
         synthetic_tokens: For language models, at least this many synthetic tokens in all.
         lm_rounds: For language models, rounds of re-sampling the random tokens from the model itself.
         moments: Data-free: auto (BatchNorm closed form where it applies) or response (random inputs).
+        sequential: Wanda/SparseGPT with calibration: stages of sequential calibration of the chosen
+            sites (each stage's statistics from the model with the earlier stages already sparse,
+            SparseGPT's layer order; sites reading one input share a stage); 0 or 1: one-shot (every
+            layer's statistics from the dense model).
     """
 
     name: ClassVar[str] = "sparsify-nm"
@@ -93,15 +102,25 @@ class SparsifyNMPass(Pass):
     synthetic_tokens: int = 4096
     lm_rounds: int = 4
     moments: str = "auto"
+    sequential: int = 8
 
     def requirements(self) -> frozenset[Requirement]:
-        if self.criterion == "magnitude" and self.keep != "measured":
-            return frozenset()
-        return frozenset({Requirement.STATIC_SHAPES})
+        # timing needs fixed shapes; so do synthetic feeds (data-free Wanda/SparseGPT), which depend
+        # on whether calibration is given: checked in check_preconditions
+        return frozenset({Requirement.STATIC_SHAPES}) if self.keep == "measured" else frozenset()
 
     def check_preconditions(self, model: ModelIR, ctx: CompileContext) -> None:
-        del model
         n = self.name
+        criterion = self.criterion if self.criterion in NM_CRITERIA else "auto"
+        if ctx.calibration is None and criterion not in ("auto", "magnitude"):
+            missing = sorted(set(model.symbolic_inputs()) - set(ctx.input_shapes))
+            if missing:  # the data-free statistics run the model on synthetic feeds of fixed shapes
+                from spa_compiler.errors import MissingRequirementError
+                from spa_compiler.requirements import Requirement as R
+
+                raise MissingRequirementError(
+                    f"pass {n!r} needs {R.STATIC_SHAPES.description} for data-free {criterion} "
+                    f"(symbolic: {', '.join(missing)})", hint=f"pass {R.STATIC_SHAPES.flag} or --calib")
         from spa_compiler.criteria.nm import parse_pattern
 
         if not self.patterns:
@@ -121,6 +140,8 @@ class SparsifyNMPass(Pass):
             raise PreconditionError(f"{n}: moments must be auto or response, not {self.moments!r}")
         if self.blocksize < 1 or self.damp < 0 or self.min_channels < 0 or not 0 <= self.min_gain < 1:
             raise PreconditionError(f"{n}: blocksize >= 1, damp >= 0, min-channels >= 0, min-gain in [0, 1)")
+        if self.sequential < 0:
+            raise PreconditionError(f"{n}: sequential must be >= 0 (stages; 0 or 1: one-shot)")
 
     # ------------------------------------------------------------------ options -> method
     def _synthetic(self, ctx: CompileContext, model: ModelIR) -> list[dict[str, np.ndarray]]:
@@ -129,13 +150,18 @@ class SparsifyNMPass(Pass):
         return synthetic_feeds(model, ctx.input_shapes, count=self.synthetic_feeds, seed=ctx.seed,
                                min_tokens=self.synthetic_tokens, lm_rounds=self.lm_rounds)
 
-    def build_method(self, model: ModelIR, ctx: CompileContext) -> NMMethod:
+    def _is_sequential(self, ctx: CompileContext) -> bool:
+        """Sequential calibration applies: stages >= 2, calibration data, a data-dependent mask."""
+        criterion = resolve_criterion(self.criterion, have_calibration=ctx.calibration is not None)
+        return self.sequential >= 2 and ctx.calibration is not None and criterion in ("wanda", "sparsegpt")
+
+    def build_method(self, model: ModelIR, ctx: CompileContext, *, solve: bool = True) -> NMMethod:
         criterion = resolve_criterion(self.criterion, have_calibration=ctx.calibration is not None)
         return NMMethod.build(
             model, patterns=self.patterns, criterion=criterion, calibration=ctx.calibration,
             synthetic=lambda: self._synthetic(ctx, model), closed_form=self.moments == "auto",
             blocksize=self.blocksize, damp=self.damp, min_elements=self.min_elements, seed=ctx.seed,
-            progress=ctx.progress,
+            progress=ctx.progress, solve=solve,
         )
 
     def _measurable(self, ctx: CompileContext) -> tuple[bool, str]:
@@ -151,13 +177,16 @@ class SparsifyNMPass(Pass):
 
     # ------------------------------------------------------------------ run
     def run(self, model: ModelIR, ctx: CompileContext) -> PassResult:
-        method = self.build_method(model, ctx)
+        measurable, why_not = self._measurable(ctx)
+        sequential = self._is_sequential(ctx)
+        # the one-shot solve is needed where errors choose (measured gains, a budget); with keep=all
+        # or the prior and sequential calibration, only the chosen sites are solved, stage by stage
+        method = self.build_method(model, ctx, solve=measurable or not sequential)
         sites = method.sites()
         if not sites:
             return PassResult(model, modified=False, stats={"sites": 0, "criterion": method.criterion},
                               skipped=method.skipped)
         first = {s.id: method.patterns[s.id][0] for s in sites}
-        measurable, why_not = self._measurable(ctx)
         decisions: dict[str, dict[str, Any]] = {}
         stats: dict[str, Any] = {"criterion": method.criterion, "error_kind": method.error_kind,
                                  "sites": len(sites)}
@@ -202,6 +231,12 @@ class SparsifyNMPass(Pass):
                     decisions[s.id]["measured_gain_ms"] = {
                         k: round(dense - t, 6) for k, t in entry.variants.items() if k != "dense"}  # type: ignore[union-attr]
         plan = {sid: d["variant"] for sid, d in decisions.items() if d["variant"] != "dense"}
+        if sequential and plan:
+            assert ctx.calibration is not None
+            stats.update(method.solve_sequential(plan, ctx.calibration, stages=self.sequential, seed=ctx.seed,
+                                                 progress=ctx.progress))
+        else:
+            stats["calibration_stages"] = 1 if method.error_kind == "output" else 0
         apply_stats = method.apply(model, plan)
         stats.update(apply_stats)
         if self.form == "op" and plan:
@@ -221,7 +256,8 @@ class SparsifyNMPass(Pass):
             rec: dict[str, Any] = {"site": s.id, "node": s.label, "op": s.info["op"], "shape": s.info["shape"],
                                    "applied": v != "dense", "variant": v, "why": d["why"],
                                    "moments": method.moments.get(s.id)}
-            rec["error"] = {p: float(f"{method.error(s, p):.6g}") for p in method.patterns[s.id]}
+            rec["error"] = {p: float(f"{method.error(s, p):.6g}") for p in method.patterns[s.id]
+                            if (s.id, p) in method.results}
             if "measured_gain_ms" in d:
                 rec["measured_gain_ms"] = d["measured_gain_ms"]
             if "form" in d:

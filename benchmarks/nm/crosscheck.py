@@ -89,23 +89,35 @@ def _feeds(spec: str, n: int | None) -> list[dict[str, np.ndarray]]:
 
 
 def _layers(model: onnx.ModelProto, sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per compiler site: node, activation input, weight as (rows=out, cols=K)."""
-    inits = {t.name: t for t in model.graph.initializer}
+    """Per compiler site: node, activation input, weight tensor name and orientation.
+
+    A weight is an initializer, or (exporters that keep ``Transpose(W)`` in the graph, e.g. torch's
+    dynamo exporter, where the compiler folds it into a constant) a tensor computed from one: its
+    value is then captured from ONNX Runtime like the activations (`_weights`)."""
     nodes = {n.name: n for n in model.graph.node}
     out = []
     for s in sites:
-        node = nodes[s["node"]]
-        if node.op_type == "MatMul" and node.input[1] == s["site"]:
-            w = numpy_helper.to_array(inits[s["site"]]).astype(np.float64).T  # X @ W, W (K, N)
-        elif node.op_type == "Gemm" and node.input[1] == s["site"]:
-            w = numpy_helper.to_array(inits[s["site"]]).astype(np.float64)
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            w = w if trans_b else w.T
+        node = nodes.get(s["node"])
+        if node is None or len(node.input) < 2 or node.input[1] != s["site"]:
+            continue
+        if node.op_type == "MatMul":
+            transpose = True  # X @ W, W (K, N)
+        elif node.op_type == "Gemm":
+            transpose = not any(a.name == "transB" and a.i for a in node.attribute)
         else:
             continue  # this check covers activations-on-the-left MatMul/Gemm only
-        out.append({"site": s["site"], "node": s["node"], "input": node.input[0], "w": w,
+        out.append({"site": s["site"], "node": s["node"], "input": node.input[0], "transpose": transpose,
                     "compiler_error": s["error"]})
     return out
+
+
+def _weights(layers: list[dict[str, Any]], inits: dict[str, Any], computed: dict[str, np.ndarray]) -> None:
+    """Each layer's weight as float64 (rows = outputs, cols = K)."""
+    for l in layers:
+        name = l["site"]
+        w = numpy_helper.to_array(inits[name]) if name in inits else computed[name]
+        w = np.asarray(w, dtype=np.float64)
+        l["w"] = w.T if l.pop("transpose") else w
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,10 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         sites = [s for s in sites if rx.search(s["node"])]
     model = onnx.load(a.model)
     layers = _layers(model, sites)
+    if not layers:
+        raise SystemExit(f"crosscheck: no compiler site of {a.report} matches --sites {a.sites!r} in {a.model}")
     names = sorted({l["input"] for l in layers})
-    # capture: the layers' inputs as extra graph outputs
+    inits = {t.name: t for t in model.graph.initializer}
+    computed_w = sorted({l["site"] for l in layers} - set(inits))
+    # capture: the layers' inputs (and weights computed in the graph) as extra graph outputs
     known = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    for nme in names:
+    for nme in names + computed_w:
         vi = onnx.ValueInfoProto()
         vi.name = nme
         if nme in known:
@@ -146,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in sess.get_inputs()]
     feeds = _feeds(a.calib, a.calib_n)
+    first = sess.run(computed_w, {k: np.asarray(feeds[0][k]) for k in inputs}) if computed_w else []
+    _weights(layers, inits, dict(zip(computed_w, first)))
     k_of = {l["input"]: l["w"].shape[1] for l in layers}
     xtx = {nme: np.zeros((k_of[nme], k_of[nme])) for nme in names}
     count = dict.fromkeys(names, 0)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,17 +36,37 @@ from spa_compiler.ir import ModelIR
 
 logger = logging.getLogger(__name__)
 
+K = TypeVar("K")
+
 #: Hessian damping, as in `criteria.paths.group_paths`.
 DAMP = 0.01
 
 
-def _stage_of(positions: Mapping[str, int], stages: int) -> dict[str, int]:
-    """group -> stage (0-based) by first-consumer position, `stages` spans of equal width."""
+def _stage_of(positions: Mapping[K, int], stages: int) -> dict[K, int]:
+    """key -> stage (0-based) by graph position, `stages` spans of equal width."""
     if not positions:
         return {}
     lo, hi = min(positions.values()), max(positions.values())
     width = max(1, hi - lo + 1)
     return {g: min(stages - 1, (p - lo) * stages // width) for g, p in positions.items()}
+
+
+def stage_lists(positions: Mapping[K, int], stages: int) -> list[list[K]]:
+    """The keys (groups, sites, ...) cut into at most `stages` consecutive stages of about equal
+    graph span, by their graph position (e.g. the index of a layer's first node); empty stages are
+    dropped, each stage is sorted by position. `stages <= 1`: one stage. Shared by the sequential
+    calibration of pruning (`sequential_refit`) and of N:M sparsity (`methods.nm`)."""
+    stage_of = _stage_of(positions, max(1, stages))
+    n = max(stage_of.values()) + 1 if stage_of else 0
+    out: list[list[K]] = [[] for _ in range(n)]
+    for k, s in stage_of.items():
+        out[s].append(k)
+    return [sorted(ks, key=lambda k: positions[k]) for ks in out if ks]
+
+
+def node_positions(model: ModelIR) -> dict[str, int]:
+    """node name -> index in the graph's (topological) node order."""
+    return {n.name: i for i, n in enumerate(model.graph.nodes)}
 
 
 def sequential_refit(
@@ -73,11 +93,11 @@ def sequential_refit(
 
     t0 = time.perf_counter()
     paths = method.paths
-    order = {n.name: i for i, n in enumerate(model.graph.nodes)}
+    order = node_positions(model)
     todo = {g: k for g, k in kept.items() if k < method.groups[g].n_units and paths[g].views}
     positions = {g: min(order.get(v.node.name, 0) for v in paths[g].views) for g in todo}
-    stage_of = _stage_of(positions, max(1, stages))
-    n_stages = max(stage_of.values()) + 1 if stage_of else 0
+    staged = stage_lists(positions, stages)
+    n_stages = len(staged)
     recalibrated = 0
     # each pass starts at the cut before the previous stage's first consumer, captured by the
     # previous pass (nothing before that cut changes in between): a pass runs two stages, not a
@@ -85,10 +105,7 @@ def sequential_refit(
     cuts = _Cuts(model)
     fed: tuple[str, ...] = ()
     fed_values: list[dict[str, Any]] | None = None
-    for s in range(n_stages):
-        gids = sorted((g for g, st in stage_of.items() if st == s), key=lambda g: positions[g])
-        if not gids:
-            continue
+    for s, gids in enumerate(staged):
         if s > 0:
             views = {}
             for g in gids:
@@ -100,7 +117,7 @@ def sequential_refit(
                         vs.append(v)
                 views[g] = vs
             flat = [v for g in gids for v in views[g]]
-            later = [positions[g] for g, st in stage_of.items() if st > s]
+            later = s + 1 < n_stages
             nxt = cuts.at(min(positions[g] for g in gids)) if later else None
             usable = fed if fed_values is not None and not ({v.input_name for v in flat} & set(fed)) else ()
             feeds = (calibration if not usable else
@@ -201,4 +218,4 @@ def _mask(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None
             const.values = np.asarray(w)
 
 
-__all__ = ["sequential_refit"]
+__all__ = ["node_positions", "sequential_refit", "stage_lists"]

@@ -19,8 +19,10 @@ Criteria (`criteria.nm`): magnitude (|w|), Wanda (|w| * ||x_j||) and SparseGPT (
 Cholesky-row update). Wanda and SparseGPT need the layer's input second moments: from calibration
 data (`--calib`, captured with ONNX Runtime, `criteria.paths.collect_hessians`), or without data the
 ones the data-free pruning criterion uses (`criteria.moment_sources`: a BatchNorm chain in closed
-form, else the model's response to synthetic inputs). Hessians are collected on the input model in
-one pass: one-shot, not sequential (layer l's statistics do not see layers < l sparsified).
+form, else the model's response to synthetic inputs). `build` collects them on the input model in
+one pass (one-shot); `solve_sequential` re-solves a chosen plan stage by stage, each stage's
+statistics from the model with the earlier stages already sparsified (SparseGPT's and Wanda's
+layer-by-layer order; `criteria.sequential.stage_lists`, the stages of sequential pruning).
 
 error(site, variant) is the layer's relative output error ``||(W - W') X||^2 / ||W X||^2`` under the
 same moments; for magnitude without data it is the relative weight energy ``||W - W'||^2/||W||^2``.
@@ -285,6 +287,8 @@ class NMMethod:
     error_kind: str = "weight-energy"
     moments: dict[str, str] = dataclasses.field(default_factory=dict)
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    blocksize: int = 128
+    damp: float = 0.01
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -329,10 +333,12 @@ class NMMethod:
         seed: int = 0,
         progress: Callable[[str, int, int], None] | None = None,
         sites: Sequence[str] | None = None,
+        solve: bool = True,
     ) -> NMMethod:
         """Find the sites, gather moments where the criterion needs them, solve every variant.
 
         `sites`: only these site ids get solved (the others keep only their dense variant).
+        `solve=False`: sites and criterion only, nothing collected or solved (for `solve_sequential`).
         """
         method = cls.discover(model, patterns, min_elements=min_elements)
         method.criterion = criterion
@@ -340,28 +346,95 @@ class NMMethod:
             keep = set(sites)
             method.views = {k: v for k, v in method.views.items() if k in keep}
             method.patterns = {k: v for k, v in method.patterns.items() if k in keep}
+        method.blocksize, method.damp = blocksize, damp
         views = list(method.views.values())
-        hessians: dict[str, npt.NDArray[np.float64]] = {}
         if views and (criterion != "magnitude" or calibration is not None):
+            method.error_kind = "output"
+        if not solve:
+            return method
+        hessians: dict[str, npt.NDArray[np.float64]] = {}
+        if views and method.error_kind == "output":
             hessians = method._hessians(views, calibration, synthetic, closed_form=closed_form, seed=seed,
                                         progress=progress)
-            method.error_kind = "output"
         for i, v in enumerate(views):
-            h = hessians.pop(v.weight_name, None)  # popped: one Hessian alive at a time after this
-            w2 = v.w2()
-            for p in method.patterns[v.weight_name]:
-                n, m = nmath.parse_pattern(p)
-                if criterion == "magnitude" or h is None:
-                    new, _ = nmath.magnitude_nm(w2, n, m)
-                elif criterion == "wanda":
-                    new, _ = nmath.wanda_nm(w2, np.sqrt(np.clip(np.diag(h), 0.0, None)), n, m)
-                else:
-                    new, _ = nmath.sparsegpt_nm(w2, h, n, m, blocksize=blocksize, damp=damp)
-                err = nmath.relative_error(w2, new, h)
-                method.results[(v.weight_name, p)] = SiteResult(v.to_weight(new), err)
+            method._solve(v, hessians.pop(v.weight_name, None))  # popped: one Hessian alive at a time
             if progress:
                 progress(f"nm {criterion}", i + 1, len(views))
         return method
+
+    def _solve(self, v: NMView, h: npt.NDArray[np.float64] | None,
+               patterns: Sequence[str] | None = None) -> None:
+        """Every pattern of site `v` by the criterion under Hessian `h` (group order; None: no data)."""
+        w2 = v.w2()
+        for p in self.patterns[v.weight_name] if patterns is None else patterns:
+            n, m = nmath.parse_pattern(p)
+            if self.criterion == "magnitude" or h is None:
+                new, _ = nmath.magnitude_nm(w2, n, m)
+            elif self.criterion == "wanda":
+                new, _ = nmath.wanda_nm(w2, np.sqrt(np.clip(np.diag(h), 0.0, None)), n, m)
+            else:
+                new, _ = nmath.sparsegpt_nm(w2, h, n, m, blocksize=self.blocksize, damp=self.damp)
+            self.results[(v.weight_name, p)] = SiteResult(v.to_weight(new), nmath.relative_error(w2, new, h))
+
+    def solve_sequential(
+        self,
+        plan: Mapping[str, Hashable],
+        calibration: Iterable[Mapping[str, npt.NDArray[Any]]],
+        *,
+        stages: int,
+        seed: int = 0,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Sequential calibration of `plan` (site -> pattern; "dense" entries are ignored), SparseGPT's
+        layer-by-layer order: each site's statistics from the inputs it sees with the sites before it
+        already sparsified.
+
+        The plan's sites are cut into `stages` consecutive stages by graph position
+        (`criteria.sequential.stage_lists`; sites reading the same input, such as q/k/v, always share
+        a stage). For each stage, in order: one pass of the calibration feeds through the part of
+        `self.model` that the stage's inputs depend on (`collect_hessians(prune=True)`) gives its
+        Hessians, every pattern of its sites is solved again under them (results and errors replaced:
+        the error is then relative to the outputs on the sparsified model's inputs, the quantity
+        SparseGPT minimizes), and the plan's pattern is written into `self.model` before the next
+        stage runs. `self.model` is therefore left with the plan applied (what `apply` writes again).
+        The first stage's statistics are the dense model's (nothing before it is sparse).
+
+        Returns:
+            Stats for the report: stages run, sites re-calibrated, seconds.
+        """
+        import time
+
+        from spa_compiler.criteria.moment_sources import CALIBRATION
+        from spa_compiler.criteria.sequential import node_positions, stage_lists
+
+        t0 = time.perf_counter()
+        chosen = {sid: str(p) for sid, p in plan.items() if str(p) != "dense"}
+        for sid in chosen:
+            if sid not in self.views:
+                raise ValueError(f"nm: unknown site {sid!r}")
+        order = node_positions(self.model)
+        by_key: dict[tuple[Any, ...], list[str]] = {}
+        for sid in chosen:
+            by_key.setdefault(_feature_key(self.views[sid]), []).append(sid)
+        positions = {k: min(order.get(self.views[s].node.name, 0) for s in sids) for k, sids in by_key.items()}
+        staged = stage_lists(positions, stages)
+        tensors = self.model.tensors()
+        done = 0
+        for s, keys in enumerate(staged):
+            views = [self.views[sid] for k in keys for sid in by_key[k]]
+            hessians = self._hessians(views, calibration, None, closed_form=False, seed=seed + s, progress=None,
+                                      prune=True,
+                                      source=CALIBRATION if s == 0 else f"{CALIBRATION} (sequential)")
+            for v in views:
+                self._solve(v, hessians.pop(v.weight_name))
+                tensors[v.weight_name].values = self.sparse_weight(v.weight_name, chosen[v.weight_name])
+                done += 1
+            if progress:
+                progress("nm sequential calibration", s + 1, len(staged))
+            logger.info("nm sequential calibration: stage %d/%d, %d site(s)", s + 1, len(staged), len(views))
+        self.error_kind = "output"
+        return {"calibration_stages": len(staged), "sites_recalibrated": done,
+                "seconds_sequential": round(time.perf_counter() - t0, 2)}
 
     def _hessians(
         self,
@@ -372,6 +445,8 @@ class NMMethod:
         closed_form: bool,
         seed: int,
         progress: Callable[[str, int, int], None] | None,
+        prune: bool = False,
+        source: str | None = None,
     ) -> dict[str, npt.NDArray[np.float64]]:
         """Undampened ``2 E[x x^T]`` per site in group order (calibration, closed form, or synthetic)."""
         from spa_compiler.criteria.moment_sources import BATCHNORM, CALIBRATION, RESPONSE, batchnorm_moments
@@ -394,7 +469,7 @@ class NMMethod:
         if not measured:
             return out
         feeds = calibration
-        source = CALIBRATION
+        source = source or CALIBRATION
         if feeds is None:
             if synthetic is None:
                 raise ValueError("criterion needs calibration data or synthetic feeds")
@@ -405,18 +480,15 @@ class NMMethod:
                 progress("nm calibration statistics", n, 0)
 
         # weights reading the same features (q/k/v of one block) share one accumulator
-        def key(v: NMView) -> tuple[Any, ...]:
-            return (v.input_name, v.layout == "left", v.trans_a, repr(v.conv))
-
         reps: dict[tuple[Any, ...], NMView] = {}
         for v in measured:
-            reps.setdefault(key(v), v)
+            reps.setdefault(_feature_key(v), v)
         order = list(reps)
         accs = collect_hessians(self.model, [reps[k] for k in order], feeds, seed=seed,  # type: ignore[arg-type]
-                                progress=tick)
+                                progress=tick, prune=prune)
         natural = {k: accs.pop(i).hessian(damp=0.0) for i, k in enumerate(order)}
         for v in measured:
-            out[v.weight_name] = v.natural_hessian_to_group(natural[key(v)])
+            out[v.weight_name] = v.natural_hessian_to_group(natural[_feature_key(v)])
             self.moments[v.weight_name] = source
         return out
 
@@ -492,6 +564,11 @@ class NMMethod:
         """TensorRT's rule of thumb: sparse tactics pay only where C_in and C_out >= min_channels."""
         v = self.views[sid]
         return v.channels_in >= min_channels and v.channels_out >= min_channels
+
+
+def _feature_key(v: NMView) -> tuple[Any, ...]:
+    """Weights with the same key read the same features (q/k/v of one block): one Hessian."""
+    return (v.input_name, v.layout == "left", v.trans_a, repr(v.conv))
 
 
 def pattern_holds(view: NMView, weight: npt.ArrayLike, pattern: str) -> bool:
