@@ -72,6 +72,10 @@ class PruningPass(Pass):
             (measured once, on the first plan, one kind at a time).
         sequential: obs with calibration: stages of sequential calibration of the chosen plan (each
             stage's statistics from the model with the earlier stages compressed; 0 or 1: one-shot).
+        refit: obs with calibration: "dense" re-fits every linear layer from the first pruned one on,
+            stage by stage, to the dense model's outputs given the compressed model's inputs, bias
+            included (criteria.refit); "layer" keeps the per-layer OBS re-fit of the pruned
+            consumers only (each layer faithful to its own, already perturbed, inputs).
     """
 
     criterion: str = "auto"
@@ -95,6 +99,7 @@ class PruningPass(Pass):
     max_output_error: float = -1.0
     error_classes: bool = True
     sequential: int = 4
+    refit: str = "dense"
 
     #: How many levels per group the method offers (prune-to-budget's `levels` option).
     def _level_count(self) -> int:
@@ -125,6 +130,8 @@ class PruningPass(Pass):
             raise PreconditionError(f"{n}: moments must be auto or response, not {self.moments!r}")
         if self.error_feeds < -1 or self.sequential < 0:
             raise PreconditionError(f"{n}: error-feeds must be >= -1 (-1: auto, 0: off) and sequential >= 0")
+        if self.refit not in ("dense", "layer"):
+            raise PreconditionError(f"{n}: refit must be dense or layer, not {self.refit!r}")
         if self.norm not in ("l1", "l2"):
             raise PreconditionError(f"{n}: norm must be l1 or l2, not {self.norm!r}")
         if self._level_count() < 2 or self.max_iters < 1 or self.round_to < 0 or self.min_units < 1:
@@ -228,12 +235,29 @@ class PruningPass(Pass):
                     kept: dict[str, int]) -> dict[str, Any]:
         """Sequential calibration of the chosen plan (OBS with calibration data, sequential > 1):
         later groups' statistics from the model with the earlier groups already compressed."""
+        dense_refit = self.refit == "dense" and ctx.calibration is not None and method.criterion == "obs" and \
+            any(k < method.groups[g].n_units for g, k in kept.items())
+        dense = model.clone() if dense_refit else None
         if self.sequential < 2 or ctx.calibration is None or method.criterion != "obs":
-            return {"calibration_stages": 1} if method.criterion in ("obs", "wanda") else {}
-        from spa_compiler.criteria.sequential import sequential_refit
+            stats: dict[str, Any] = {"calibration_stages": 1} if method.criterion in ("obs", "wanda") else {}
+            if dense_refit:
+                from spa_compiler.criteria.sequential import mask_plan
 
-        return sequential_refit(model, method, kept, ctx.calibration, stages=self.sequential,
-                                seed=ctx.seed, progress=ctx.progress)
+                assert method.paths is not None
+                mask_plan(model, [method.paths[g] for g in kept], kept)
+        else:
+            from spa_compiler.criteria.sequential import sequential_refit
+
+            stats = sequential_refit(model, method, kept, ctx.calibration, stages=self.sequential,
+                                     seed=ctx.seed, progress=ctx.progress)
+        if dense is not None:
+            from spa_compiler.criteria.refit import adopt_refit, dense_target_refit
+
+            rs = dense_target_refit(model, dense, ctx.calibration, stages=max(self.sequential, 1), seed=ctx.seed,
+                                    progress=ctx.progress)
+            adopt_refit(model, method, kept, rs.pop("refitted", []))
+            stats.update(rs)
+        return stats
 
     def search(self, model: ModelIR, ctx: CompileContext, method: PruningMethod, *, uniform: bool,
                cache: dict[str, Any] | None = None) -> PassResult:

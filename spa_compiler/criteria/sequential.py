@@ -110,7 +110,7 @@ def sequential_refit(
                 paths[g] = GroupPath(g, grp.n_units, ordr, errs, old.criterion, note=old.note, views=vs,
                                      hessians=hs, view_moments=["calibration (sequential)"] * len(vs))
                 recalibrated += 1
-        _mask(model, [paths[g] for g in gids], kept)
+        mask_plan(model, [paths[g] for g in gids], kept)
         if progress:
             progress("sequential calibration", s + 1, n_stages)
         logger.info("sequential calibration: stage %d/%d, %d group(s)", s + 1, n_stages, len(gids))
@@ -118,7 +118,7 @@ def sequential_refit(
             "seconds_sequential": round(time.perf_counter() - t0, 2)}
 
 
-def _mask(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None:
+def mask_plan(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None:
     """Write each path's re-fitted consumer weights (removed columns zero) into `model`."""
     tensors = model.tensors()
     for p in paths:
@@ -129,4 +129,4 @@ def _mask(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None
             const.values = np.asarray(w)
 
 
-__all__ = ["sequential_refit"]
+__all__ = ["mask_plan", "sequential_refit"]

@@ -148,3 +148,74 @@ def test_error_feeds_auto_uses_calibration_until_enough_rows_and_is_off_without(
             assert "output_error" not in rec.stats
         else:
             assert f"on {want} feed(s)" in rec.stats["output_error_measure"]
+
+
+def biased_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch: int = 64) -> onnx.ModelProto:
+    """deep_mlp with a bias Add after every MatMul and positive-mean hidden units (what a removed
+    neuron's mean contribution, lost without bias correction, looks like)."""
+    f = np.float32
+    init: dict[str, np.ndarray] = {}
+    nodes = []
+    cur = "x"
+    for i in range(depth):
+        init[f"u{i}"] = (rng.standard_normal((D, hidden)) / np.sqrt(D)).astype(f)
+        init[f"bu{i}"] = (0.5 + 0.2 * rng.standard_normal(hidden)).astype(f)
+        init[f"d{i}"] = (rng.standard_normal((hidden, D)) / np.sqrt(hidden) * 1.5).astype(f)
+        init[f"bd{i}"] = (0.1 * rng.standard_normal(D)).astype(f)
+        nodes += [
+            helper.make_node("MatMul", [cur, f"u{i}"], [f"h{i}"], name=f"up{i}"),
+            helper.make_node("Add", [f"h{i}", f"bu{i}"], [f"hb{i}"], name=f"upb{i}"),
+            helper.make_node("Relu", [f"hb{i}"], [f"r{i}"], name=f"act{i}"),
+            helper.make_node("MatMul", [f"r{i}", f"d{i}"], [f"o{i}"], name=f"down{i}"),
+            helper.make_node("Add", [f"o{i}", f"bd{i}"], [f"ob{i}"], name=f"downb{i}"),
+        ]
+        cur = f"ob{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"], name="out"))
+    vi = helper.make_tensor_value_info
+    return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, D])], [vi("y", TensorProto.FLOAT, [batch, D])], init)
+
+
+@pytest.mark.parametrize("make", [deep_mlp, biased_mlp])
+def test_dense_target_refit_beats_the_per_layer_refit(rng: np.random.Generator, make) -> None:
+    dense = make(rng)
+    calib, held_out = _calib(rng), _calib(np.random.default_rng(11))
+    layer, sl = _prune(dense, calib, sequential=4, refit="layer")
+    full, sd = _prune(dense, calib, sequential=4, refit="dense")
+    check_model(full)
+    assert "refit_layers" not in sl
+    # every MatMul from the first pruned consumer (down0) on: down0, up1, down1, ... down3
+    assert sd["refit_layers"] == 7 and sd["refit_stages"] >= 2
+    assert full.tensors()["d3"].values.shape == layer.tensors()["d3"].values.shape
+    el, ed = relative_output_error(layer, dense, held_out), relative_output_error(full, dense, held_out)
+    assert ed < 0.8 * el, (ed, el)
+    if make is biased_mlp:  # the bias of a pruned consumer absorbs the removed neurons' mean output
+        bd3 = onnx.numpy_helper.to_array(next(t for t in dense.graph.initializer if t.name == "bd3"))
+        assert not np.allclose(full.tensors()["bd3"].values, bd3)
+        np.testing.assert_array_equal(layer.tensors()["bd3"].values, bd3)
+
+
+def test_solve_dense_target_is_least_squares_to_the_dense_outputs(rng: np.random.Generator) -> None:
+    from spa_compiler.criteria.refit import _Stats, solve_dense_target
+
+    n, cols, out = 4000, 6, 3
+    xd = rng.standard_normal((n, cols)) + 0.3
+    xc = xd + 0.2 * rng.standard_normal((n, cols))
+    w, b = rng.standard_normal((out, cols)), rng.standard_normal(out)
+    st = _Stats(cols)
+    st.add(xc.astype(np.float32), xd.astype(np.float32))
+    keep = np.array([0, 1, 3, 4])
+    w2, b2 = solve_dense_target(w, st, keep, b, damp=1e-9)
+    a = np.hstack([xc[:, keep], np.ones((n, 1))])
+    sol = np.linalg.lstsq(a, xd @ w.T + b, rcond=None)[0]
+    np.testing.assert_allclose(w2[:, keep], sol[:-1].T, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(b2, sol[-1], rtol=1e-3, atol=1e-4)
+    assert not w2[:, [2, 5]].any()
+
+
+def test_refit_option_is_checked() -> None:
+    from spa_compiler.errors import PreconditionError
+
+    model = ModelIR.from_proto(deep_mlp(np.random.default_rng(0)))
+    with pytest.raises(PreconditionError, match="refit must be"):
+        PassManager([PruneToBudgetPass(round_to=1, criterion="obs", refit="bogus")]).run(model, CompileContext(
+            calibration=_calib(np.random.default_rng(1))))
