@@ -76,6 +76,7 @@ class PruningPass(Pass):
             stage by stage, to the dense model's outputs given the compressed model's inputs, bias
             included (criteria.refit); "layer" keeps the per-layer OBS re-fit of the pruned
             consumers only (each layer faithful to its own, already perturbed, inputs).
+        refit_stages: Stages of the dense re-fit (each one pass of both models over model prefixes).
     """
 
     criterion: str = "auto"
@@ -100,6 +101,7 @@ class PruningPass(Pass):
     error_classes: bool = True
     sequential: int = 4
     refit: str = "dense"
+    refit_stages: int = 4
 
     #: How many levels per group the method offers (prune-to-budget's `levels` option).
     def _level_count(self) -> int:
@@ -130,8 +132,8 @@ class PruningPass(Pass):
             raise PreconditionError(f"{n}: moments must be auto or response, not {self.moments!r}")
         if self.error_feeds < -1 or self.sequential < 0:
             raise PreconditionError(f"{n}: error-feeds must be >= -1 (-1: auto, 0: off) and sequential >= 0")
-        if self.refit not in ("dense", "layer"):
-            raise PreconditionError(f"{n}: refit must be dense or layer, not {self.refit!r}")
+        if self.refit not in ("dense", "layer") or self.refit_stages < 1:
+            raise PreconditionError(f"{n}: refit must be dense or layer (not {self.refit!r}), refit-stages >= 1")
         if self.norm not in ("l1", "l2"):
             raise PreconditionError(f"{n}: norm must be l1 or l2, not {self.norm!r}")
         if self._level_count() < 2 or self.max_iters < 1 or self.round_to < 0 or self.min_units < 1:
@@ -253,7 +255,7 @@ class PruningPass(Pass):
         if dense is not None:
             from spa_compiler.criteria.refit import adopt_refit, dense_target_refit
 
-            rs = dense_target_refit(model, dense, ctx.calibration, stages=max(self.sequential, 1), seed=ctx.seed,
+            rs = dense_target_refit(model, dense, ctx.calibration, stages=max(self.refit_stages, 1), seed=ctx.seed,
                                     progress=ctx.progress)
             adopt_refit(model, method, kept, rs.pop("refitted", []))
             stats.update(rs)

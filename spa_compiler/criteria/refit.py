@@ -43,8 +43,14 @@ logger = logging.getLogger(__name__)
 
 #: Damping towards the dense weight, relative to the mean diagonal of the input covariance.
 DAMP = 0.01
+#: Feeds are read until the first re-fitted layer has seen this many input rows and at least
+#: `MIN_FEEDS` feeds were read (then the statistics of a 1536-wide layer are well determined).
+REFIT_ROWS = 8192
+MIN_FEEDS = 16
+#: ... and at most this many feeds.
+MAX_FEEDS = 64
 #: im2col rows kept per feed and Conv layer (random positions, the same in both models).
-MAX_CONV_ROWS = 4096
+MAX_CONV_ROWS = 2048
 
 
 @dataclasses.dataclass
@@ -198,6 +204,7 @@ def dense_target_refit(
     stages: int = 4,
     seed: int = 0,
     damp: float = DAMP,
+    max_rows: int = REFIT_ROWS,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Re-fit `model`'s linear layers (masked compressed, same graph as `dense`) in place.
@@ -227,13 +234,14 @@ def dense_target_refit(
     written: list[str] = []
     rng = np.random.default_rng(seed)
     done_stages = 0
+    feeds = _capped(calibration, max_rows)
     for s in sorted(by_stage):
         group = by_stage[s]
         names = sorted({x.input_name for x in group})
         stats = {x.node: _Stats(x.w2d.shape[1]) for x in group}
         col_c = ActivationCollector(model, names, prune=True)
         col_d = ActivationCollector(dense, names, prune=True)
-        for ac, ad in zip(col_c.collect(calibration), col_d.collect(calibration)):
+        for ac, ad in zip(col_c.collect(feeds), col_d.collect(feeds)):
             for x in group:
                 a_c, a_d = np.asarray(ac[x.input_name]), np.asarray(ad[x.input_name])
                 rows = _conv_rows(x, a_c.shape, rng) if x.conv is not None else None
@@ -259,8 +267,23 @@ def dense_target_refit(
         if progress:
             progress("dense-target re-fit", done_stages, len(by_stage))
         logger.info("dense-target re-fit: stage %d/%d, %d layer(s)", done_stages, len(by_stage), len(group))
-    return {"refit_layers": len(written), "refit_stages": done_stages,
+    return {"refit_layers": len(written), "refit_stages": done_stages, "refit_feeds": len(feeds),
             "seconds_refit": round(time.perf_counter() - t0, 2), "refitted": written}
+
+
+def _capped(calibration: Iterable[Mapping[str, Any]], max_rows: int) -> list[Mapping[str, Any]]:
+    """The first feeds of `calibration` until `max_rows` rows (leading dims of the first input but
+    the last: tokens, or images) and `MIN_FEEDS` feeds, else all (`max_rows` <= 0: all)."""
+    out: list[Mapping[str, Any]] = []
+    rows = 0
+    for f in calibration:
+        out.append(f)
+        first = np.asarray(next(iter(f.values()))) if f else np.zeros(0)
+        rows += int(np.prod(first.shape[:-1])) if first.ndim > 1 and first.dtype.kind in "iu" else \
+            int(first.shape[0]) if first.ndim else 1
+        if max_rows > 0 and ((rows >= max_rows and len(out) >= MIN_FEEDS) or len(out) >= MAX_FEEDS):
+            break
+    return out
 
 
 def adopt_refit(model: ModelIR, method: Any, kept: Mapping[str, int], written: Iterable[str]) -> None:
