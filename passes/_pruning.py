@@ -77,6 +77,7 @@ class PruningPass(Pass):
             included (criteria.refit); "layer" keeps the per-layer OBS re-fit of the pruned
             consumers only (each layer faithful to its own, already perturbed, inputs).
         refit_stages: Stages of the dense re-fit (each one pass of both models over model prefixes).
+        refit_synthetic: obspa (no calibration data): the dense re-fit on the synthetic feeds.
     """
 
     criterion: str = "auto"
@@ -102,6 +103,7 @@ class PruningPass(Pass):
     sequential: int = 4
     refit: str = "dense"
     refit_stages: int = 4
+    refit_synthetic: bool = False
 
     #: How many levels per group the method offers (prune-to-budget's `levels` option).
     def _level_count(self) -> int:
@@ -234,15 +236,21 @@ class PruningPass(Pass):
 
     # ------------------------------------------------------------------ a budget: the search
     def _sequential(self, model: ModelIR, ctx: CompileContext, method: PruningMethod,
-                    kept: dict[str, int]) -> dict[str, Any]:
+                    kept: dict[str, int], cache: dict[str, Any] | None = None) -> dict[str, Any]:
         """Sequential calibration of the chosen plan (OBS with calibration data, sequential > 1):
-        later groups' statistics from the model with the earlier groups already compressed."""
-        dense_refit = self.refit == "dense" and ctx.calibration is not None and method.criterion == "obs" and \
-            any(k < method.groups[g].n_units for g, k in kept.items())
-        dense = model.clone() if dense_refit else None
+        later groups' statistics from the model with the earlier groups already compressed; then
+        the dense-target re-fit (refit=dense: with calibration data, or data-free on the synthetic
+        feeds with refit-synthetic=true)."""
+        feeds: Any = None
+        if self.refit == "dense" and any(k < method.groups[g].n_units for g, k in kept.items()):
+            if ctx.calibration is not None and method.criterion == "obs":
+                feeds = ctx.calibration
+            elif ctx.calibration is None and method.criterion == "obspa" and self.refit_synthetic:
+                feeds = self._synthetic(ctx, model, cache)
+        dense = model.clone() if feeds is not None else None
         if self.sequential < 2 or ctx.calibration is None or method.criterion != "obs":
             stats: dict[str, Any] = {"calibration_stages": 1} if method.criterion in ("obs", "wanda") else {}
-            if dense_refit:
+            if dense is not None:
                 from spa_compiler.criteria.sequential import mask_plan
 
                 assert method.paths is not None
@@ -255,10 +263,12 @@ class PruningPass(Pass):
         if dense is not None:
             from spa_compiler.criteria.refit import adopt_refit, dense_target_refit
 
-            rs = dense_target_refit(model, dense, ctx.calibration, stages=max(self.refit_stages, 1), seed=ctx.seed,
+            rs = dense_target_refit(model, dense, feeds, stages=max(self.refit_stages, 1), seed=ctx.seed,
                                     progress=ctx.progress)
             adopt_refit(model, method, kept, rs.pop("refitted", []))
             stats.update(rs)
+            if feeds is not ctx.calibration:
+                stats["refit_feeds_source"] = "synthetic"
         return stats
 
     def search(self, model: ModelIR, ctx: CompileContext, method: PruningMethod, *, uniform: bool,
@@ -354,7 +364,7 @@ class PruningPass(Pass):
             max_output_error=self.max_output_error if self.max_output_error >= 0 else None,
         )
         kept = {str(g): int(k) for g, k in out.plan.items()}  # type: ignore[call-overload]
-        seq = self._sequential(model, ctx, method, kept)
+        seq = self._sequential(model, ctx, method, kept, cache)
         stats: dict[str, Any] = method.apply(model, kept)
         stats.update(seq)
         if probe is not None:

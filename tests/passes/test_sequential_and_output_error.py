@@ -219,3 +219,21 @@ def test_refit_option_is_checked() -> None:
     with pytest.raises(PreconditionError, match="refit must be"):
         PassManager([PruneToBudgetPass(round_to=1, criterion="obs", refit="bogus")]).run(model, CompileContext(
             calibration=_calib(np.random.default_rng(1))))
+
+
+def test_data_free_dense_refit_runs_on_the_synthetic_feeds(rng: np.random.Generator) -> None:
+    dense = biased_mlp(rng)
+    held_out = [{"x": np.random.default_rng(3).standard_normal((64, D)).astype(np.float32)} for _ in range(4)]
+    outs = {}
+    for flag in (False, True):
+        model = ModelIR.from_proto(dense)
+        ctx = CompileContext(input_shapes={"x": [64, D]})
+        PassManager([PruneToBudgetPass(round_to=1, criterion="obspa", ratio=0.6, refit_synthetic=flag)]).run(model, ctx)
+        (rec,) = ctx.report.passes
+        outs[flag] = (model, rec.stats)
+    assert "refit_layers" not in outs[False][1]
+    assert outs[True][1]["refit_layers"] == 7 and outs[True][1]["refit_feeds_source"] == "synthetic"
+    # the synthetic feeds are standard normal like these held-out inputs: the dense re-fit is closer
+    e0 = relative_output_error(outs[False][0], dense, held_out)
+    e1 = relative_output_error(outs[True][0], dense, held_out)
+    assert e1 < e0, (e1, e0)
