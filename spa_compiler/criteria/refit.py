@@ -13,7 +13,13 @@ errors then compound through the network.
 
 with x_d the layer's input in the dense model and x_c the same tensor in the compressed model on the
 same calibration feed, K the columns not removed (a column the compression zeroed stays zero) and
-λ a small damping towards the dense weight (relative to the mean diagonal of x_c's covariance).
+λ a damping towards the layer's current weight W_0 (the per-layer OBS re-fit of a pruned consumer,
+the dense weight otherwise), relative to the mean diagonal of x_c's covariance:
+‖W' − W_0‖ replaces ‖W'_K − W_d,K‖ above. A wide layer fitted on few rows over-fits (MiniLM's
+1,536-wide FFN output on 64 sentences, ~1,600 tokens: the re-fit model's cosine to dense fell from
+0.909 to 0.748, `benchmarks/quality/results/ablate-minilm.json`), so every `VALIDATE`-th feed is
+held out: each layer keeps W_0 or takes the fit at the damping in `DAMPS` with the least error on
+the held-out feeds, and the chosen fit is then redone on all feeds.
 The bias term is fitted only where the layer has one (an Add of a constant after a MatMul, Gemm's
 C, Conv's B): b' = b_d + W_d μ_d − W'_K μ_c,K, with the covariances centred. This is the
 least-squares re-fit against the dense model's outputs (the "dense target" of layer-wise
@@ -45,10 +51,15 @@ logger = logging.getLogger(__name__)
 DAMP = 0.01
 #: Feeds are read until the first re-fitted layer has seen this many input rows and at least
 #: `MIN_FEEDS` feeds were read (then the statistics of a 1536-wide layer are well determined).
-REFIT_ROWS = 8192
+REFIT_ROWS = 16384
 MIN_FEEDS = 16
-#: ... and at most this many feeds.
-MAX_FEEDS = 64
+#: ... and at most this many feeds (images: `MAX_IMAGE_FEEDS`; their im2col rows are many).
+MAX_FEEDS = 256
+MAX_IMAGE_FEEDS = 64
+#: Every VALIDATE-th feed is held out to choose each layer's damping (or to keep its weight).
+VALIDATE = 5
+#: Damping candidates, relative to the mean diagonal of the input covariance.
+DAMPS = (0.01, 0.1, 1.0)
 #: im2col rows kept per feed and Conv layer (random positions, the same in both models).
 MAX_CONV_ROWS = 2048
 
@@ -142,6 +153,12 @@ class _Stats:
         self.hcc = np.zeros((cols, cols))
         self.hcd = np.zeros((cols, cols))
 
+    def merged(self, other: _Stats) -> _Stats:
+        out = _Stats(0)
+        out.n, out.sc, out.sd = self.n + other.n, self.sc + other.sc, self.sd + other.sd
+        out.hcc, out.hcd = self.hcc + other.hcc, self.hcd + other.hcd
+        return out
+
     def add(self, xc: npt.NDArray[np.float32], xd: npt.NDArray[np.float32]) -> None:
         self.n += xc.shape[0]
         self.sc += xc.sum(0, dtype=np.float64)
@@ -171,19 +188,22 @@ def _conv_rows(lin: _Linear, shape: tuple[int, ...], rng: np.random.Generator) -
 
 
 def solve_dense_target(w_dense: npt.NDArray[np.float64], st: _Stats, keep: npt.NDArray[np.intp],
-                       b_dense: npt.NDArray[np.float64] | None, damp: float = DAMP
+                       b_dense: npt.NDArray[np.float64] | None, damp: float = DAMP,
+                       w_prior: npt.NDArray[np.float64] | None = None,
                        ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
-    """(W' full width with the removed columns zero, b' or None) minimizing the module doc's loss."""
+    """(W' full width with the removed columns zero, b' or None) minimizing the module doc's loss,
+    with the damping pulling W'_K towards `w_prior` (default: the dense weight)."""
     n = max(st.n, 1)
     mc, md = st.sc / n, st.sd / n
     hcc, hcd = st.hcc / n, st.hcd / n
     if b_dense is not None:  # centred: the intercept takes the means
         hcc = hcc - np.outer(mc, mc)
         hcd = hcd - np.outer(mc, md)
+    prior = w_dense if w_prior is None else w_prior
     hk = hcc[np.ix_(keep, keep)]
     lam = damp * max(float(np.mean(np.diag(hk))), 1e-12)
     hk = hk + lam * np.eye(keep.size)
-    rhs = hcd[keep] @ w_dense.T + lam * w_dense[:, keep].T  # (K, out)
+    rhs = hcd[keep] @ w_dense.T + lam * prior[:, keep].T  # (K, out)
     try:
         wk_t = np.linalg.solve(hk, rhs)
     except np.linalg.LinAlgError:
@@ -196,6 +216,20 @@ def solve_dense_target(w_dense: npt.NDArray[np.float64], st: _Stats, keep: npt.N
     return w, b
 
 
+def target_error(w: npt.NDArray[np.float64], b: npt.NDArray[np.float64] | None, st: _Stats,
+                 w_dense: npt.NDArray[np.float64], b_dense: npt.NDArray[np.float64] | None) -> float:
+    """E‖y_d − (W x_c + b)‖² − E‖y_d‖² on `st`'s rows (the dense outputs' energy, the same for every
+    candidate, left out), y_d = W_d x_d + b_d."""
+    n = max(st.n, 1)
+    mc, md = st.sc / n, st.sd / n
+    bd = np.zeros(w_dense.shape[0]) if b_dense is None else b_dense
+    bb = np.zeros(w.shape[0]) if b is None else b
+    cross = float(np.sum(w * (w_dense @ (st.hcd.T / n)))) + float(bd @ (w @ mc))  # E[y_dᵀ W x_c]
+    cross += float(bb @ (w_dense @ md + bd))
+    energy = float(np.sum((w @ (st.hcc / n)) * w)) + 2.0 * float(bb @ (w @ mc)) + float(bb @ bb)
+    return energy - 2.0 * cross
+
+
 def dense_target_refit(
     model: ModelIR,
     dense: ModelIR,
@@ -203,7 +237,7 @@ def dense_target_refit(
     *,
     stages: int = 4,
     seed: int = 0,
-    damp: float = DAMP,
+    damps: tuple[float, ...] = DAMPS,
     max_rows: int = REFIT_ROWS,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -235,17 +269,20 @@ def dense_target_refit(
     rng = np.random.default_rng(seed)
     done_stages = 0
     feeds = _capped(calibration, max_rows)
+    chosen: dict[float | None, int] = {}
     for s in sorted(by_stage):
         group = by_stage[s]
         names = sorted({x.input_name for x in group})
-        stats = {x.node: _Stats(x.w2d.shape[1]) for x in group}
+        fit = {x.node: _Stats(x.w2d.shape[1]) for x in group}
+        val = {x.node: _Stats(x.w2d.shape[1]) for x in group}
         col_c = ActivationCollector(model, names, prune=True)
         col_d = ActivationCollector(dense, names, prune=True)
-        for ac, ad in zip(col_c.collect(feeds), col_d.collect(feeds)):
+        for i, (ac, ad) in enumerate(zip(col_c.collect(feeds), col_d.collect(feeds))):
+            into = val if len(feeds) >= 2 * VALIDATE and i % VALIDATE == VALIDATE - 1 else fit
             for x in group:
                 a_c, a_d = np.asarray(ac[x.input_name]), np.asarray(ad[x.input_name])
                 rows = _conv_rows(x, a_c.shape, rng) if x.conv is not None else None
-                stats[x.node].add(_features(x, a_c, rows), _features(x, a_d, rows))
+                into[x.node].add(_features(x, a_c, rows), _features(x, a_d, rows))
         col_c.close()
         col_d.close()
         for x in group:
@@ -253,9 +290,28 @@ def dense_target_refit(
             cur = np.asarray(tensors[x.const].values)
             cur2d = _w2d(next(n for n in model.graph.nodes if n.name == x.node), cur)
             assert cur2d is not None
-            removed = np.flatnonzero(~cur2d[1].any(axis=0) & d.w2d.any(axis=0))
+            w_cur = cur2d[1]
+            b_cur = np.asarray(tensors[x.bias].values, dtype=np.float64).reshape(-1) if x.bias else None
+            removed = np.flatnonzero(~w_cur.any(axis=0) & d.w2d.any(axis=0))
             keep = np.setdiff1d(np.arange(d.w2d.shape[1]), removed)
-            w, b = solve_dense_target(d.w2d, stats[x.node], keep, d.b_dense if x.bias else None, damp=damp)
+            b_d = d.b_dense if x.bias else None
+            # candidates fitted on the fit feeds, judged on the held-out ones; the weight as it is
+            # (the per-layer re-fit, or the dense weight of a layer not pruned) is a candidate too
+            choice, best = None, np.inf
+            if val[x.node].n:
+                best = target_error(w_cur, b_cur, val[x.node], d.w2d, b_d)
+            for lam in damps:
+                w, b = solve_dense_target(d.w2d, fit[x.node], keep, b_d, damp=lam, w_prior=w_cur)
+                e = target_error(w, b, val[x.node], d.w2d, b_d) if val[x.node].n else -np.inf
+                if np.isfinite(w).all() and e < best:
+                    choice, best = lam, e
+                if not val[x.node].n:
+                    break  # nothing held out (fewer than 2 * VALIDATE feeds): the first damping
+            chosen[choice] = chosen.get(choice, 0) + 1
+            if choice is None:
+                continue  # the weight as it is predicts the dense outputs best on held-out feeds
+            w, b = solve_dense_target(d.w2d, fit[x.node].merged(val[x.node]), keep, b_d, damp=choice,
+                                      w_prior=w_cur)
             if not np.isfinite(w).all() or (b is not None and not np.isfinite(b).all()):
                 logger.warning("dense-target re-fit of %s is not finite; kept as it was", x.node)
                 continue
@@ -268,6 +324,7 @@ def dense_target_refit(
             progress("dense-target re-fit", done_stages, len(by_stage))
         logger.info("dense-target re-fit: stage %d/%d, %d layer(s)", done_stages, len(by_stage), len(group))
     return {"refit_layers": len(written), "refit_stages": done_stages, "refit_feeds": len(feeds),
+            "refit_damping_chosen": {("kept" if k is None else str(k)): v for k, v in chosen.items()},
             "seconds_refit": round(time.perf_counter() - t0, 2), "refitted": written}
 
 
@@ -279,9 +336,10 @@ def _capped(calibration: Iterable[Mapping[str, Any]], max_rows: int) -> list[Map
     for f in calibration:
         out.append(f)
         first = np.asarray(next(iter(f.values()))) if f else np.zeros(0)
-        rows += int(np.prod(first.shape[:-1])) if first.ndim > 1 and first.dtype.kind in "iu" else \
-            int(first.shape[0]) if first.ndim else 1
-        if max_rows > 0 and ((rows >= max_rows and len(out) >= MIN_FEEDS) or len(out) >= MAX_FEEDS):
+        tokens = first.ndim > 1 and first.dtype.kind in "iu"
+        rows += int(np.prod(first.shape[:-1])) if tokens else int(first.shape[0]) if first.ndim else 1
+        cap = MAX_FEEDS if tokens else MAX_IMAGE_FEEDS
+        if max_rows > 0 and ((rows >= max_rows and len(out) >= MIN_FEEDS) or len(out) >= cap):
             break
     return out
 

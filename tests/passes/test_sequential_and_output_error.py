@@ -237,3 +237,29 @@ def test_data_free_dense_refit_runs_on_the_synthetic_feeds(rng: np.random.Genera
     e0 = relative_output_error(outs[False][0], dense, held_out)
     e1 = relative_output_error(outs[True][0], dense, held_out)
     assert e1 < e0, (e1, e0)
+
+
+def test_target_error_matches_the_direct_sum_and_validation_can_keep_the_weight(rng: np.random.Generator) -> None:
+    from spa_compiler.criteria.refit import _Stats, solve_dense_target, target_error
+
+    n, cols, out = 500, 5, 3
+    xd = rng.standard_normal((n, cols)) + 0.5
+    xc = xd + 0.3 * rng.standard_normal((n, cols))
+    w, b = rng.standard_normal((out, cols)), rng.standard_normal(out)
+    st = _Stats(cols)
+    st.add(xc.astype(np.float32), xd.astype(np.float32))
+    w2, b2 = rng.standard_normal((out, cols)), rng.standard_normal(out)
+    yd = xd @ w.T + b
+    direct = np.mean(np.sum((yd - xc @ w2.T - b2) ** 2, axis=1)) - np.mean(np.sum(yd ** 2, axis=1))
+    assert target_error(w2, b2, st, w, b) == pytest.approx(direct, rel=1e-4, abs=1e-4)
+    # the least-squares fit has the least error on its own rows
+    wf, bf = solve_dense_target(w, st, np.arange(cols), b, damp=1e-9)
+    assert target_error(wf, bf, st, w, b) < min(target_error(w, b, st, w, b), direct)
+
+
+def test_dense_refit_holds_out_feeds_and_reports_its_choices(rng: np.random.Generator) -> None:
+    dense = biased_mlp(rng)
+    _, st = _prune(dense, _calib(rng, n=20), sequential=0, refit="dense")
+    chosen = st["refit_damping_chosen"]
+    assert sum(chosen.values()) == 7 and set(chosen) <= {"kept", "0.01", "0.1", "1.0"}
+    assert st["refit_feeds"] == 20
