@@ -70,6 +70,8 @@ class PruningPass(Pass):
             meeting the budget (negative: no bound).
         error_classes: Re-weight each unit kind's errors by its measured / predicted output error
             (measured once, on the first plan, one kind at a time).
+        error_sites: With at most this many groups, then also each group alone (its own measured /
+            predicted weight; 0: off).
         sequential: obs with calibration: stages of sequential calibration of the chosen plan (each
             stage's statistics from the model with the earlier stages compressed; 0 or 1: one-shot).
         refit: obs with calibration: "dense" re-fits every linear layer from the first pruned one on,
@@ -100,6 +102,7 @@ class PruningPass(Pass):
     error_feeds: int = -1
     max_output_error: float = -1.0
     error_classes: bool = True
+    error_sites: int = 32
     sequential: int = 4
     refit: str = "dense"
     refit_stages: int = 4
@@ -362,6 +365,7 @@ class PruningPass(Pass):
             plan_error=method.plan_error, predict=table.predict_ms, n_sites=n_groups,
             measure_error=probe, site_class=site_class, dense_plan=dense,
             max_output_error=self.max_output_error if self.max_output_error >= 0 else None,
+            max_site_fits=self.error_sites if site_class is not None else 0,
         )
         kept = {str(g): int(k) for g, k in out.plan.items()}  # type: ignore[call-overload]
         seq = self._sequential(model, ctx, method, kept, cache)
