@@ -228,7 +228,7 @@ def test_data_free_dense_refit_runs_on_the_synthetic_feeds(rng: np.random.Genera
     for flag in (False, True):
         model = ModelIR.from_proto(dense)
         ctx = CompileContext(input_shapes={"x": [64, D]})
-        PassManager([PruneToBudgetPass(round_to=1, criterion="obspa", ratio=0.6, refit_synthetic=flag)]).run(model, ctx)
+        PassManager([PruneToBudgetPass(round_to=1, criterion="obspa", ratio=0.6, refit="dense", refit_synthetic=flag)]).run(model, ctx)
         (rec,) = ctx.report.passes
         outs[flag] = (model, rec.stats)
     assert "refit_layers" not in outs[False][1]
