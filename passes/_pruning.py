@@ -80,6 +80,9 @@ class PruningPass(Pass):
             the compressed model's inputs, bias included (criteria.refit). On MiniLM-L6 at 0.6x,
             for one fixed plan, "dense" measured a lower cosine to dense on held-out text (0.899
             against 0.909, benchmarks/quality/results/ablate-minilm.json), hence not the default.
+            "residual": "dense" with a layer whose output goes into a residual Add fitted to the
+            dense sum, i.e. its target is W_d x_d + b_d + (r_d − r_c) for the residual r (one such
+            layer a stage).
         refit_stages: Stages of the dense re-fit (each one pass of both models over model prefixes).
         refit_synthetic: obspa (no calibration data): the dense re-fit on the synthetic feeds.
     """
@@ -139,8 +142,8 @@ class PruningPass(Pass):
             raise PreconditionError(f"{n}: moments must be auto or response, not {self.moments!r}")
         if self.error_feeds < -1 or self.sequential < 0:
             raise PreconditionError(f"{n}: error-feeds must be >= -1 (-1: auto, 0: off) and sequential >= 0")
-        if self.refit not in ("dense", "layer") or self.refit_stages < 1:
-            raise PreconditionError(f"{n}: refit must be dense or layer (not {self.refit!r}), refit-stages >= 1")
+        if self.refit not in ("dense", "residual", "layer") or self.refit_stages < 1:
+            raise PreconditionError(f"{n}: refit must be layer, dense or residual (not {self.refit!r}), refit-stages >= 1")
         if self.norm not in ("l1", "l2"):
             raise PreconditionError(f"{n}: norm must be l1 or l2, not {self.norm!r}")
         if self._level_count() < 2 or self.max_iters < 1 or self.round_to < 0 or self.min_units < 1:
@@ -247,7 +250,7 @@ class PruningPass(Pass):
         the dense-target re-fit (refit=dense: with calibration data, or data-free on the synthetic
         feeds with refit-synthetic=true)."""
         feeds: Any = None
-        if self.refit == "dense" and any(k < method.groups[g].n_units for g, k in kept.items()):
+        if self.refit in ("dense", "residual") and any(k < method.groups[g].n_units for g, k in kept.items()):
             if ctx.calibration is not None and method.criterion == "obs":
                 feeds = ctx.calibration
             elif ctx.calibration is None and method.criterion == "obspa" and self.refit_synthetic:
@@ -269,7 +272,7 @@ class PruningPass(Pass):
             from spa_compiler.criteria.refit import adopt_refit, dense_target_refit
 
             rs = dense_target_refit(model, dense, feeds, stages=max(self.refit_stages, 1), seed=ctx.seed,
-                                    progress=ctx.progress)
+                                    residual=self.refit == "residual", progress=ctx.progress)
             adopt_refit(model, method, kept, rs.pop("refitted", []))
             stats.update(rs)
             if feeds is not ctx.calibration:

@@ -12,6 +12,8 @@ fixed and only what follows it varies:
 - ``dense-1`` / ``dense-4``: every linear layer from the first pruned one on re-fitted to the dense
   model's outputs given the compressed inputs, bias included (`criteria.refit`), in 1 / 4 stages
   (sequential=0);
+- ``residual``: the same with the residual's error in the target of a layer that feeds a residual
+  Add (one such layer a stage);
 - ``isolated``: each group's cut alone (every other group dense, one-shot re-fit): its own output
   error; the sum against the joint plan's says how much compounds.
 
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"layer-oneshot": dict(sequential=0, refit="layer"), "layer-seq4": dict(sequential=4, refit="layer"),
                 "dense-1": dict(sequential=0, refit="dense", refit_stages=1),
                 "dense-4": dict(sequential=0, refit="dense", refit_stages=4),
-                "dense-4-seq4": dict(sequential=4, refit="dense", refit_stages=4)}
+                "dense-4-seq4": dict(sequential=4, refit="dense", refit_stages=4),
+                "residual": dict(sequential=0, refit="residual")}
     for v in args.variants.split(","):
         t = time.perf_counter()
         if v == "isolated":

@@ -78,6 +78,7 @@ class _Linear:
     b_dense: npt.NDArray[np.float64] | None
     conv: dict[str, Any] | None
     pos: int
+    residual: str | None = None  # the other input of the Add the layer's output goes into, if any
 
     def to_weight(self, w2d: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
         if self.layout == "matmul":
@@ -115,6 +116,23 @@ def _bias_of(node: Any, n_out: int) -> Any:
     return None
 
 
+def _residual_of(node: Any) -> str | None:
+    """The tensor a linear layer's output (after its bias Add) is added to, if it goes into one
+    Add with a non-constant other input (a residual connection)."""
+    out = node.outputs[0]
+    if len(out.outputs) == 1 and out.outputs[0].op == "Add" and node.op == "MatMul":
+        add = out.outputs[0]
+        other = [t for t in add.inputs if t is not out]
+        if len(other) == 1 and constant_value(other[0]) is not None:  # the bias Add: one step on
+            out = add.outputs[0]
+    if len(out.outputs) != 1 or out.outputs[0].op != "Add":
+        return None
+    other = [t for t in out.outputs[0].inputs if t is not out]
+    if len(other) != 1 or constant_value(other[0]) is not None:
+        return None
+    return str(other[0].name)
+
+
 def linear_layers(model: ModelIR) -> list[_Linear]:
     """Every linear layer of `model` with a constant, unshared weight, in graph order."""
     out = []
@@ -141,25 +159,35 @@ def linear_layers(model: ModelIR) -> list[_Linear]:
         out.append(_Linear(node.name, const.name, node.inputs[0].name, w2d, layout, tuple(w.shape), w.dtype,
                            b.name if b is not None else None,
                            tuple(np.asarray(b.values).shape) if b is not None else None,
-                           np.asarray(b.values, dtype=np.float64).reshape(-1) if b is not None else None, conv, pos))
+                           np.asarray(b.values, dtype=np.float64).reshape(-1) if b is not None else None, conv, pos,
+                           _residual_of(node) if layout != "conv" else None))
     return out
 
 
 class _Stats:
-    def __init__(self, cols: int):
+    def __init__(self, cols: int, out: int = 0):
         self.n = 0
         self.sc = np.zeros(cols)
         self.sd = np.zeros(cols)
         self.hcc = np.zeros((cols, cols))
         self.hcd = np.zeros((cols, cols))
+        # residual target: Σ x_c (r_d − r_c)ᵀ and Σ (r_d − r_c) (out > 0 only)
+        self.hcr = np.zeros((cols, out)) if out else None
+        self.sr = np.zeros(out) if out else None
 
     def merged(self, other: _Stats) -> _Stats:
         out = _Stats(0)
         out.n, out.sc, out.sd = self.n + other.n, self.sc + other.sc, self.sd + other.sd
         out.hcc, out.hcd = self.hcc + other.hcc, self.hcd + other.hcd
+        if self.hcr is not None and other.hcr is not None and self.sr is not None and other.sr is not None:
+            out.hcr, out.sr = self.hcr + other.hcr, self.sr + other.sr
         return out
 
-    def add(self, xc: npt.NDArray[np.float32], xd: npt.NDArray[np.float32]) -> None:
+    def add(self, xc: npt.NDArray[np.float32], xd: npt.NDArray[np.float32],
+            dr: npt.NDArray[np.float32] | None = None) -> None:
+        if self.hcr is not None and self.sr is not None and dr is not None:
+            self.hcr += xc.T @ dr
+            self.sr += dr.sum(0, dtype=np.float64)
         self.n += xc.shape[0]
         self.sc += xc.sum(0, dtype=np.float64)
         self.sd += xd.sum(0, dtype=np.float64)
@@ -204,6 +232,11 @@ def solve_dense_target(w_dense: npt.NDArray[np.float64], st: _Stats, keep: npt.N
     lam = damp * max(float(np.mean(np.diag(hk))), 1e-12)
     hk = hk + lam * np.eye(keep.size)
     rhs = hcd[keep] @ w_dense.T + lam * prior[:, keep].T  # (K, out)
+    mr = np.zeros(w_dense.shape[0])
+    if st.hcr is not None and st.sr is not None:  # target + the residual's error: (r_d − r_c)
+        mr = st.sr / n
+        hcr = st.hcr / n - (np.outer(mc, mr) if b_dense is not None else 0.0)
+        rhs = rhs + hcr[keep]
     try:
         wk_t = np.linalg.solve(hk, rhs)
     except np.linalg.LinAlgError:
@@ -212,7 +245,7 @@ def solve_dense_target(w_dense: npt.NDArray[np.float64], st: _Stats, keep: npt.N
     w[:, keep] = wk_t.T
     b = None
     if b_dense is not None:
-        b = b_dense + w_dense @ md - w[:, keep] @ mc[keep]
+        b = b_dense + w_dense @ md + mr - w[:, keep] @ mc[keep]
     return w, b
 
 
@@ -226,6 +259,8 @@ def target_error(w: npt.NDArray[np.float64], b: npt.NDArray[np.float64] | None, 
     bb = np.zeros(w.shape[0]) if b is None else b
     cross = float(np.sum(w * (w_dense @ (st.hcd.T / n)))) + float(bd @ (w @ mc))  # E[y_dᵀ W x_c]
     cross += float(bb @ (w_dense @ md + bd))
+    if st.hcr is not None and st.sr is not None:
+        cross += float(np.sum(w * (st.hcr.T / n))) + float(bb @ (st.sr / n))
     energy = float(np.sum((w @ (st.hcc / n)) * w)) + 2.0 * float(bb @ (w @ mc)) + float(bb @ bb)
     return energy - 2.0 * cross
 
@@ -239,6 +274,7 @@ def dense_target_refit(
     seed: int = 0,
     damps: tuple[float, ...] = DAMPS,
     max_rows: int = REFIT_ROWS,
+    residual: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Re-fit `model`'s linear layers (masked compressed, same graph as `dense`) in place.
@@ -262,8 +298,14 @@ def dense_target_refit(
     width = max(1, hi - lo + 1)
     n_st = max(1, stages)
     by_stage: dict[int, list[_Linear]] = {}
-    for x in todo:
-        by_stage.setdefault(min(n_st - 1, (x.pos - lo) * n_st // width), []).append(x)
+    if residual:  # one residual-corrected layer a stage: two in one stage would both correct the same error
+        k = 0
+        for x in todo:
+            by_stage.setdefault(k, []).append(x)
+            k += 1 if x.residual else 0
+    else:
+        for x in todo:
+            by_stage.setdefault(min(n_st - 1, (x.pos - lo) * n_st // width), []).append(x)
     tensors = model.tensors()
     written: list[str] = []
     rng = np.random.default_rng(seed)
@@ -272,9 +314,10 @@ def dense_target_refit(
     chosen: dict[float | None, int] = {}
     for s in sorted(by_stage):
         group = by_stage[s]
-        names = sorted({x.input_name for x in group})
-        fit = {x.node: _Stats(x.w2d.shape[1]) for x in group}
-        val = {x.node: _Stats(x.w2d.shape[1]) for x in group}
+        res = {x.node: x.residual for x in group if residual and x.residual}
+        names = sorted({x.input_name for x in group} | set(res.values()))
+        fit = {x.node: _Stats(x.w2d.shape[1], x.w2d.shape[0] if x.node in res else 0) for x in group}
+        val = {x.node: _Stats(x.w2d.shape[1], x.w2d.shape[0] if x.node in res else 0) for x in group}
         col_c = ActivationCollector(model, names, prune=True)
         col_d = ActivationCollector(dense, names, prune=True)
         for i, (ac, ad) in enumerate(zip(col_c.collect(feeds), col_d.collect(feeds))):
@@ -282,7 +325,12 @@ def dense_target_refit(
             for x in group:
                 a_c, a_d = np.asarray(ac[x.input_name]), np.asarray(ad[x.input_name])
                 rows = _conv_rows(x, a_c.shape, rng) if x.conv is not None else None
-                into[x.node].add(_features(x, a_c, rows), _features(x, a_d, rows))
+                dr = None
+                if x.node in res:
+                    r_c, r_d = np.asarray(ac[res[x.node]]), np.asarray(ad[res[x.node]])
+                    if r_c.size == a_c.size // x.w2d.shape[1] * x.w2d.shape[0]:
+                        dr = (r_d.astype(np.float32) - r_c.astype(np.float32)).reshape(-1, x.w2d.shape[0])
+                into[x.node].add(_features(x, a_c, rows), _features(x, a_d, rows), dr)
         col_c.close()
         col_d.close()
         for x in group:

@@ -263,3 +263,43 @@ def test_dense_refit_holds_out_feeds_and_reports_its_choices(rng: np.random.Gene
     chosen = st["refit_damping_chosen"]
     assert sum(chosen.values()) == 7 and set(chosen) <= {"kept", "0.01", "0.1", "1.0"}
     assert st["refit_feeds"] == 20
+
+
+def residual_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch: int = 64) -> onnx.ModelProto:
+    """x -> [x + down(relu(up(x) + bu)) + bd] x depth -> y: residual blocks (pre-norm-free)."""
+    f = np.float32
+    init: dict[str, np.ndarray] = {}
+    nodes = []
+    cur = "x"
+    for i in range(depth):
+        init[f"u{i}"] = (rng.standard_normal((D, hidden)) / np.sqrt(D)).astype(f)
+        init[f"bu{i}"] = (0.3 + 0.2 * rng.standard_normal(hidden)).astype(f)
+        init[f"d{i}"] = (rng.standard_normal((hidden, D)) / np.sqrt(hidden)).astype(f)
+        init[f"bd{i}"] = (0.1 * rng.standard_normal(D)).astype(f)
+        nodes += [
+            helper.make_node("MatMul", [cur, f"u{i}"], [f"h{i}"], name=f"up{i}"),
+            helper.make_node("Add", [f"h{i}", f"bu{i}"], [f"hb{i}"], name=f"upb{i}"),
+            helper.make_node("Relu", [f"hb{i}"], [f"r{i}"], name=f"act{i}"),
+            helper.make_node("MatMul", [f"r{i}", f"d{i}"], [f"o{i}"], name=f"down{i}"),
+            helper.make_node("Add", [f"o{i}", f"bd{i}"], [f"ob{i}"], name=f"downb{i}"),
+            helper.make_node("Add", [cur, f"ob{i}"], [f"s{i}"], name=f"res{i}"),
+        ]
+        cur = f"s{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"], name="out"))
+    vi = helper.make_tensor_value_info
+    return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, D])], [vi("y", TensorProto.FLOAT, [batch, D])], init)
+
+
+def test_residual_refit_finds_the_residual_adds_and_corrects_the_stream(rng: np.random.Generator) -> None:
+    from spa_compiler.criteria.refit import linear_layers
+
+    dense = residual_mlp(rng)
+    lins = {x.node: x for x in linear_layers(ModelIR.from_proto(dense))}
+    assert lins["down1"].residual == "s0" and lins["down0"].residual == "x" and lins["up1"].residual is None
+    calib, held_out = _calib(rng, n=20), _calib(np.random.default_rng(11))
+    layer, _ = _prune(dense, calib, sequential=0, refit="layer")
+    res, st = _prune(dense, calib, sequential=0, refit="residual")
+    check_model(res)
+    assert st["refit_stages"] >= 4  # one residual-corrected layer a stage
+    el, er = relative_output_error(layer, dense, held_out), relative_output_error(res, dense, held_out)
+    assert er < el, (er, el)
