@@ -219,7 +219,9 @@ def _load_calibration(
         proto = load_proto(model_path)
     check_shape_hints(proto, shapes or {})  # before any feed is read: the hint is the first error
     specs = model_inputs(proto)
-    expected = {s.name: (shapes or {}).get(s.name, s.shape) for s in specs}
+    # the model's declared shapes: --input-shape fixes dynamic dims for latency and shapes, while
+    # calibration feeds may vary along them (sentences of their own length)
+    expected = {s.name: s.shape for s in specs}
     return loader(spec, [s.name for s in specs], expected_dtypes={s.name: s.dtype for s in specs},
                   expected_shapes=expected)
 

@@ -33,7 +33,8 @@ METRIC = {"smollm2": "perplexity", "minilm": "probe_accuracy", "efficientnet": "
 
 
 def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: pathlib.Path,
-            work: pathlib.Path, eval_args: list[str], reuse: bool = False) -> dict[str, Any]:
+            work: pathlib.Path, eval_args: list[str], reuse: bool = False,
+            compile_only: bool = False) -> dict[str, Any] | None:
     from spa_compiler.models_zoo import real
 
     cfg = MODELS[name]
@@ -52,6 +53,8 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
     else:
         print(f"[{name}] {row}@{budget}x: compiling", flush=True)
         cost = _timed(cmd, log)
+    if compile_only:  # evaluated later with --reuse (each part fits a shorter slot of the CPU lock)
+        return None
     r = json.loads(rep.read_text())
     rec = next(p for p in r["passes"] if p["name"] == "prune-to-budget")
     stats = rec["stats"]
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="compiled models, reports and logs")
     ap.add_argument("--eval-args", default="", help="extra arguments of benchmarks.quality.run, e.g. '--windows 8'")
     ap.add_argument("--reuse", action="store_true", help="keep a compiled model and report already in --workdir")
+    ap.add_argument("--compile-only", action="store_true", help="compile and stop (evaluate later with --reuse)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
     if args.markdown:
@@ -144,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     row = run_row(args.model, args.budget, args.row, args.options, args.calib, pathlib.Path(args.table), work,
-                  shlex.split(args.eval_args), reuse=args.reuse)
+                  shlex.split(args.eval_args), reuse=args.reuse, compile_only=args.compile_only)
+    if row is None:
+        return 0
     out = RESULTS / f"budget-{args.model}.json"
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"model": MODELS[args.model]["real"],
                                                                              "rows": {}}

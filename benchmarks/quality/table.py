@@ -74,12 +74,15 @@ def _from_log(log: pathlib.Path) -> dict[str, Any]:
     text = log.read_text(errors="replace") if log.exists() else ""
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    user = re.search(r"User time \(seconds\): ([\d.]+)", text)
+    sys_ = re.search(r"System time \(seconds\): ([\d.]+)", text)
     secs = None
     if wall:
         secs = 0.0
         for part in wall.group(1).split(":"):
             secs = secs * 60 + float(part)
-    return {"wall_s": secs, "peak_rss_gb": round(int(rss.group(1)) / 1e6, 2) if rss else None}
+    cpu = round(float(user.group(1)) + float(sys_.group(1)), 1) if user and sys_ else None
+    return {"wall_s": secs, "cpu_s": cpu, "peak_rss_gb": round(int(rss.group(1)) / 1e6, 2) if rss else None}
 
 
 def _spa() -> list[str]:

@@ -189,6 +189,9 @@ class GroupPath:
     views: list[LinearView] = dataclasses.field(default_factory=list)
     hessians: list[Any] = dataclasses.field(default_factory=list)
     view_moments: list[str] = dataclasses.field(default_factory=list)
+    #: Per view index, (kept, full-width weight) re-fitted elsewhere (`criteria.refit`): returned by
+    #: `compensated` at that kept count instead of the OBS re-fit.
+    fitted: dict[int, tuple[int, npt.NDArray[Any]]] = dataclasses.field(default_factory=dict)
 
     @property
     def moments(self) -> str | None:
@@ -218,6 +221,9 @@ class GroupPath:
         if not removed:
             return out
         for i, (view, h) in enumerate(zip(self.views, self.hessians)):
+            if i in self.fitted and self.fitted[i][0] == kept:
+                out[i] = self.fitted[i][1]
+                continue
             keep_cols = np.setdiff1d(
                 np.arange(view.w2d.shape[1]),
                 np.concatenate([view.unit_cols[u] for u in sorted(removed)]),

@@ -152,7 +152,7 @@ def sequential_refit(
                                      view_moments=["calibration (sequential)"] * len(vs))
                 del old, hs
                 recalibrated += 1
-        _mask(model, [paths[g] for g in gids], kept)
+        mask_plan(model, [paths[g] for g in gids], kept)
         if progress:
             progress("sequential calibration", s + 1, n_stages)
         logger.info("sequential calibration: stage %d/%d, %d group(s)", s + 1, n_stages, len(gids))
@@ -207,7 +207,7 @@ def _subgraph_reads(node: Any) -> set[str]:
     return out
 
 
-def _mask(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None:
+def mask_plan(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None:
     """Write each path's re-fitted consumer weights (removed columns zero) into `model`."""
     tensors = model.tensors()
     for p in paths:
@@ -218,4 +218,4 @@ def _mask(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None
             const.values = np.asarray(w)
 
 
-__all__ = ["node_positions", "sequential_refit", "stage_lists"]
+__all__ = ["mask_plan", "node_positions", "sequential_refit", "stage_lists"]

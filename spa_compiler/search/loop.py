@@ -189,6 +189,7 @@ def meet_budget(
     site_class: Mapping[str, str] | None = None,
     dense_plan: Mapping[str, Hashable] | None = None,
     max_output_error: float | None = None,
+    max_site_fits: int = 0,
 ) -> Outcome:
     """Run the rounds (see the module docstring).
 
@@ -212,6 +213,8 @@ def meet_budget(
         dense_plan: Every site at its dense variant (for measuring a plan one class at a time).
         max_output_error: Bound on the measured output error (None: none; the summed-error bound
             still applies).
+        max_site_fits: With at most this many sites, after the class fit each site is measured
+            alone and re-weighted by its own measured / predicted ratio (`ErrorModel.fit_sites`).
     """
     n = n_sites if n_sites is not None else len(options)
     scale = table_dense_ms / dense_now_ms
@@ -274,9 +277,16 @@ def meet_budget(
                         lv = min(cut, key=lambda lv: (lv.error, lv.latency_ms))
                         lightest[str(o.group_id)] = (lv.level_id, float(lv.error))
                 per_class = model.fit_classes(plan, errs, dense_plan, measure_error, lightest)
+                per_site: dict[str, float] = {}
+                if 0 < len(options) <= max_site_fits:
+                    per_site = model.fit_sites(plan, errs, dense_plan, measure_error, lightest)
+                    if per_site:
+                        record["measured_output_error_by_site"] = per_site
+                        record["site_weights"] = dict(model.site_weights)
                 if per_class:
                     record["measured_output_error_by_class"] = per_class
                     record["class_weights"] = dict(model.weights)
+                if per_class or per_site:
                     searched = [GroupOptions(o.group_id, [Level(lv.level_id, lv.latency_ms,
                                                                 lv.error * model.weight(str(o.group_id)))
                                                           for lv in o.levels]) for o in options]

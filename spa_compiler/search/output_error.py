@@ -137,6 +137,8 @@ class ErrorModel:
 
     site_class: Mapping[str, str]
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: site -> weight measured for that site alone (`fit_sites`); overrides its class weight.
+    site_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     scale: float = 1.0
     samples: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
@@ -144,6 +146,8 @@ class ErrorModel:
         return self.site_class.get(str(site), "")
 
     def weight(self, site: str) -> float:
+        if str(site) in self.site_weights:
+            return self.site_weights[str(site)]
         return self.weights.get(self.cls(site), 1.0)
 
     def by_class(self, errors: Mapping[str, float]) -> dict[str, float]:
@@ -154,8 +158,9 @@ class ErrorModel:
         return out
 
     def weighted(self, errors: Mapping[str, float]) -> float:
-        """Σ_c weight[c] · predicted[c] of a plan's per-site errors."""
-        return sum(self.weights.get(c, 1.0) * e for c, e in self.by_class(errors).items())
+        """Σ_s weight(s) · predicted[s] of a plan's per-site errors (class weights unless the site
+        has its own)."""
+        return sum(self.weight(s) * float(e) for s, e in errors.items())
 
     def predict(self, errors: Mapping[str, float]) -> float:
         """The corrected prediction of a plan's measured output error."""
@@ -193,6 +198,36 @@ class ErrorModel:
         if len(ratios) >= 2:
             g = math.exp(float(np.mean([math.log(r) for r in ratios.values()])))
             self.weights = {c: r / g for c, r in ratios.items()}
+        return measured
+
+    def fit_sites(self, plan: Mapping[str, Hashable], errors: Mapping[str, float],
+                  dense: Mapping[str, Hashable], measure: ErrorFn,
+                  lightest: Mapping[str, tuple[Hashable, float]] | None = None) -> dict[str, float]:
+        """Measure `plan` restricted to each site alone (every other site dense; a site the plan
+        leaves dense at its `lightest` cut) and give each site the weight measured / predicted, on
+        the class weights' scale (their geometric mean over the sites is the class weights'). On
+        MiniLM-L6 the sites' isolated output errors add up to the joint plan's within 10%
+        (benchmarks/quality/results/ablate-minilm.json), so per-site weights make the knapsack's
+        sum a measured one. Returns the measured error per site."""
+        measured: dict[str, float] = {}
+        ratios: dict[str, float] = {}
+        for s in dense:
+            e = float(errors.get(str(s), 0.0))
+            if e > 0 and s in plan:
+                part, predicted = {**dict(dense), s: plan[s]}, e
+            elif lightest and s in lightest:
+                part, predicted = {**dict(dense), s: lightest[s][0]}, float(lightest[s][1])
+            else:
+                continue
+            if predicted <= 0:
+                continue
+            measured[str(s)] = measure(part)
+            if measured[str(s)] > 0:
+                ratios[str(s)] = measured[str(s)] / predicted
+        if ratios:
+            g = math.exp(float(np.mean([math.log(r) for r in ratios.values()])))
+            cls_g = math.exp(float(np.mean([math.log(self.weights.get(self.cls(s), 1.0)) for s in ratios])))
+            self.site_weights = {s: r / g * cls_g for s, r in ratios.items()}
         return measured
 
     def observe(self, errors: Mapping[str, float], measured: float) -> None:

@@ -112,3 +112,34 @@ def test_error_model_fit_and_bound() -> None:
     assert m.additive_bound(0.5) == pytest.approx(m.weighted(errs))
     one = ErrorModel({"a": "x"})
     assert one.fit_classes({"a": 1}, {"a": 0.1}, {"a": 0}, lambda p: 1.0) == {}  # one class: nothing to fit
+
+
+def test_site_fits_find_the_one_site_whose_estimate_is_wrong() -> None:
+    """n2 looks the cheapest site but costs 10x its per-site estimate at the output, the others what
+    they say: class weights cannot tell n1 from n2, per-site weights can, and the plan spares n2."""
+    opts = []
+    classes = {}
+    est = {s: (0.04, 0.12) if s == "n2" else (0.05, 0.15) for s in ("h1", "h2", "n1", "n2")}
+    for s, (e1, e2) in est.items():
+        opts.append(GroupOptions(s, [Level(0, 10.0, 0.0), Level(1, 6.0, e1), Level(2, 3.0, e2)]))
+        classes[s] = "head" if s.startswith("h") else "neuron"
+    dense = {s: 0 for s in classes}
+
+    def true(plan: Mapping[str, Hashable]) -> float:
+        return sum((0.0, *est[s])[int(k)] * (10.0 if s == "n2" else 1.0)  # type: ignore[call-overload]
+                   for s, k in plan.items())
+
+    def run(sites: int):  # type: ignore[no-untyped-def]
+        return meet_budget([GroupOptions(o.group_id, list(o.levels)) for o in opts], plan_of, base_ms=0.0,
+                           budget_ms=28.0, dense_now_ms=40.0, table_dense_ms=40.0, measure=_exact_latency,
+                           max_total_error=10.0, settings=LoopSettings(max_iters=6, safety=0.0, tolerance=0.2),
+                           measure_error=true, site_class=classes, dense_plan=dense, max_site_fits=sites)
+
+    without, with_sites = run(0), run(8)
+    assert with_sites.reached and without.reached
+    r1 = with_sites.rounds[0]
+    assert set(r1["measured_output_error_by_site"]) == set(classes)
+    w = r1["site_weights"]
+    assert w["n2"] / w["n1"] == pytest.approx(10.0, rel=1e-6)
+    assert with_sites.plan["n2"] == 0 and with_sites.output_error < without.output_error
+    assert "measured_output_error_by_site" not in without.rounds[0]

@@ -175,3 +175,158 @@ def test_sequential_passes_start_at_the_previous_stage(rng: np.random.Generator,
     a, b = cut.tensors(), full.tensors()
     for name in [f"d{i}" for i in range(6)] + [f"u{i}" for i in range(6)]:
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-6, atol=1e-7)
+
+
+def biased_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch: int = 64) -> onnx.ModelProto:
+    """deep_mlp with a bias Add after every MatMul and positive-mean hidden units (what a removed
+    neuron's mean contribution, lost without bias correction, looks like)."""
+    f = np.float32
+    init: dict[str, np.ndarray] = {}
+    nodes = []
+    cur = "x"
+    for i in range(depth):
+        init[f"u{i}"] = (rng.standard_normal((D, hidden)) / np.sqrt(D)).astype(f)
+        init[f"bu{i}"] = (0.5 + 0.2 * rng.standard_normal(hidden)).astype(f)
+        init[f"d{i}"] = (rng.standard_normal((hidden, D)) / np.sqrt(hidden) * 1.5).astype(f)
+        init[f"bd{i}"] = (0.1 * rng.standard_normal(D)).astype(f)
+        nodes += [
+            helper.make_node("MatMul", [cur, f"u{i}"], [f"h{i}"], name=f"up{i}"),
+            helper.make_node("Add", [f"h{i}", f"bu{i}"], [f"hb{i}"], name=f"upb{i}"),
+            helper.make_node("Relu", [f"hb{i}"], [f"r{i}"], name=f"act{i}"),
+            helper.make_node("MatMul", [f"r{i}", f"d{i}"], [f"o{i}"], name=f"down{i}"),
+            helper.make_node("Add", [f"o{i}", f"bd{i}"], [f"ob{i}"], name=f"downb{i}"),
+        ]
+        cur = f"ob{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"], name="out"))
+    vi = helper.make_tensor_value_info
+    return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, D])], [vi("y", TensorProto.FLOAT, [batch, D])], init)
+
+
+@pytest.mark.parametrize("make", [deep_mlp, biased_mlp])
+def test_dense_target_refit_beats_the_per_layer_refit(rng: np.random.Generator, make) -> None:
+    dense = make(rng)
+    calib, held_out = _calib(rng), _calib(np.random.default_rng(11))
+    layer, sl = _prune(dense, calib, sequential=4, refit="layer")
+    full, sd = _prune(dense, calib, sequential=4, refit="dense")
+    check_model(full)
+    assert "refit_layers" not in sl
+    # every MatMul from the first pruned consumer (down0) on: down0, up1, down1, ... down3
+    assert sd["refit_layers"] == 7 and sd["refit_stages"] >= 2
+    assert full.tensors()["d3"].values.shape == layer.tensors()["d3"].values.shape
+    el, ed = relative_output_error(layer, dense, held_out), relative_output_error(full, dense, held_out)
+    assert ed < 0.8 * el, (ed, el)
+    if make is biased_mlp:  # the bias of a pruned consumer absorbs the removed neurons' mean output
+        bd3 = onnx.numpy_helper.to_array(next(t for t in dense.graph.initializer if t.name == "bd3"))
+        assert not np.allclose(full.tensors()["bd3"].values, bd3)
+        np.testing.assert_array_equal(layer.tensors()["bd3"].values, bd3)
+
+
+def test_solve_dense_target_is_least_squares_to_the_dense_outputs(rng: np.random.Generator) -> None:
+    from spa_compiler.criteria.refit import _Stats, solve_dense_target
+
+    n, cols, out = 4000, 6, 3
+    xd = rng.standard_normal((n, cols)) + 0.3
+    xc = xd + 0.2 * rng.standard_normal((n, cols))
+    w, b = rng.standard_normal((out, cols)), rng.standard_normal(out)
+    st = _Stats(cols)
+    st.add(xc.astype(np.float32), xd.astype(np.float32))
+    keep = np.array([0, 1, 3, 4])
+    w2, b2 = solve_dense_target(w, st, keep, b, damp=1e-9)
+    a = np.hstack([xc[:, keep], np.ones((n, 1))])
+    sol = np.linalg.lstsq(a, xd @ w.T + b, rcond=None)[0]
+    np.testing.assert_allclose(w2[:, keep], sol[:-1].T, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(b2, sol[-1], rtol=1e-3, atol=1e-4)
+    assert not w2[:, [2, 5]].any()
+
+
+def test_refit_option_is_checked() -> None:
+    from spa_compiler.errors import PreconditionError
+
+    model = ModelIR.from_proto(deep_mlp(np.random.default_rng(0)))
+    with pytest.raises(PreconditionError, match="refit must be"):
+        PassManager([PruneToBudgetPass(round_to=1, criterion="obs", refit="bogus")]).run(model, CompileContext(
+            calibration=_calib(np.random.default_rng(1))))
+
+
+def test_data_free_dense_refit_runs_on_the_synthetic_feeds(rng: np.random.Generator) -> None:
+    dense = biased_mlp(rng)
+    held_out = [{"x": np.random.default_rng(3).standard_normal((64, D)).astype(np.float32)} for _ in range(4)]
+    outs = {}
+    for flag in (False, True):
+        model = ModelIR.from_proto(dense)
+        ctx = CompileContext(input_shapes={"x": [64, D]})
+        PassManager([PruneToBudgetPass(round_to=1, criterion="obspa", ratio=0.6, refit="dense", refit_synthetic=flag)]).run(model, ctx)
+        (rec,) = ctx.report.passes
+        outs[flag] = (model, rec.stats)
+    assert "refit_layers" not in outs[False][1]
+    assert outs[True][1]["refit_layers"] == 7 and outs[True][1]["refit_feeds_source"] == "synthetic"
+    # the synthetic feeds are standard normal like these held-out inputs: the dense re-fit is closer
+    e0 = relative_output_error(outs[False][0], dense, held_out)
+    e1 = relative_output_error(outs[True][0], dense, held_out)
+    assert e1 < e0, (e1, e0)
+
+
+def test_target_error_matches_the_direct_sum_and_validation_can_keep_the_weight(rng: np.random.Generator) -> None:
+    from spa_compiler.criteria.refit import _Stats, solve_dense_target, target_error
+
+    n, cols, out = 500, 5, 3
+    xd = rng.standard_normal((n, cols)) + 0.5
+    xc = xd + 0.3 * rng.standard_normal((n, cols))
+    w, b = rng.standard_normal((out, cols)), rng.standard_normal(out)
+    st = _Stats(cols)
+    st.add(xc.astype(np.float32), xd.astype(np.float32))
+    w2, b2 = rng.standard_normal((out, cols)), rng.standard_normal(out)
+    yd = xd @ w.T + b
+    direct = np.mean(np.sum((yd - xc @ w2.T - b2) ** 2, axis=1)) - np.mean(np.sum(yd ** 2, axis=1))
+    assert target_error(w2, b2, st, w, b) == pytest.approx(direct, rel=1e-4, abs=1e-4)
+    # the least-squares fit has the least error on its own rows
+    wf, bf = solve_dense_target(w, st, np.arange(cols), b, damp=1e-9)
+    assert target_error(wf, bf, st, w, b) < min(target_error(w, b, st, w, b), direct)
+
+
+def test_dense_refit_holds_out_feeds_and_reports_its_choices(rng: np.random.Generator) -> None:
+    dense = biased_mlp(rng)
+    _, st = _prune(dense, _calib(rng, n=20), sequential=0, refit="dense")
+    chosen = st["refit_damping_chosen"]
+    assert sum(chosen.values()) == 7 and set(chosen) <= {"kept", "0.01", "0.1", "1.0"}
+    assert st["refit_feeds"] == 20
+
+
+def residual_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch: int = 64) -> onnx.ModelProto:
+    """x -> [x + down(relu(up(x) + bu)) + bd] x depth -> y: residual blocks (pre-norm-free)."""
+    f = np.float32
+    init: dict[str, np.ndarray] = {}
+    nodes = []
+    cur = "x"
+    for i in range(depth):
+        init[f"u{i}"] = (rng.standard_normal((D, hidden)) / np.sqrt(D)).astype(f)
+        init[f"bu{i}"] = (0.3 + 0.2 * rng.standard_normal(hidden)).astype(f)
+        init[f"d{i}"] = (rng.standard_normal((hidden, D)) / np.sqrt(hidden)).astype(f)
+        init[f"bd{i}"] = (0.1 * rng.standard_normal(D)).astype(f)
+        nodes += [
+            helper.make_node("MatMul", [cur, f"u{i}"], [f"h{i}"], name=f"up{i}"),
+            helper.make_node("Add", [f"h{i}", f"bu{i}"], [f"hb{i}"], name=f"upb{i}"),
+            helper.make_node("Relu", [f"hb{i}"], [f"r{i}"], name=f"act{i}"),
+            helper.make_node("MatMul", [f"r{i}", f"d{i}"], [f"o{i}"], name=f"down{i}"),
+            helper.make_node("Add", [f"o{i}", f"bd{i}"], [f"ob{i}"], name=f"downb{i}"),
+            helper.make_node("Add", [cur, f"ob{i}"], [f"s{i}"], name=f"res{i}"),
+        ]
+        cur = f"s{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"], name="out"))
+    vi = helper.make_tensor_value_info
+    return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, D])], [vi("y", TensorProto.FLOAT, [batch, D])], init)
+
+
+def test_residual_refit_finds_the_residual_adds_and_corrects_the_stream(rng: np.random.Generator) -> None:
+    from spa_compiler.criteria.refit import linear_layers
+
+    dense = residual_mlp(rng)
+    lins = {x.node: x for x in linear_layers(ModelIR.from_proto(dense))}
+    assert lins["down1"].residual == "s0" and lins["down0"].residual == "x" and lins["up1"].residual is None
+    calib, held_out = _calib(rng, n=20), _calib(np.random.default_rng(11))
+    layer, _ = _prune(dense, calib, sequential=0, refit="layer")
+    res, st = _prune(dense, calib, sequential=0, refit="residual")
+    check_model(res)
+    assert st["refit_stages"] >= 4  # one residual-corrected layer a stage
+    el, er = relative_output_error(layer, dense, held_out), relative_output_error(res, dense, held_out)
+    assert er < el, (er, el)

@@ -1,0 +1,161 @@
+"""Where the fidelity to the dense model is lost (issue 13): one fixed plan, several re-fits.
+
+    python -m benchmarks.quality.ablate --model minilm --report W/minilm-e2e-0.6.report.json \\
+        --out benchmarks/quality/results/ablate-minilm.json
+
+The plan (kept units per group) is read from a compile report, so the search's choice is held
+fixed and only what follows it varies:
+
+- ``layer-oneshot``: each pruned consumer re-fitted by OBS on the dense model's inputs (sequential=0,
+  refit=layer: the compiler before issue 13);
+- ``layer-seq4``: the same re-fit from the compressed model's inputs, 4 stages (sequential=4);
+- ``dense-1`` / ``dense-4``: every linear layer from the first pruned one on re-fitted to the dense
+  model's outputs given the compressed inputs, bias included (`criteria.refit`), in 1 / 4 stages
+  (sequential=0);
+- ``residual``: the same with the residual's error in the target of a layer that feeds a residual
+  Add (one such layer a stage);
+- ``isolated``: each group's cut alone (every other group dense, one-shot re-fit): its own output
+  error; the sum against the joint plan's says how much compounds.
+
+Every figure is measured on held-out data (the evaluation split, never the calibration):
+``1 - cosine`` of the mean-pooled sentence embeddings (the harness's `cosine_to_dense`), and per
+residual-stream checkpoint (every LayerNormalization output both models have) the mean token cosine.
+Only MiniLM has its held-out feeds here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _held_out(n: int) -> list[str]:
+    from benchmarks.quality import evaluate
+
+    texts, _ = evaluate._movie_data()
+    _tr, te = evaluate.movie_split(2000, 1000)
+    return [texts[i] for i in te[:n]]
+
+
+def _sentence_cos(model: Any, dense_emb: np.ndarray, texts: list[str]) -> float:
+    from benchmarks.quality import evaluate
+    from spa_compiler.ort import make_session
+
+    emb = evaluate.minilm_embeddings(make_session(model, threads=2, optimize=True), texts)
+    a = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    b = dense_emb / np.linalg.norm(dense_emb, axis=1, keepdims=True)
+    return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def _checkpoints(model: Any, dense: Any, texts: list[str]) -> dict[str, float]:
+    """Mean token cosine at every LayerNormalization output of both models."""
+    from benchmarks.quality import evaluate
+    from spa_compiler.calibration import ActivationCollector
+
+    names = [n.outputs[0].name for n in dense.graph.nodes if n.op == "LayerNormalization"]
+    have = {t for n in model.graph.nodes for t in (o.name for o in n.outputs)}
+    names = [x for x in names if x in have]
+    ids, types = evaluate._minilm_tokens(texts)
+    cc, cd = ActivationCollector(model, names), ActivationCollector(dense, names)
+    sums = dict.fromkeys(names, 0.0)
+    count = 0
+    for x, t in zip(ids, types):
+        feed = {"input_ids": x[None], "attention_mask": np.ones((1, x.size), np.int64), "token_type_ids": t[None]}
+        feed = {k: v for k, v in feed.items() if k in cc.input_names}
+        a, b = cc.run(feed), cd.run(feed)
+        for nm in names:
+            u, v = np.asarray(a[nm], np.float64).reshape(-1, a[nm].shape[-1]), np.asarray(b[nm], np.float64).reshape(-1, b[nm].shape[-1])
+            cos = np.sum(u * v, 1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-12)
+            sums[nm] += float(cos.sum())
+        count += x.size
+    return {nm.replace("/enc/encoder/", "").replace("/LayerNormalization_output_0", ""): round(s / count, 5)
+            for nm, s in sums.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality.ablate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["minilm"], default="minilm")
+    ap.add_argument("--report", required=True, help="a compile report of prune-to-budget (the plan)")
+    ap.add_argument("--variants", default="layer-oneshot,layer-seq4,dense-1,dense-4,isolated")
+    ap.add_argument("--n-test", type=int, default=300, help="held-out sentences (evaluation split)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from benchmarks.quality import evaluate
+    from benchmarks.quality.table import MODELS
+    from spa_compiler.context import CompileContext
+    from spa_compiler.ir import ModelIR
+    from spa_compiler.models_zoo import real
+    from spa_compiler.ort import make_session
+    from spa_compiler.passes.prune_to_budget import PruneToBudgetPass
+    import onnx
+
+    cfg = MODELS[args.model]
+    rep = json.loads(pathlib.Path(args.report).read_text())
+    rec = next(p for p in rep["passes"] if p["name"] == "prune-to-budget")
+    kept = {d["group"]: int(d["kept"]) for d in rec.get("details", []) if "group" in d and "kept" in d}
+    dense_path = real.export_real(cfg["real"], cfg["exporter"])
+    dense = ModelIR.from_proto(onnx.load(str(dense_path)))
+    shapes = {s.split(":")[0]: [int(v) for v in s.split(":")[1].split("x")] for s in cfg["shapes"]}
+    calib = list(evaluate.minilm_calibration())
+    ctx = CompileContext(calibration=calib, input_shapes=shapes)
+    t0 = time.perf_counter()
+    base = PruneToBudgetPass(criterion="obs", round_to=1)
+    method = base.build_method(dense.clone(), ctx)
+    method_s = time.perf_counter() - t0
+    paths0 = dict(method.paths)
+    texts = _held_out(args.n_test)
+    dense_emb = evaluate.minilm_embeddings(make_session(dense, threads=2, optimize=True), texts)
+    out: dict[str, Any] = {"command": "python -m benchmarks.quality.ablate " + " ".join(argv or sys.argv[1:]),
+                           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                           "load_avg": os.getloadavg(), "kept": kept, "n_test": len(texts),
+                           "method_build_s": round(method_s, 1), "variants": {}}
+    settings = {"layer-oneshot": dict(sequential=0, refit="layer"), "layer-seq4": dict(sequential=4, refit="layer"),
+                "dense-1": dict(sequential=0, refit="dense", refit_stages=1),
+                "dense-4": dict(sequential=0, refit="dense", refit_stages=4),
+                "dense-4-seq4": dict(sequential=4, refit="dense", refit_stages=4),
+                "residual": dict(sequential=0, refit="residual")}
+    for v in args.variants.split(","):
+        t = time.perf_counter()
+        if v == "isolated":
+            iso = {}
+            for g, k in kept.items():
+                if k >= method.groups[g].n_units:
+                    continue
+                method.paths = {x: dataclasses.replace(p, fitted={}) for x, p in paths0.items()}
+                m = dense.clone()
+                method.apply(m, {g: k})
+                iso[g] = round(1 - _sentence_cos(m, dense_emb, texts), 5)
+            out["variants"][v] = {"by_group": iso, "sum": round(sum(iso.values()), 5),
+                                  "seconds": round(time.perf_counter() - t, 1)}
+            print(v, out["variants"][v], flush=True)
+            continue
+        method.paths = {x: dataclasses.replace(p, fitted={}) for x, p in paths0.items()}
+        p = PruneToBudgetPass(criterion="obs", round_to=1, **settings[v])
+        m = dense.clone()
+        stats = p._sequential(m, ctx, method, kept)
+        method.apply(m, kept)
+        cos = _sentence_cos(m, dense_emb, texts)
+        out["variants"][v] = {"cosine_to_dense": round(cos, 5), "error": round(1 - cos, 5),
+                              "checkpoints": _checkpoints(m, dense, texts[:100]),
+                              "stats": {k: x for k, x in stats.items() if k != "refitted"},
+                              "seconds": round(time.perf_counter() - t, 1)}
+        print(v, {k: x for k, x in out["variants"][v].items() if k != "checkpoints"}, flush=True)
+    path = pathlib.Path(args.out)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    os.replace(tmp, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
