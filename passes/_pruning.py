@@ -236,7 +236,8 @@ class PruningPass(Pass):
         if dense:
             method.skipped["nothing-to-remove"] = method.skipped.get("nothing-to-remove", 0) + dense
         seq = self._sequential(model, ctx, method, kept)
-        stats = method.apply(model, kept)
+        # validated by the PassManager (after the pass or at the end, as the user chose), not twice
+        stats = method.apply(model, kept, validate=False, progress=ctx.progress)
         stats.update(seq)
         details = [method.detail(g, k) for g, k in kept.items()]
         stats.update(criterion=method.criterion, mode="uniform", ratio=self.ratio,
@@ -380,7 +381,8 @@ class PruningPass(Pass):
         )
         kept = {str(g): int(k) for g, k in out.plan.items()}  # type: ignore[call-overload]
         seq = self._sequential(model, ctx, method, kept, cache)
-        stats: dict[str, Any] = method.apply(model, kept)
+        # validated by the PassManager (after the pass or at the end, as the user chose), not twice
+        stats: dict[str, Any] = method.apply(model, kept, validate=False, progress=ctx.progress)
         stats.update(seq)
         if probe is not None:
             # the search's figure (one-shot re-fit) and the emitted model's (after sequential calibration)

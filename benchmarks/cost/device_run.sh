@@ -8,7 +8,8 @@
 # (benchmarks.cost.models llama1b, built here first, in the background while ResNet-50 compiles);
 # MobileNetV3-Large batch 32 with what time is left. TINY=1: the same steps at tiny sizes (a rehearsal
 # on a machine without a GPU: latencies are then the analytic model's).
-#   BUDGET_S: seconds for the whole script; RESNET_S, LLAMA_S: each case's own limit.
+#   BUDGET_S: seconds for the whole script; RESNET_S, LLAMA_S: each case's own limit (RESNET_S=0: skipped);
+#   MOBILENET=0: MobileNetV3 skipped.
 set -u
 start=$(date +%s)
 left() { echo $(( ${BUDGET_S:-560} - ($(date +%s) - start) )); }
@@ -24,11 +25,13 @@ else LL=llama1b; LC=llama1b-calib; RN=resnet50; RC=resnet50-b32-cuda; fi
 # the decoder is built in the background (CPU, one process) while ResNet-50 compiles (GPU)
 ( $(command -v /usr/bin/time >/dev/null && echo /usr/bin/time -v) python3 -m benchmarks.cost.models $LL "$M/llama/model.onnx" > "$M/llama-build.log" 2>&1 ) &
 build=$!
-python3 -m benchmarks.cost.models $RN "$M/$RN.onnx" 2>>"$OUT/build.log"
-log "$RN built"
-timeout -k 10 ${RESNET_S:-240} python3 -m benchmarks.cost.run $RC --models "$M" --out "$OUT/gpu.jsonl" \
-  --logs "$OUT" --timeout $(( ${RESNET_S:-240} - 10 )) >>"$OUT/run.log" 2>&1
-log "resnet50 done"
+if [ "${RESNET_S:-240}" -gt 0 ]; then  # RESNET_S=0: the decoder only
+  python3 -m benchmarks.cost.models $RN "$M/$RN.onnx" 2>>"$OUT/build.log"
+  log "$RN built"
+  timeout -k 10 ${RESNET_S:-240} python3 -m benchmarks.cost.run $RC --models "$M" --out "$OUT/gpu.jsonl" \
+    --logs "$OUT" --timeout $(( ${RESNET_S:-240} - 10 )) >>"$OUT/run.log" 2>&1
+  log "resnet50 done"
+fi
 wait $build; log "llama built ($(du -sh "$M/llama" | cut -f1))"
 lim=$(( $(left) - ${MOBILENET_S:-0} - 5 )); [ $lim -gt ${LLAMA_S:-600} ] && lim=${LLAMA_S:-600}
 if [ $lim -gt 30 ]; then
@@ -37,7 +40,7 @@ if [ $lim -gt 30 ]; then
 fi
 log "llama done"
 rm -rf "$M/llama"
-if [ "$(left)" -gt 60 ] && python3 -c "import torchvision" 2>/dev/null; then
+if [ "${MOBILENET:-1}" = 1 ] && [ "$(left)" -gt 60 ] && python3 -c "import torchvision" 2>/dev/null; then
   python3 -m benchmarks.cost.device_models mobilenetv3 "$M/mobilenetv3.onnx" 2>>"$OUT/build.log"
   lim=$(( $(left) - 5 ))
   timeout -k 10 $lim python3 -m benchmarks.cost.run mobilenetv3-b32-cuda --models "$M" --out "$OUT/gpu.jsonl" \

@@ -388,16 +388,41 @@ def solve_kept(
         return out
     if np.unique(keep).size != keep.size or keep.min() < 0 or keep.max() >= ww.shape[1]:
         raise ValueError("keep_cols must be distinct column indices of W")
+    from spa_compiler.criteria.backend import torch_device
+
+    dev = torch_device(keep.size)
+    if dev is not None:
+        sol_t = _solve_kept_torch(ww, hh, keep, dev)
+        if sol_t is not None:
+            out[:, keep] = sol_t.T
+            return out
     h_kk = hh[np.ix_(keep, keep)]
     rhs = hh[keep, :] @ ww.T  # (K, out) = (W H_:,K)^T
     try:
-        np.linalg.cholesky(h_kk)
+        np.linalg.cholesky(h_kk)  # PD check; solve's LU on the same matrix is as fast as two triangular solves
         sol = np.linalg.solve(h_kk, rhs)
     except np.linalg.LinAlgError:
         logger.warning("H restricted to %d kept columns is singular; using lstsq", keep.size)
         sol = np.linalg.lstsq(h_kk, rhs, rcond=None)[0]
     out[:, keep] = sol.T
     return out
+
+
+def _solve_kept_torch(ww: FloatArray, hh: FloatArray, keep: npt.NDArray[np.intp], dev: Any) -> FloatArray | None:
+    """`solve_kept`'s PD solve in float64 on a torch (CUDA) device: one Cholesky factor and its two
+    triangular solves; None when H_KK is not PD there (the caller falls back to numpy's lstsq)."""
+    import torch
+
+    th = torch.as_tensor(hh, dtype=torch.float64, device=dev)
+    idx = torch.as_tensor(keep, device=dev)
+    h_kk = th.index_select(0, idx).index_select(1, idx)
+    rhs = th.index_select(0, idx) @ torch.as_tensor(ww, dtype=torch.float64, device=dev).T
+    del th
+    low, info = torch.linalg.cholesky_ex(h_kk)
+    if int(info) != 0:
+        return None
+    sol = torch.cholesky_solve(rhs, low)
+    return np.asarray(sol.cpu().numpy(), dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------- greedy

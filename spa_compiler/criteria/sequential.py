@@ -208,10 +208,14 @@ def _subgraph_reads(node: Any) -> set[str]:
 
 
 def mask_plan(model: ModelIR, paths: Iterable[Any], kept: Mapping[str, int]) -> None:
-    """Write each path's re-fitted consumer weights (removed columns zero) into `model`."""
+    """Write each path's re-fitted consumer weights (removed columns zero) into `model`, and keep
+    them as the path's fit at that level (`GroupPath.fitted`), so applying the plan does not solve
+    them again."""
     tensors = model.tensors()
     for p in paths:
-        for i, w in p.compensated(kept[p.group_id]).items():
+        k = kept[p.group_id]
+        for i, w in p.compensated(k).items():
+            p.fitted[i] = (k, w)  # the plan's apply writes the same weights: solved once
             const = tensors.get(p.views[i].const.name)
             if const is None or len(const.outputs) != 1:
                 continue  # shared weights are never re-fitted (as in apply_plan)

@@ -78,8 +78,12 @@ def apply_plan(
     validate: bool = True,
     analysis: GroupAnalysis | None = None,
     compensate: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Prune `model` in place to `kept` units per group, writing compensated weights first.
+
+    `progress(stage, done, total)` is told after each group's re-fit ("re-fit") and before the
+    removal ("remove units"), for the log of a long apply (a 1B model's solves take a minute).
 
     `compensate=False` skips the re-fit (least-squares solves): a candidate that is only timed has
     the same latency with any weight values, so the search pays for the solves once, at the end.
@@ -93,11 +97,13 @@ def apply_plan(
     skipped_shared = 0
     done: set[str] = set()
     plan: dict[str, list[int]] = {}
-    for gid, k in kept.items():
+    todo = [g for g, k in kept.items() if k < paths[g].n_units]
+    for j, gid in enumerate(todo):
+        k = kept[gid]
         path = paths[gid]
-        if k >= path.n_units:
-            continue
         plan[gid] = path.removed(k)
+        if progress is not None and compensate:
+            progress("re-fit", j, len(todo))
         for i, w in (path.compensated(k) if compensate else {}).items():
             view = path.views[i]
             const = tensors.get(view.const.name)
@@ -109,9 +115,13 @@ def apply_plan(
             const.values = w
             done.add(view.const.name)
             compensated += 1
+    if progress is not None and compensate and todo:
+        progress("re-fit", len(todo), len(todo))
     if not plan:
         stats: dict[str, Any] = {"groups_pruned": 0}
     else:
+        if progress is not None:
+            progress("remove units", 0, 1)
         bound = analysis.for_clone(model) if analysis is not None else analyze(model, units=units)
         stats = prune_groups(model, plan, analysis=bound, validate=validate)
     stats = {k: v for k, v in stats.items() if k != "removed"}  # per-unit lists go to details
@@ -276,7 +286,8 @@ class PruningMethod:
         del a, b
         return False  # the analysis makes groups disjoint
 
-    def apply(self, model: ModelIR, plan: Plan, *, exact: bool = True, validate: bool = True) -> dict[str, Any]:
+    def apply(self, model: ModelIR, plan: Plan, *, exact: bool = True, validate: bool = True,
+              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
         kept = {str(g): int(k) for g, k in plan.items()}  # type: ignore[call-overload]
         if self.paths is None:
             if exact:
@@ -287,7 +298,7 @@ class PruningMethod:
                 return {"groups_pruned": 0}
             return prune_groups(model, removal, analysis=self.analysis.for_clone(model), validate=validate)
         return apply_plan(model, self.paths, kept, units=self.units, validate=validate,
-                          analysis=self.analysis, compensate=exact)
+                          analysis=self.analysis, compensate=exact, progress=progress)
 
     # ------------------------------------------------------------------ plans and reports
     def uniform_plan(self, share: float, levels: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:

@@ -80,3 +80,22 @@ def test_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert backend.torch_device(10_000).type == "cpu"
     monkeypatch.setenv(backend.ENV, "bogus")  # unknown: auto
     assert backend.torch_device(1) is None or torch.cuda.is_available()
+
+
+def test_solve_kept_equals_numpy(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept-column re-fit (one Cholesky factor on the device) equals numpy's solve; a
+    singular H_KK still falls back to the minimum-norm solution."""
+    from spa_compiler.criteria.obs import solve_kept
+
+    rng = np.random.default_rng(5)
+    w, h = _layer(rng, 12, 40)
+    keep = rng.permutation(40)[:27]
+    ref = _with(monkeypatch, "cpu", lambda: solve_kept(w, h, keep))
+    got = _with(monkeypatch, device, lambda: solve_kept(w, h, keep))
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-10)
+    assert not got[:, np.setdiff1d(np.arange(40), keep)].any()
+    x = rng.standard_normal((40, 5))  # rank 5 < 27 kept columns: not PD
+    h_low = 2.0 * x @ x.T
+    ref = _with(monkeypatch, "cpu", lambda: solve_kept(w, h_low, keep))
+    got = _with(monkeypatch, device, lambda: solve_kept(w, h_low, keep))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-8)

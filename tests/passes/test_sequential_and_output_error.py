@@ -73,6 +73,33 @@ def test_sequential_calibration_beats_one_shot_on_a_deep_chain(rng: np.random.Ge
     np.testing.assert_allclose(seq.tensors()["d0"].values, one.tensors()["d0"].values, rtol=1e-5, atol=1e-6)
 
 
+def test_sequential_refit_solves_each_consumer_once(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The masked re-fit of a stage is the plan's re-fit: applying the plan reuses it (no second
+    solve per consumer) and writes the same weights as solving again."""
+    from spa_compiler.criteria import obs
+
+    dense = deep_mlp(rng, depth=4)
+    calib = _calib(rng)
+    calls = []
+    real = obs.solve_kept
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(obs, "solve_kept", spy)
+    model, st = _prune(dense, calib, sequential=4)
+    assert st["weights_refitted"] > 0 and len(calls) == st["weights_refitted"], (len(calls), st)
+    from spa_compiler.criteria.paths import GroupPath
+
+    monkeypatch.setattr(GroupPath, "fitted", property(lambda self: {}, lambda self, v: None), raising=False)
+    calls.clear()
+    again, _ = _prune(dense, calib, sequential=4)
+    assert len(calls) > st["weights_refitted"]  # without the cache: solved at mask and at apply
+    for name in [f"d{i}" for i in range(4)]:
+        np.testing.assert_array_equal(model.tensors()[name].values, again.tensors()[name].values)
+
+
 def test_sequential_with_two_stages_runs_one_extra_pass(rng: np.random.Generator) -> None:
     dense = deep_mlp(rng, depth=4)
     _, st = _prune(dense, _calib(rng), sequential=2)
