@@ -124,6 +124,8 @@ def apply_plan(
             progress("remove units", 0, 1)
         bound = analysis.for_clone(model) if analysis is not None else analyze(model, units=units)
         stats = prune_groups(model, plan, analysis=bound, validate=validate)
+        if progress is not None:
+            progress("remove units", 1, 1)
     stats = {k: v for k, v in stats.items() if k != "removed"}  # per-unit lists go to details
     stats["weights_refitted"] = compensated
     stats["refit_skipped_shared"] = skipped_shared
