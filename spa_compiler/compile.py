@@ -328,7 +328,7 @@ def compile_model(
     else:
         report.after = model_stats(out, shapes)
     report.stage = "deploy check"
-    report.output["deploy"] = tgt.deploy_check(dst, shapes)
+    report.output["deploy"] = tgt.deploy_check(dst, shapes, timed=provider is not None)
     if tgt.name == "tensorrt":  # the builder settings the deploy check applied, for deployment
         report.output["deploy"]["builder_settings"] = {
             "precision": f"{precision} (from the file's tensor types: the written model is {precision})",

@@ -348,7 +348,9 @@ class ModelIR:
 
     def fingerprint(self) -> str:
         """Hash of the serialized graph, for the never-modified and equality checks in tests."""
-        return hashlib.sha256(self.to_proto().SerializeToString(deterministic=True)).hexdigest()
+        from spa_compiler.protos import digest
+
+        return digest(self.to_proto())
 
 
 def is_float_dtype(dtype: Any) -> bool:
@@ -615,6 +617,22 @@ def _check_opsets(model: onnx.ModelProto) -> None:
             )
 
 
+def _mark_external(graph: onnx.GraphProto, location: str, min_bytes: int) -> None:
+    """Point every initializer of `graph` and its subgraphs with at least `min_bytes` of raw data
+    at `location` (onnx.save_model then writes them there, one file)."""
+    from onnx.external_data_helper import set_external_data
+
+    for t in graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) >= min_bytes:
+            set_external_data(t, location)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _mark_external(attr.g, location, min_bytes)
+            for sub in attr.graphs:
+                _mark_external(sub, location, min_bytes)
+
+
 def save_proto(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -644,15 +662,13 @@ def save_proto(
         tmp_model = tmpdir / dest.name
         try:
             if external_data:
-                model = copy.deepcopy(model)
-                onnx.save_model(
-                    model,
-                    str(tmp_model),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_name,
-                    size_threshold=EXTERNAL_DATA_MIN_TENSOR,
-                )
+                model = copy.deepcopy(model)  # writing the data clears it from the proto
+                # tensors are marked here, not through save_model(save_as_external_data=True): onnx
+                # refuses when a file named like the data file exists in the *working* folder (it
+                # tests the relative location against the cwd), e.g. compiling model.onnx to
+                # out/model.onnx from the input's folder
+                _mark_external(model.graph, data_name, EXTERNAL_DATA_MIN_TENSOR)
+                onnx.save_model(model, str(tmp_model))
             else:
                 onnx.save_model(model, str(tmp_model))
         except OSError as e:

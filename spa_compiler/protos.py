@@ -48,3 +48,60 @@ def stripped_large_tensors(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
             del t.external_data[:]
             t.external_data.add(key="location", value="__stripped__")
     yield stripped
+
+
+def digest(model: onnx.ModelProto) -> str:
+    """SHA-256 hex digest of a model's content, for any size.
+
+    Under `EXTERNAL_DATA_THRESHOLD` bytes of inline data: of its deterministic serialization. Past
+    it (protobuf cannot serialize a message over 2 GB): of each large initializer's name and data,
+    one tensor at a time, then of the serialization of the model with those tensors' data left out
+    (a different but equally exact content hash; the two forms never compare with each other, as
+    one model is either under the limit or past it)."""
+    import hashlib
+
+    if proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    h = hashlib.sha256(b"spa-compiler large-model digest v1\0")
+    skeleton = _without_graph(model)
+    g = skeleton.graph
+    for field, value in model.graph.ListFields():
+        if field.name == "initializer":
+            continue
+        if _repeated(field):
+            getattr(g, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(g, field.name).CopyFrom(value)
+        else:
+            setattr(g, field.name, value)
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) > EXTERNAL_DATA_MIN_TENSOR:
+            head = g.initializer.add()
+            head.CopyFrom(t)  # one tensor's bytes at a time
+            h.update(t.name.encode() + b"\0")
+            h.update(head.raw_data)
+            head.ClearField("raw_data")
+        else:
+            g.initializer.add().CopyFrom(t)
+    h.update(skeleton.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def _without_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name == "graph":
+            continue
+        if _repeated(field):
+            getattr(out, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(out, field.name).CopyFrom(value)
+        else:
+            setattr(out, field.name, value)
+    return out
+
+
+def _repeated(field: object) -> bool:
+    """Whether a protobuf field is repeated (`is_repeated` in newer protobuf, `label` before)."""
+    rep = getattr(field, "is_repeated", None)
+    return bool(rep) if rep is not None else getattr(field, "label", 0) == 3

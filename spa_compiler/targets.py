@@ -132,14 +132,16 @@ class Target:
         return AnalyticProvider(device=device, input_shapes=dict(input_shapes or {}))
 
     # ------------------------------------------------------------------ deploying
-    def deploy_check(self, path: Path, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    def deploy_check(self, path: Path, shapes: Mapping[str, Sequence[int]], *, timed: bool = True) -> dict[str, Any]:
         """Check the written model deploys on the target's toolchain as far as this machine allows.
 
         tensorrt: parse and build an engine (ahead of time for SM 8.9 with TensorRT-RTX on a machine
         without a GPU), dense and with the sparse-weights flag. ort-*: the session already loaded
-        when the output was timed.
+        when the output was timed (`timed`; without it nothing ran the output, and the check says so).
         """
         if self.name != "tensorrt":
+            if not timed:
+                return {"checked": False, "why": "not measured (--no-measure): no onnxruntime session ran the output"}
             return {"checked": "onnxruntime session created and run on the output"}
         from spa_compiler.errors import SpaError
         from spa_compiler.latency.tensorrt import build_engine, describe, trt_module

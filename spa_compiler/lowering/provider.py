@@ -10,7 +10,6 @@ serialized model last timed (the report compares it with the file written).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +19,11 @@ from spa_compiler.lowering.core import Lowering, lower
 
 
 def proto_digest(model: onnx.ModelProto) -> str:
-    """SHA-256 of a model's serialization (external data loaded: layout does not count)."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    """SHA-256 of a model's content (external data loaded: layout does not count; any size,
+    `protos.digest`)."""
+    from spa_compiler.protos import digest
+
+    return digest(model)
 
 
 @dataclasses.dataclass

@@ -48,6 +48,24 @@ def test_external_data_round_trip(tmp_path: Path, monkeypatch) -> None:
     np.testing.assert_array_equal(run_ort(proto, feeds)[0], run_ort(reloaded, feeds)[0])
 
 
+def test_external_data_save_from_the_inputs_folder(tmp_path: Path, monkeypatch) -> None:
+    """`spa-compile m.onnx -o out/m.onnx` run in m.onnx's folder: a file named like the output's
+    data file sits in the working folder (the input's own m.onnx.data); onnx's own external-data
+    conversion refused that ("External data file exists"), the save must not."""
+    rng = np.random.default_rng(7)
+    proto = conv_chain_model(rng)
+    onnx.save_model(proto, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    before = (tmp_path / "m.onnx.data").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ir_mod, "EXTERNAL_DATA_THRESHOLD", 0)
+    (tmp_path / "out").mkdir()
+    ModelIR.load(Path("m.onnx")).save(Path("out") / "m.onnx")
+    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (tmp_path / "m.onnx.data").read_bytes() == before  # the input's data untouched
+    feeds = _feeds(rng)
+    np.testing.assert_array_equal(run_ort(proto, feeds)[0], run_ort(onnx.load("out/m.onnx"), feeds)[0])
+
+
 def test_save_failure_leaves_nothing(tmp_path: Path, rng: np.random.Generator, monkeypatch) -> None:
     model = ModelIR.from_proto(conv_chain_model(rng))
     dest = tmp_path / "o.onnx"

@@ -44,7 +44,33 @@ def test_external_data_decoder_past_the_limit_compiles(tmp_path: Path, monkeypat
     compile_model(folder / "model.onnx", out, pipeline="cleanup,prune-ziplm{criterion=obs,units=neuron,ratio=0.25},cleanup",
                   target="ort-cpu", measure_latency=False, validate="end", input_shapes=shapes, calibration=calib, report=report, seed=0)
     assert report.to_dict()["status"] == "ok"
+    # the report's digest of what was written, taken past the limit (the 1B compile failed there)
+    assert report.output["sha256_lowered"] == protos.digest(onnx.load(str(out)))
     assert spill.stats()["spilled"] > spilled
     assert (out.parent / "model.onnx.data").exists()  # written with external data
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("spa-hessian-")] == []
     ModelIR.load(out)
+
+
+def test_digest_of_a_model_past_the_limit_hashes_every_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the limit the digest never serializes the whole model (protobuf refuses 2 GB: the 1B
+    compile's report failed there), and still changes with any single weight."""
+    from spa_compiler import models_zoo
+
+    proto = onnx.load(str(models_zoo.build("tiny_llama", "torchscript")))
+    small = protos.digest(proto)
+    monkeypatch.setattr(protos, "EXTERNAL_DATA_THRESHOLD", protos.proto_bytes(proto) // 4)
+    large = protos.digest(proto)
+    assert large != small and len(large) == 64
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    assert protos.digest(copy) == large
+    t = max(copy.graph.initializer, key=lambda t: len(t.raw_data))
+    arr = onnx.numpy_helper.to_array(t).copy()
+    arr.flat[7] += 1.0
+    t.raw_data = arr.tobytes()
+    assert protos.digest(copy) != large
+    copy.CopyFrom(proto)
+    copy.graph.node[0].name += "x"  # the structure counts too
+    assert protos.digest(copy) != large
+    assert proto.graph.initializer[0].HasField("raw_data")  # the model hashed is left as it was
