@@ -669,6 +669,8 @@ def save_proto(
                 # out/model.onnx from the input's folder
                 _mark_external(model.graph, data_name, EXTERNAL_DATA_MIN_TENSOR)
                 onnx.save_model(model, str(tmp_model))
+                # onnx creates the data file private (0600); give it the model file's mode
+                os.chmod(tmpdir / data_name, os.stat(tmp_model).st_mode & 0o777)
             else:
                 onnx.save_model(model, str(tmp_model))
         except OSError as e:

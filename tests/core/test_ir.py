@@ -62,6 +62,8 @@ def test_external_data_save_from_the_inputs_folder(tmp_path: Path, monkeypatch) 
     ModelIR.load(Path("m.onnx")).save(Path("out") / "m.onnx")
     assert sorted(q.name for q in (tmp_path / "out").iterdir()) == ["m.onnx", "m.onnx.data"]
     assert (tmp_path / "m.onnx.data").read_bytes() == before  # the input's data untouched
+    mode = lambda p: (tmp_path / "out" / p).stat().st_mode & 0o777  # noqa: E731
+    assert mode("m.onnx.data") == mode("m.onnx")  # readable like the model (onnx makes it 0600)
     feeds = _feeds(rng)
     np.testing.assert_array_equal(run_ort(proto, feeds)[0], run_ort(onnx.load("out/m.onnx"), feeds)[0])
 
