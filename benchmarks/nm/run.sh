@@ -63,10 +63,11 @@ for what in "$@"; do
       done ;;
     minilm)
       M=$(export_dense minilm-l6 torchscript)
-      # no --input-shape: the calibration feeds are single sentences of their own lengths (a fixed
-      # hint would reject them); keep=all needs no fixed shapes
+      # the hints size the compile's own checks; calibration feeds are single sentences of their
+      # own lengths (checked against the model's declared shapes, not against the hints)
       for crit in ${CRITERIA:-magnitude wanda sparsegpt sparsegpt-seq}; do
-        compile_eval minilm "$M" "$crit" "$CAL:minilm_calibration"
+        compile_eval minilm "$M" "$crit" "$CAL:minilm_calibration" --input-shape input_ids:1x128 \
+          --input-shape attention_mask:1x128 --input-shape token_type_ids:1x128
       done ;;
     efficientnet)
       M=$(export_dense efficientnet-lite0 torchscript)
