@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -63,17 +64,10 @@ def digest(model: onnx.ModelProto) -> str:
     if proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     h = hashlib.sha256(b"spa-compiler large-model digest v1\0")
-    skeleton = _without_graph(model)
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
     g = skeleton.graph
-    for field, value in model.graph.ListFields():
-        if field.name == "initializer":
-            continue
-        if _repeated(field):
-            getattr(g, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(g, field.name).CopyFrom(value)
-        else:
-            setattr(g, field.name, value)
+    _copy_fields(model.graph, g, skip="initializer")
     for t in model.graph.initializer:
         if t.HasField("raw_data") and len(t.raw_data) > EXTERNAL_DATA_MIN_TENSOR:
             head = g.initializer.add()
@@ -87,18 +81,17 @@ def digest(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def _without_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    for field, value in model.ListFields():
-        if field.name == "graph":
+def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
+    """Copy every set field of protobuf message `src` into `dst` except the field `skip`."""
+    for field, value in src.ListFields():
+        if field.name == skip:
             continue
         if _repeated(field):
-            getattr(out, field.name).extend(value)
+            getattr(dst, field.name).extend(value)
         elif field.message_type is not None:
-            getattr(out, field.name).CopyFrom(value)
+            getattr(dst, field.name).CopyFrom(value)
         else:
-            setattr(out, field.name, value)
-    return out
+            setattr(dst, field.name, value)
 
 
 def _repeated(field: object) -> bool:
