@@ -61,6 +61,7 @@ from spa_compiler.errors import (
     UsageError,
 )
 from spa_compiler.ir import ModelIR
+from spa_compiler.protos import copy_fields
 
 logger = logging.getLogger(__name__)
 
@@ -628,9 +629,9 @@ def _externalized(proto: onnx.ModelProto, folder: str, location: str) -> onnx.Mo
     ``onnx.save_model(save_as_external_data=True)``, the caller's model is not modified.
     """
     skel = onnx.ModelProto()
-    _copy_fields(skel, proto, skip="graph")
+    copy_fields(skel, proto, skip="graph")
     g, src = skel.graph, proto.graph
-    _copy_fields(g, src, skip="initializer")
+    copy_fields(g, src, skip="initializer")
     offset = 0
     with open(os.path.join(folder, location), "wb") as f:
         for t in src.initializer:
@@ -653,32 +654,11 @@ def _externalized(proto: onnx.ModelProto, folder: str, location: str) -> onnx.Mo
     return skel
 
 
-def _copy_fields(dst: Any, src: Any, skip: str) -> None:
-    """Copy the set fields of protobuf message `src` into `dst`, except field `skip`."""
-    for field, value in src.ListFields():
-        if field.name == skip:
-            continue
-        if isinstance(value, (str, bytes, int, float, bool)):
-            setattr(dst, field.name, value)
-        elif hasattr(value, "extend"):  # repeated field
-            getattr(dst, field.name).extend(value)
-        else:
-            getattr(dst, field.name).CopyFrom(value)
-
-
 def _used_names(g: onnx.GraphProto) -> set[str]:
     """Every tensor name a node of `g` (or of its subgraphs) reads, and the graph's outputs."""
-    used = {o.name for o in g.output}
-    stack = [g]
-    while stack:
-        gg = stack.pop()
-        for n in gg.node:
-            used.update(n.input)
-            for a in n.attribute:
-                if a.HasField("g"):
-                    stack.append(a.g)
-                stack.extend(a.graphs)
-    return used
+    from spa_compiler.protos import graphs
+
+    return {o.name for o in g.output} | {x for gg in graphs(g) for n in gg.node for x in n.input}
 
 
 def keep_only(g: onnx.GraphProto, names: Sequence[str], stop: Iterable[str] = ()) -> None:

@@ -622,15 +622,12 @@ def _mark_external(graph: onnx.GraphProto, location: str, min_bytes: int) -> Non
     at `location` (onnx.save_model then writes them there, one file)."""
     from onnx.external_data_helper import set_external_data
 
-    for t in graph.initializer:
-        if t.HasField("raw_data") and len(t.raw_data) >= min_bytes:
-            set_external_data(t, location)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                _mark_external(attr.g, location, min_bytes)
-            for sub in attr.graphs:
-                _mark_external(sub, location, min_bytes)
+    from spa_compiler.protos import graphs
+
+    for g in graphs(graph):
+        for t in g.initializer:
+            if t.HasField("raw_data") and len(t.raw_data) >= min_bytes:
+                set_external_data(t, location)
 
 
 def save_proto(

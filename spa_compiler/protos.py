@@ -65,36 +65,43 @@ def digest(model: onnx.ModelProto) -> str:
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     h = hashlib.sha256(b"spa-compiler large-model digest v1\0")
     skeleton = onnx.ModelProto()
-    _copy_fields(model, skeleton, skip="graph")
+    copy_fields(skeleton, model, skip="graph")
     g = skeleton.graph
-    _copy_fields(model.graph, g, skip="initializer")
+    copy_fields(g, model.graph, skip="initializer")
     for t in model.graph.initializer:
-        if t.HasField("raw_data") and len(t.raw_data) > EXTERNAL_DATA_MIN_TENSOR:
-            head = g.initializer.add()
-            head.CopyFrom(t)  # one tensor's bytes at a time
+        data = t.raw_data if t.HasField("raw_data") else b""
+        if len(data) > EXTERNAL_DATA_MIN_TENSOR:  # one tensor's bytes at a time
             h.update(t.name.encode() + b"\0")
-            h.update(head.raw_data)
-            head.ClearField("raw_data")
+            h.update(data)
+            copy_fields(g.initializer.add(), t, skip="raw_data")
         else:
             g.initializer.add().CopyFrom(t)
+        del data
     h.update(skeleton.SerializeToString(deterministic=True))
     return h.hexdigest()
 
 
-def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
-    """Copy every set field of protobuf message `src` into `dst` except the field `skip`."""
+def copy_fields(dst: Any, src: Any, skip: str) -> None:
+    """Copy the set fields of protobuf message `src` into `dst`, except field `skip`."""
     for field, value in src.ListFields():
         if field.name == skip:
             continue
-        if _repeated(field):
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
+        if isinstance(value, (str, bytes, int, float, bool)):
             setattr(dst, field.name, value)
+        elif hasattr(value, "extend"):  # repeated field
+            getattr(dst, field.name).extend(value)
+        else:
+            getattr(dst, field.name).CopyFrom(value)
 
 
-def _repeated(field: object) -> bool:
-    """Whether a protobuf field is repeated (`is_repeated` in newer protobuf, `label` before)."""
-    rep = getattr(field, "is_repeated", None)
-    return bool(rep) if rep is not None else getattr(field, "label", 0) == 3
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph nested in its nodes' attributes (If/Loop/Scan bodies)."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for n in g.node:
+            for a in n.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)

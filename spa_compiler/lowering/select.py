@@ -267,17 +267,9 @@ FAMILY_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
 
 def _op_types(graph: onnx.GraphProto) -> set[str]:
     """Op types of a graph's nodes, subgraphs included."""
-    out: set[str] = set()
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        for n in g.node:
-            out.add(n.op_type)
-            for a in n.attribute:
-                if a.HasField("g"):
-                    stack.append(a.g)
-                stack.extend(a.graphs)
-    return out
+    from spa_compiler.protos import graphs
+
+    return {n.op_type for g in graphs(graph) for n in g.node}
 
 
 def _measure_families(

@@ -53,14 +53,14 @@ def _groups(n_groups: int, size: int, extra: int = 0) -> list[npt.NDArray[np.int
     return [np.arange(g * size, (g + 1) * size) for g in range(n_groups)]
 
 
-@pytest.mark.parametrize("sizes", [(1, 1), (1, 9), (4, 4, 1)])
-def test_joint_greedy_equals_reference_loop(sizes: tuple[int, ...]) -> None:
-    """A residual stream read by several consumers (1x1 conv, 3x3 conv, linear): one order."""
+def _check_joint_against_reference(sizes: tuple[int, ...]) -> tuple[list, list, list]:
+    """Layers with groups of `sizes` columns (two columns in no group) reading one stream: the joint
+    greedy order and step errors equal the reference loop's. Returns the layers."""
     rng = np.random.default_rng(len(sizes) * 10 + sum(sizes))
     n_groups = 90
     ws, hs, gs = [], [], []
     for i, s in enumerate(sizes):
-        w, h = _layer(rng, 12 + 5 * i, n_groups * s + 2)  # two columns in no group
+        w, h = _layer(rng, 12 + 5 * i, n_groups * s + 2)
         ws.append(w)
         hs.append(h)
         gs.append(_groups(n_groups, s))
@@ -69,6 +69,13 @@ def test_joint_greedy_equals_reference_loop(sizes: tuple[int, ...]) -> None:
     ref_order, ref_err = _reference(ws, hs, gs, steps)
     assert order.tolist() == ref_order
     np.testing.assert_allclose(step_err, ref_err, rtol=1e-7, atol=1e-12)
+    return ws, hs, gs
+
+
+@pytest.mark.parametrize("sizes", [(1, 1), (1, 9), (4, 4, 1)])
+def test_joint_greedy_equals_reference_loop(sizes: tuple[int, ...]) -> None:
+    """A residual stream read by several consumers (1x1 conv, 3x3 conv, linear): one order."""
+    _check_joint_against_reference(sizes)
 
 
 def test_joint_greedy_single_layer_matches_multi_layer_of_one() -> None:
@@ -111,19 +118,7 @@ def test_lazy_weight_state_equals_reference_loop(sizes: tuple[int, ...], monkeyp
 
     monkeypatch.setattr(obs, "WIDE_COLS", 1)
     monkeypatch.setenv("SPA_COMPILER_DEVICE", "cpu")
-    rng = np.random.default_rng(len(sizes) * 10 + sum(sizes))
-    n_groups = 90
-    ws, hs, gs = [], [], []
-    for i, s in enumerate(sizes):
-        w, h = _layer(rng, 12 + 5 * i, n_groups * s + 2)
-        ws.append(w)
-        hs.append(h)
-        gs.append(_groups(n_groups, s))
-    steps = int(0.9 * n_groups)
-    order, step_err = joint_greedy_order(ws, hs, gs, steps)
-    ref_order, ref_err = _reference(ws, hs, gs, steps)
-    assert order.tolist() == ref_order
-    np.testing.assert_allclose(step_err, ref_err, rtol=1e-7, atol=1e-12)
+    ws, hs, gs = _check_joint_against_reference(sizes)
     # the compensated weights of a single-layer path (ObsPath.weight reads the lazy W)
     path = obs.greedy_prune(ws[0], hs[0], gs[0], levels=[0, 10, 40], snapshots=True)
     monkeypatch.setattr(obs, "WIDE_COLS", 10**9)

@@ -204,17 +204,17 @@ def test_sequential_passes_start_at_the_previous_stage(rng: np.random.Generator,
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-6, atol=1e-7)
 
 
-def biased_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch: int = 64) -> onnx.ModelProto:
-    """deep_mlp with a bias Add after every MatMul and positive-mean hidden units (what a removed
-    neuron's mean contribution, lost without bias correction, looks like)."""
+def _bias_blocks(rng: np.random.Generator, depth: int, hidden: int, batch: int, *, up_bias: float,
+                 down_scale: float, residual: bool) -> onnx.ModelProto:
+    """x -> [down(relu(up(x) + bu)) + bd] x depth -> y, each block added to its input if `residual`."""
     f = np.float32
     init: dict[str, np.ndarray] = {}
     nodes = []
     cur = "x"
     for i in range(depth):
         init[f"u{i}"] = (rng.standard_normal((D, hidden)) / np.sqrt(D)).astype(f)
-        init[f"bu{i}"] = (0.5 + 0.2 * rng.standard_normal(hidden)).astype(f)
-        init[f"d{i}"] = (rng.standard_normal((hidden, D)) / np.sqrt(hidden) * 1.5).astype(f)
+        init[f"bu{i}"] = (up_bias + 0.2 * rng.standard_normal(hidden)).astype(f)
+        init[f"d{i}"] = (rng.standard_normal((hidden, D)) / np.sqrt(hidden) * down_scale).astype(f)
         init[f"bd{i}"] = (0.1 * rng.standard_normal(D)).astype(f)
         nodes += [
             helper.make_node("MatMul", [cur, f"u{i}"], [f"h{i}"], name=f"up{i}"),
@@ -223,10 +223,18 @@ def biased_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch
             helper.make_node("MatMul", [f"r{i}", f"d{i}"], [f"o{i}"], name=f"down{i}"),
             helper.make_node("Add", [f"o{i}", f"bd{i}"], [f"ob{i}"], name=f"downb{i}"),
         ]
-        cur = f"ob{i}"
+        if residual:
+            nodes.append(helper.make_node("Add", [cur, f"ob{i}"], [f"s{i}"], name=f"res{i}"))
+        cur = f"s{i}" if residual else f"ob{i}"
     nodes.append(helper.make_node("Identity", [cur], ["y"], name="out"))
     vi = helper.make_tensor_value_info
     return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, D])], [vi("y", TensorProto.FLOAT, [batch, D])], init)
+
+
+def biased_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch: int = 64) -> onnx.ModelProto:
+    """deep_mlp with a bias Add after every MatMul and positive-mean hidden units (what a removed
+    neuron's mean contribution, lost without bias correction, looks like)."""
+    return _bias_blocks(rng, depth, hidden, batch, up_bias=0.5, down_scale=1.5, residual=False)
 
 
 @pytest.mark.parametrize("make", [deep_mlp, biased_mlp])
@@ -248,15 +256,23 @@ def test_dense_target_refit_beats_the_per_layer_refit(rng: np.random.Generator, 
         np.testing.assert_array_equal(layer.tensors()["bd3"].values, bd3)
 
 
-def test_solve_dense_target_is_least_squares_to_the_dense_outputs(rng: np.random.Generator) -> None:
-    from spa_compiler.criteria.refit import _Stats, solve_dense_target
+def _two_streams(rng: np.random.Generator, n: int, cols: int, out: int, *, mean: float, noise: float):  # type: ignore[no-untyped-def]
+    """Dense inputs xd, compressed inputs xc (xd plus noise), a layer (w, b) and their re-fit statistics."""
+    from spa_compiler.criteria.refit import _Stats
 
-    n, cols, out = 4000, 6, 3
-    xd = rng.standard_normal((n, cols)) + 0.3
-    xc = xd + 0.2 * rng.standard_normal((n, cols))
+    xd = rng.standard_normal((n, cols)) + mean
+    xc = xd + noise * rng.standard_normal((n, cols))
     w, b = rng.standard_normal((out, cols)), rng.standard_normal(out)
     st = _Stats(cols)
     st.add(xc.astype(np.float32), xd.astype(np.float32))
+    return xd, xc, w, b, st
+
+
+def test_solve_dense_target_is_least_squares_to_the_dense_outputs(rng: np.random.Generator) -> None:
+    from spa_compiler.criteria.refit import solve_dense_target
+
+    n, cols, out = 4000, 6, 3
+    xd, xc, w, b, st = _two_streams(rng, n, cols, out, mean=0.3, noise=0.2)
     keep = np.array([0, 1, 3, 4])
     w2, b2 = solve_dense_target(w, st, keep, b, damp=1e-9)
     a = np.hstack([xc[:, keep], np.ones((n, 1))])
@@ -294,14 +310,10 @@ def test_data_free_dense_refit_runs_on_the_synthetic_feeds(rng: np.random.Genera
 
 
 def test_target_error_matches_the_direct_sum_and_validation_can_keep_the_weight(rng: np.random.Generator) -> None:
-    from spa_compiler.criteria.refit import _Stats, solve_dense_target, target_error
+    from spa_compiler.criteria.refit import solve_dense_target, target_error
 
     n, cols, out = 500, 5, 3
-    xd = rng.standard_normal((n, cols)) + 0.5
-    xc = xd + 0.3 * rng.standard_normal((n, cols))
-    w, b = rng.standard_normal((out, cols)), rng.standard_normal(out)
-    st = _Stats(cols)
-    st.add(xc.astype(np.float32), xd.astype(np.float32))
+    xd, xc, w, b, st = _two_streams(rng, n, cols, out, mean=0.5, noise=0.3)
     w2, b2 = rng.standard_normal((out, cols)), rng.standard_normal(out)
     yd = xd @ w.T + b
     direct = np.mean(np.sum((yd - xc @ w2.T - b2) ** 2, axis=1)) - np.mean(np.sum(yd ** 2, axis=1))
@@ -321,27 +333,7 @@ def test_dense_refit_holds_out_feeds_and_reports_its_choices(rng: np.random.Gene
 
 def residual_mlp(rng: np.random.Generator, depth: int = 4, hidden: int = 48, batch: int = 64) -> onnx.ModelProto:
     """x -> [x + down(relu(up(x) + bu)) + bd] x depth -> y: residual blocks (pre-norm-free)."""
-    f = np.float32
-    init: dict[str, np.ndarray] = {}
-    nodes = []
-    cur = "x"
-    for i in range(depth):
-        init[f"u{i}"] = (rng.standard_normal((D, hidden)) / np.sqrt(D)).astype(f)
-        init[f"bu{i}"] = (0.3 + 0.2 * rng.standard_normal(hidden)).astype(f)
-        init[f"d{i}"] = (rng.standard_normal((hidden, D)) / np.sqrt(hidden)).astype(f)
-        init[f"bd{i}"] = (0.1 * rng.standard_normal(D)).astype(f)
-        nodes += [
-            helper.make_node("MatMul", [cur, f"u{i}"], [f"h{i}"], name=f"up{i}"),
-            helper.make_node("Add", [f"h{i}", f"bu{i}"], [f"hb{i}"], name=f"upb{i}"),
-            helper.make_node("Relu", [f"hb{i}"], [f"r{i}"], name=f"act{i}"),
-            helper.make_node("MatMul", [f"r{i}", f"d{i}"], [f"o{i}"], name=f"down{i}"),
-            helper.make_node("Add", [f"o{i}", f"bd{i}"], [f"ob{i}"], name=f"downb{i}"),
-            helper.make_node("Add", [cur, f"ob{i}"], [f"s{i}"], name=f"res{i}"),
-        ]
-        cur = f"s{i}"
-    nodes.append(helper.make_node("Identity", [cur], ["y"], name="out"))
-    vi = helper.make_tensor_value_info
-    return make_model(nodes, [vi("x", TensorProto.FLOAT, [batch, D])], [vi("y", TensorProto.FLOAT, [batch, D])], init)
+    return _bias_blocks(rng, depth, hidden, batch, up_bias=0.3, down_scale=1.0, residual=True)
 
 
 def test_residual_refit_finds_the_residual_adds_and_corrects_the_stream(rng: np.random.Generator) -> None:
