@@ -305,6 +305,7 @@ def compile_model(
     report.lowering["notes"] = stage.decision.notes
     save_proto(written, dst)
     progress("save", 1, 1)
+    progress("read back", 0, 1)  # digests of both files and the output loaded back: a 1B model's 30 s
     report.output = {"path": str(dst), "ir_version": written.ir_version, "opset": model.opset,
                      "lowering": stage.decision.lowering.describe(), "sha256_lowered": proto_digest(written)}
     del model, written  # the output is read back from its file below: one model's weights at a time
@@ -313,6 +314,7 @@ def compile_model(
         raise RuntimeError(f"the input file {src} changed during compilation")
 
     out = ModelIR.load(dst, check=stage.decision.lowering.is_identity)  # contrib ops: ORT checks them
+    progress("read back", 1, 1)
     if provider is not None:
         report.stage = "measure compiled"
         progress("measure compiled", 0, 1)
@@ -328,7 +330,9 @@ def compile_model(
     else:
         report.after = model_stats(out, shapes)
     report.stage = "deploy check"
+    progress("deploy check", 0, 1)
     report.output["deploy"] = tgt.deploy_check(dst, shapes, timed=provider is not None)
+    progress("deploy check", 1, 1)
     if tgt.name == "tensorrt":  # the builder settings the deploy check applied, for deployment
         report.output["deploy"]["builder_settings"] = {
             "precision": f"{precision} (from the file's tensor types: the written model is {precision})",

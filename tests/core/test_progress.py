@@ -106,6 +106,8 @@ def test_cli_piped_log_gets_progress_lines_within_seconds(tmp_path: Path) -> Non
     assert proc.returncode == 0, first + rest
     assert first.startswith("spa-compile [") and "s] " in first, first
     assert "latency table" in first + rest
+    # the steps after the save (digests, the output read back, the deploy check) have lines too
+    assert "read back: done" in rest and "deploy check: done" in rest, rest
     import os
 
     if first_at >= 10.0 and os.getloadavg()[0] > 2 * (os.cpu_count() or 1):
