@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,10 @@ class PruningPass(Pass):
             (measured once, on the first plan, one kind at a time).
         error_sites: With at most this many groups, then also each group alone (its own measured /
             predicted weight; 0: off).
+        uniform_candidates: With the output error measured, also measure one share of every group
+            of each unit kind (the other kinds dense) and of every group, each at the share the
+            corrected table puts at the budget, and keep whichever plan measures the least output
+            error within the budget (search.loop: a per-layer error sum can misallocate).
         sequential: obs with calibration: stages of sequential calibration of the chosen plan (each
             stage's statistics from the model with the earlier stages compressed; 0 or 1: one-shot).
         table_sampling: Measured latency tables: time each group kind's levels coarse to fine and
@@ -111,6 +115,7 @@ class PruningPass(Pass):
     max_output_error: float = -1.0
     error_classes: bool = True
     error_sites: int = 32
+    uniform_candidates: bool = True
     sequential: int = 4
     table_sampling: bool = True
     refit: str = "layer"
@@ -368,6 +373,23 @@ class PruningPass(Pass):
 
             site_class = site_classes(method)
             dense = dense_plan(method)
+        families: dict[str, Callable[[float], dict[str, Hashable]]] | None = None
+        if probe is not None and self.uniform_candidates and not uniform:
+            from spa_compiler.search.output_error import site_classes
+
+            kinds = site_classes(method)
+            names = sorted({kinds[g] for g in groups if g in kinds})
+
+            def family(kind: str | None) -> Callable[[float], dict[str, Hashable]]:
+                def make(share: float) -> dict[str, Hashable]:
+                    plan = method.uniform_plan(share, fine)
+                    return {g: (k if kind is None or kinds.get(g) == kind else groups[g].n_units)
+                            for g, k in plan.items()}
+                return make
+
+            families = {f"every {k} group": family(k) for k in names}
+            if len(names) > 1:
+                families["every group"] = family(None)
         settings = LoopSettings(max_iters=self.max_iters, tolerance=self.tolerance, safety=self.safety,
                                 joint_max_share=self.max_ratio)
         out = meet_budget(
@@ -378,6 +400,7 @@ class PruningPass(Pass):
             measure_error=probe, site_class=site_class, dense_plan=dense,
             max_output_error=self.max_output_error if self.max_output_error >= 0 else None,
             max_site_fits=self.error_sites if site_class is not None else 0,
+            uniform_plans=families,
         )
         kept = {str(g): int(k) for g, k in out.plan.items()}  # type: ignore[call-overload]
         seq = self._sequential(model, ctx, method, kept, cache)

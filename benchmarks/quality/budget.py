@@ -66,7 +66,8 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
     q = json.loads(qjson.read_text())
     paired = r["after"].get("paired", {})
     keep = ("round", "status", "predicted_ms", "measured_ms", "mean_error", "predicted_output_error",
-            "measured_output_error", "measured_output_error_by_class", "class_weights", "uniform_share")
+            "measured_output_error", "measured_output_error_by_class", "class_weights", "uniform_share",
+            "family", "skipped")
     units: dict[str, list[int]] = {}
     for d in rec.get("details", []):
         if "unit" in d and "kept" in d:

@@ -31,7 +31,15 @@ latency table is:
 - "the least error" among plans that meet the budget is the least *measured* output error;
 - `max_output_error` bounds the measured output error: the knapsack's summed-error bound becomes
   the corrected equivalent (`ErrorModel.additive_bound`), and a budget whose plans all measure
-  above it is called unreachable.
+  above it is called unreachable;
+- `uniform_plans` (family name -> share -> plan, e.g. one share of every FFN neuron group, the
+  heads dense) are competitors, not only a fallback: after the rounds, each family's share that
+  the table, corrected by the rounds' measured / predicted ratio, puts at the budget is measured
+  (latency and output error; a second try at the family's own ratio when the first misses the
+  budget or leaves more than the tolerance unused), and the least measured output error within
+  the budget wins. A per-layer error sum can misallocate badly once errors compound: SmolLM2-135M
+  at 0.8x of CPU latency, the searched FFN plan measured perplexity 37.6 where one share of every
+  FFN layer at the same latency measured 31.5 (benchmarks/quality/README.md).
 
 Everything here is in the latency table's milliseconds: a table may come from another run (other
 load, another day) while the user's budget is relative to the dense model measured now, so the
@@ -190,6 +198,7 @@ def meet_budget(
     dense_plan: Mapping[str, Hashable] | None = None,
     max_output_error: float | None = None,
     max_site_fits: int = 0,
+    uniform_plans: Mapping[str, Callable[[float], dict[str, Hashable]]] | None = None,
 ) -> Outcome:
     """Run the rounds (see the module docstring).
 
@@ -215,6 +224,8 @@ def meet_budget(
             still applies).
         max_site_fits: With at most this many sites, after the class fit each site is measured
             alone and re-weighted by its own measured / predicted ratio (`ErrorModel.fit_sites`).
+        uniform_plans: family -> (share -> plan), measured as competitors after the rounds (with
+            `measure_error`, `plan_error`, `predict` and real measurements only).
     """
     n = n_sites if n_sites is not None else len(options)
     scale = table_dense_ms / dense_now_ms
@@ -322,6 +333,13 @@ def meet_budget(
                 break  # the correction is a fixed point: the next round would repeat this one
                 # (unless the errors were just re-weighted: the same budget then gives another plan)
     assert best is not None and result is not None
+    if uniform_plans and measure_error is not None and has_measurements and plan_error is not None \
+            and predict is not None:
+        ratios = [r["measured_ms"] / r["predicted_ms"] for r in rounds if r["predicted_ms"] > 0]
+        ratio = float(sorted(ratios)[len(ratios) // 2]) if ratios else 1.0
+        for fam, make in uniform_plans.items():
+            _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
+                               predict, measure, measure_error, model, rounds, settings, consider)
     if best[0] > budget and has_measurements and joint_plan is not None:
         assert plan_error is not None and predict is not None
         best = _joint_fallback(best, budget, user_budget, max_total_error, n, joint_plan, plan_error,
@@ -341,6 +359,75 @@ def meet_budget(
             unreachable = result.message if not result.feasible else (
                 f"measured {measured / scale:.4g} ms after {len(rounds)} rounds")
     return Outcome(plan, measured, error, rounds, last, reached, unreachable, scale, out_err, model)
+
+
+def _uniform_candidate(
+    family: str,
+    make: Callable[[float], dict[str, Hashable]],
+    ratio: float,
+    budget: float,
+    user_budget: float,
+    bound: float,
+    n: int,
+    plan_error: Callable[[Mapping[str, Hashable]], float],
+    predict: Callable[[Mapping[str, Hashable]], float],
+    measure: MeasureFn,
+    measure_error: ErrorFn,
+    model: ErrorModel | None,
+    rounds: list[dict[str, Any]],
+    settings: LoopSettings,
+    consider: Callable[[float, float, dict[str, Hashable], float | None], None],
+) -> None:
+    """Measure one family's plan at the share the table, scaled by `ratio` (measured / predicted),
+    puts at `budget`; once more at the family's own ratio when that misses the budget or lands
+    more than the tolerance under it."""
+
+    def share_for(r: float) -> float | None:
+        hi = settings.joint_max_share
+        if predict(make(hi)) * r > budget:
+            return None  # even the deepest share is predicted over the budget
+        lo = 0.0
+        for _ in range(24):  # the least share predicted within the budget (predictions fall with it)
+            mid = 0.5 * (lo + hi)
+            if predict(make(mid)) * r <= budget:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    tried: list[dict[str, Hashable]] = []
+    r = ratio
+    for attempt in range(2):
+        share = share_for(r)
+        if share is None:
+            rounds.append({"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
+                           "skipped": "the table puts its deepest share over the budget"})
+            return
+        plan = make(share)
+        if plan in tried:
+            return
+        tried.append(plan)
+        error = plan_error(plan)
+        if error > bound:
+            rounds.append({"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
+                           "uniform_share": round(share, 4), "skipped": "summed error over the bound"})
+            return
+        predicted = predict(plan)
+        measured = measure(plan, predicted)
+        out_err = measure_error(plan)
+        record: dict[str, Any] = {"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
+                                  "uniform_share": round(share, 4), "predicted_ms": predicted,
+                                  "measured_ms": measured, "mean_error": error / n,
+                                  "measured_output_error": out_err}
+        if model is not None:
+            record["predicted_output_error"] = model.predict({str(g): plan_error({g: k}) for g, k in plan.items()})
+        rounds.append(record)
+        logger.info("uniform candidate %s: share %.4f, predicted %.4f, measured %.4f, output error %.4g",
+                    family, share, predicted, measured, out_err)
+        consider(measured, error, plan, out_err)
+        if budget >= measured >= user_budget * (1.0 - settings.tolerance) or attempt or predicted <= 0:
+            return
+        r = measured / predicted  # this family's own measured / predicted ratio
 
 
 def _joint_fallback(

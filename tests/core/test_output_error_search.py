@@ -143,3 +143,69 @@ def test_site_fits_find_the_one_site_whose_estimate_is_wrong() -> None:
     assert w["n2"] / w["n1"] == pytest.approx(10.0, rel=1e-6)
     assert with_sites.plan["n2"] == 0 and with_sites.output_error < without.output_error
     assert "measured_output_error_by_site" not in without.rounds[0]
+
+
+def _one_kind() -> tuple[list[GroupOptions], dict[str, str], dict[str, Hashable]]:
+    """Four 'neuron' sites, levels 0 (dense, 10 ms), 1 (6 ms), 2 (3 ms). The per-site errors call
+    n1 and n2 nearly free even at their deepest level (0.001, 0.002); n3 and n4 cost 0.05, 0.15."""
+    opts, classes = [], {}
+    for s in ("n1", "n2", "n3", "n4"):
+        e1, e2 = (0.001, 0.002) if s in ("n1", "n2") else (0.05, 0.15)
+        opts.append(GroupOptions(s, [Level(0, 10.0, 0.0), Level(1, 6.0, e1), Level(2, 3.0, e2)]))
+        classes[s] = "neuron"
+    return opts, classes, {s: 0 for s in classes}
+
+
+def _deep_cuts_compound(plan: Mapping[str, Hashable]) -> float:
+    """Measured: a site's deepest level costs 0.5 whatever its per-site estimate, level 1 0.02-0.05."""
+    per = {"n1": (0.02, 0.5), "n2": (0.02, 0.5), "n3": (0.05, 0.5), "n4": (0.05, 0.5)}
+    return sum(per[s][int(k) - 1] for s, k in plan.items() if k)  # type: ignore[call-overload]
+
+
+def _uniform(share: float) -> dict[str, Hashable]:
+    level = 0 if share < 0.25 else 1 if share < 0.5 else 2
+    return {s: level for s in ("n1", "n2", "n3", "n4")}
+
+
+def _predict(plan: Mapping[str, Hashable]) -> float:
+    return _exact_latency(plan, 0.0)
+
+
+def _plan_error(plan: Mapping[str, Hashable]) -> float:
+    opts = {o.group_id: {lv.level_id: lv.error for lv in o.levels} for o in _one_kind()[0]}
+    return sum(opts[s][int(k)] for s, k in plan.items())  # type: ignore[call-overload]
+
+
+def _run_one_kind(uniform: bool, budget: float = 28.0):  # type: ignore[no-untyped-def]
+    opts, classes, dense = _one_kind()
+    return meet_budget(opts, plan_of, base_ms=0.0, budget_ms=budget, dense_now_ms=40.0, table_dense_ms=40.0,
+                       measure=_exact_latency, max_total_error=10.0,
+                       settings=LoopSettings(max_iters=4, safety=0.0, tolerance=0.2),
+                       measure_error=_deep_cuts_compound, site_class=classes, dense_plan=dense,
+                       plan_error=_plan_error, predict=_predict,
+                       uniform_plans={"every neuron group": _uniform} if uniform else None)
+
+
+def test_a_uniform_family_competes_and_wins_when_the_site_sum_misallocates() -> None:
+    """One kind only (no class weights to learn): the per-site sum takes n1 and n2 to their deepest
+    level, which measures 1.0; one share of every site (level 1 everywhere, 24 ms) measures 0.14."""
+    alone = _run_one_kind(uniform=False)
+    assert alone.reached and alone.plan["n1"] == alone.plan["n2"] == 2
+    assert alone.output_error == pytest.approx(1.0)
+    out = _run_one_kind(uniform=True)
+    assert out.reached
+    assert dict(out.plan) == {"n1": 1, "n2": 1, "n3": 1, "n4": 1}
+    assert out.output_error == pytest.approx(0.14)
+    cands = [r for r in out.rounds if r["status"] == "uniform-candidate"]
+    assert cands and cands[0]["family"] == "every neuron group"
+    assert cands[0]["measured_ms"] == pytest.approx(24.0)
+    assert cands[0]["measured_output_error"] == pytest.approx(0.14)
+
+
+def test_a_uniform_family_that_cannot_reach_the_budget_is_not_measured() -> None:
+    """Budget 11 ms: the deepest share (every site at 3 ms, 12 ms) is predicted over it: the family
+    is skipped, with the reason, and no plan of it is measured."""
+    out = _run_one_kind(uniform=True, budget=11.0)
+    cands = [r for r in out.rounds if r["status"] == "uniform-candidate"]
+    assert len(cands) == 1 and "over the budget" in cands[0]["skipped"]
+    assert "measured_ms" not in cands[0]

@@ -139,6 +139,32 @@ def test_search_records_predicted_and_measured_output_error(rng: np.random.Gener
     assert st["output_error_final"] == pytest.approx(want, rel=1e-4, abs=1e-6)  # magnitude: no re-fit
 
 
+def test_uniform_candidates_are_measured_and_the_least_measured_error_wins(rng: np.random.Generator) -> None:
+    """With the output error measured, one share of every group of a kind competes with the
+    searched plans; the plan kept is the one of least measured output error within the budget.
+    uniform-candidates=false measures none."""
+    dense = deep_mlp(rng)
+    calib = _calib(rng)
+
+    def compile_(**kw: object) -> tuple[dict, list[dict]]:
+        model = ModelIR.from_proto(dense)
+        provider = MacsProvider()
+        ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.6 * provider.time(model, {}).ms,
+                             max_error=10.0, calibration=calib)
+        PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", error_feeds=2, **kw)]).run(model, ctx)
+        (rec,) = ctx.report.passes
+        return rec.stats, next(d["search_rounds"] for d in rec.details if "search_rounds" in d)
+
+    st, rounds = compile_()
+    cands = [r for r in rounds if r["status"] == "uniform-candidate" and "measured_ms" in r]
+    assert cands and all("measured_output_error" in r and r["uniform_share"] > 0 for r in cands)
+    within = [r["measured_output_error"] for r in rounds
+              if "measured_ms" in r and r["measured_ms"] <= st["aimed_ms"] * (1 + 1e-9)]
+    assert st["budget_met"] is True and st["output_error"] == pytest.approx(min(within))
+    _st, off = compile_(uniform_candidates=False)
+    assert not [r for r in off if r["status"] == "uniform-candidate"]
+
+
 def test_output_error_bound_refuses_a_budget(rng: np.random.Generator) -> None:
     dense = deep_mlp(rng)
     model = ModelIR.from_proto(dense)
