@@ -209,3 +209,32 @@ def test_a_uniform_family_that_cannot_reach_the_budget_is_not_measured() -> None
     cands = [r for r in out.rounds if r["status"] == "uniform-candidate"]
     assert len(cands) == 1 and "over the budget" in cands[0]["skipped"]
     assert "measured_ms" not in cands[0]
+
+
+def test_reweighting_that_measures_worse_is_dropped() -> None:
+    """Per-class weights fitted on round 1 that lead to a worse measured plan in round 2 are
+    dropped: the rounds go on with the plain additive sum and the plan kept measures no worse
+    than round 1's within the budget. Budget 22 ms: round 1 cuts both heads deep and one neuron
+    site (measured 0.7); the heads alone measure dear (2.0), so the re-weighted round 2 spares
+    heads and cuts the neurons deep (measured 2.1)."""
+    opts, classes, dense = _instance()
+
+    def misleading(plan: Mapping[str, Hashable]) -> float:
+        # a plan restricted to the heads measures dear (the class fit then avoids heads), but a full
+        # plan that spares the heads measures worse than one that cuts them
+        cut_heads = sum(1 for s, k in plan.items() if k and s.startswith("h"))
+        cut_neurons = sum(int(k) for s, k in plan.items() if k and s.startswith("n"))  # type: ignore[call-overload]
+        if cut_neurons == 0:
+            return 1.0 * cut_heads
+        return 0.1 * cut_heads + 0.5 * cut_neurons
+
+    out = meet_budget(opts, plan_of, base_ms=0.0, budget_ms=22.0, dense_now_ms=40.0, table_dense_ms=40.0,
+                      measure=_exact_latency, max_total_error=10.0,
+                      settings=LoopSettings(max_iters=6, safety=0.0, tolerance=0.2),
+                      measure_error=misleading, site_class=classes, dense_plan=dense)
+    r1, r2 = out.rounds[0], out.rounds[1]
+    assert r1["class_weights"]["head"] > r1["class_weights"]["neuron"]
+    assert r2["measured_output_error"] > r1["measured_output_error"]
+    assert r2["reweighting"].startswith("reverted")
+    assert out.error_model is not None and out.error_model.weights == {}
+    assert out.reached and out.output_error == pytest.approx(r1["measured_output_error"])
