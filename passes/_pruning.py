@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,9 @@ class PruningPass(Pass):
             of each unit kind (the other kinds dense) and of every group, each at the share the
             corrected table puts at the budget, and keep whichever plan measures the least output
             error within the budget (search.loop: a per-layer error sum can misallocate).
+        uniform_graded: Then, for the family that measured best, also its share graded with depth
+            (deeper layers cut more, or less). Off by default: on SmolLM2-135M at 0.8x neither
+            variant beat one share (4 more measured plans; benchmarks/quality/README.md).
         sequential: obs with calibration: stages of sequential calibration of the chosen plan (each
             stage's statistics from the model with the earlier stages compressed; 0 or 1: one-shot).
         table_sampling: Measured latency tables: time each group kind's levels coarse to fine and
@@ -116,6 +119,7 @@ class PruningPass(Pass):
     error_classes: bool = True
     error_sites: int = 32
     uniform_candidates: bool = True
+    uniform_graded: bool = False
     sequential: int = 4
     table_sampling: bool = True
     refit: str = "layer"
@@ -291,6 +295,44 @@ class PruningPass(Pass):
                 stats["refit_feeds_source"] = "synthetic"
         return stats
 
+    def _graded_families(self, method: PruningMethod, fine: Mapping[str, Sequence[int]],
+                         kinds: Mapping[str, str], names: Sequence[str],
+                         ) -> dict[str, dict[str, Callable[[float], dict[str, Hashable]]]]:
+        """Per uniform family of a kind with 3+ groups, two variants whose share grows or falls
+        linearly with graph depth: group g of rank r (0 .. n-1 by the position of its first
+        consumer, `Member.node_index`) loses share * (1 + slope * (2r / (n-1) - 1)) of its units, slope +-0.5, capped
+        at max-ratio."""
+        from spa_compiler.methods.pruning import uniform_kept
+
+        groups = method.groups
+        out: dict[str, dict[str, Callable[[float], dict[str, Hashable]]]] = {}
+        for kind in names:
+            mine = [g for g in groups if kinds.get(g) == kind and g in fine]
+            if len(mine) < 3:
+                continue
+            # depth: where the group's units are first read (its first consumer in graph order)
+            pos = {g: min((m.node_index for m in groups[g].members if m.role in ("input", "activation")),
+                          default=min((m.node_index for m in groups[g].members), default=0)) for g in mine}
+            rank = {g: i for i, g in enumerate(sorted(mine, key=lambda g: (pos[g], g)))}
+            last = len(mine) - 1
+
+            def graded(slope: float, kind: str = kind, rank: dict[str, int] = rank, last: int = last,
+                       ) -> Callable[[float], dict[str, Hashable]]:
+                def make(share: float) -> dict[str, Hashable]:
+                    plan: dict[str, Hashable] = {}
+                    for g, grp in groups.items():
+                        if g not in rank:
+                            plan[g] = grp.n_units
+                            continue
+                        sh = min(self.max_ratio, max(0.0, share * (1.0 + slope * (2.0 * rank[g] / last - 1.0))))
+                        plan[g] = uniform_kept(grp.n_units, fine[g], sh)
+                    return plan
+                return make
+
+            out[f"every {kind} group"] = {f"every {kind} group, deeper cut more": graded(0.5),
+                                           f"every {kind} group, earlier cut more": graded(-0.5)}
+        return out
+
     def search(self, model: ModelIR, ctx: CompileContext, method: PruningMethod, *, uniform: bool,
                cache: dict[str, Any] | None = None) -> PassResult:
         from spa_compiler.latency.profile import build_table
@@ -374,6 +416,7 @@ class PruningPass(Pass):
             site_class = site_classes(method)
             dense = dense_plan(method)
         families: dict[str, Callable[[float], dict[str, Hashable]]] | None = None
+        variants: dict[str, dict[str, Callable[[float], dict[str, Hashable]]]] | None = None
         if probe is not None and self.uniform_candidates and not uniform:
             from spa_compiler.search.output_error import site_classes
 
@@ -390,6 +433,7 @@ class PruningPass(Pass):
             families = {f"every {k} group": family(k) for k in names}
             if len(names) > 1:
                 families["every group"] = family(None)
+            variants = self._graded_families(method, fine, kinds, names) if self.uniform_graded else None
         settings = LoopSettings(max_iters=self.max_iters, tolerance=self.tolerance, safety=self.safety,
                                 joint_max_share=self.max_ratio)
         out = meet_budget(
@@ -400,7 +444,7 @@ class PruningPass(Pass):
             measure_error=probe, site_class=site_class, dense_plan=dense,
             max_output_error=self.max_output_error if self.max_output_error >= 0 else None,
             max_site_fits=self.error_sites if site_class is not None else 0,
-            uniform_plans=families,
+            uniform_plans=families, uniform_variants=variants,
         )
         kept = {str(g): int(k) for g, k in out.plan.items()}  # type: ignore[call-overload]
         seq = self._sequential(model, ctx, method, kept, cache)

@@ -203,6 +203,7 @@ def meet_budget(
     max_output_error: float | None = None,
     max_site_fits: int = 0,
     uniform_plans: Mapping[str, Callable[[float], dict[str, Hashable]]] | None = None,
+    uniform_variants: Mapping[str, Mapping[str, Callable[[float], dict[str, Hashable]]]] | None = None,
 ) -> Outcome:
     """Run the rounds (see the module docstring).
 
@@ -230,6 +231,9 @@ def meet_budget(
             alone and re-weighted by its own measured / predicted ratio (`ErrorModel.fit_sites`).
         uniform_plans: family -> (share -> plan), measured as competitors after the rounds (with
             `measure_error`, `plan_error`, `predict` and real measurements only).
+        uniform_variants: family -> {variant -> (share -> plan)}: measured after the families, for
+            the family whose plan measured the least output error within the budget only (e.g. the
+            share graded with depth).
     """
     n = n_sites if n_sites is not None else len(options)
     scale = table_dense_ms / dense_now_ms
@@ -351,9 +355,17 @@ def meet_budget(
             and predict is not None:
         ratios = [r["measured_ms"] / r["predicted_ms"] for r in rounds if r["predicted_ms"] > 0]
         ratio = float(sorted(ratios)[len(ratios) // 2]) if ratios else 1.0
+        found: dict[str, float] = {}
         for fam, make in uniform_plans.items():
-            _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
-                               predict, measure, measure_error, model, rounds, settings, consider)
+            e = _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
+                                   predict, measure, measure_error, model, rounds, settings, consider)
+            if e is not None:
+                found[fam] = e
+        if found and uniform_variants:  # the graded variants of the family that measured best
+            top = min(found, key=lambda f: found[f])
+            for fam, make in uniform_variants.get(top, {}).items():
+                _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
+                                   predict, measure, measure_error, model, rounds, settings, consider)
     if best[0] > budget and has_measurements and joint_plan is not None:
         assert plan_error is not None and predict is not None
         best = _joint_fallback(best, budget, user_budget, max_total_error, n, joint_plan, plan_error,
@@ -391,10 +403,10 @@ def _uniform_candidate(
     rounds: list[dict[str, Any]],
     settings: LoopSettings,
     consider: Callable[[float, float, dict[str, Hashable], float | None], None],
-) -> None:
+) -> float | None:
     """Measure one family's plan at the share the table, scaled by `ratio` (measured / predicted),
     puts at `budget`; once more at the family's own ratio when that misses the budget or lands
-    more than the tolerance under it."""
+    more than the tolerance under it. Returns the least output error measured within the budget."""
 
     def share_for(r: float) -> float | None:
         hi = settings.joint_max_share
@@ -411,21 +423,22 @@ def _uniform_candidate(
 
     tried: list[dict[str, Hashable]] = []
     r = ratio
+    best: float | None = None
     for attempt in range(2):
         share = share_for(r)
         if share is None:
             rounds.append({"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
                            "skipped": "the table puts its deepest share over the budget"})
-            return
+            return best
         plan = make(share)
         if plan in tried:
-            return
+            return best
         tried.append(plan)
         error = plan_error(plan)
         if error > bound:
             rounds.append({"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
                            "uniform_share": round(share, 4), "skipped": "summed error over the bound"})
-            return
+            return best
         predicted = predict(plan)
         measured = measure(plan, predicted)
         out_err = measure_error(plan)
@@ -439,9 +452,12 @@ def _uniform_candidate(
         logger.info("uniform candidate %s: share %.4f, predicted %.4f, measured %.4f, output error %.4g",
                     family, share, predicted, measured, out_err)
         consider(measured, error, plan, out_err)
+        if measured <= budget and (best is None or out_err < best):
+            best = out_err
         if budget >= measured >= user_budget * (1.0 - settings.tolerance) or attempt or predicted <= 0:
-            return
+            return best
         r = measured / predicted  # this family's own measured / predicted ratio
+    return best
 
 
 def _joint_fallback(

@@ -238,3 +238,36 @@ def test_reweighting_that_measures_worse_is_dropped() -> None:
     assert r2["reweighting"].startswith("reverted")
     assert out.error_model is not None and out.error_model.weights == {}
     assert out.reached and out.output_error == pytest.approx(r1["measured_output_error"])
+
+
+def test_variants_are_tried_for_the_best_family_only() -> None:
+    """Two families: "plain" (every site at level 1, measured 0.14) and "front" (n1, n2 at level 2,
+    the rest dense: 1.0). Only the variants of "plain" are built and measured."""
+    made: list[str] = []
+
+    def tagged(name: str, make):  # type: ignore[no-untyped-def]
+        def f(share: float) -> dict[str, Hashable]:
+            made.append(name)
+            return make(share)
+        return f
+
+    def front_loaded(share: float) -> dict[str, Hashable]:  # n1, n2 cut, n3, n4 dense
+        base = _uniform(share)
+        return {**base, "n3": 0, "n4": 0} if share >= 0.25 else base
+
+    def level_one(share: float) -> dict[str, Hashable]:  # n1, n2 at level 1; n3, n4 too from share 0.5
+        return {"n1": 1, "n2": 1, "n3": 1 if share >= 0.5 else 0, "n4": 1 if share >= 0.5 else 0}
+
+    opts, classes, dense = _one_kind()
+    out = meet_budget(opts, plan_of, base_ms=0.0, budget_ms=28.0, dense_now_ms=40.0, table_dense_ms=40.0,
+                      measure=_exact_latency, max_total_error=10.0,
+                      settings=LoopSettings(max_iters=4, safety=0.0, tolerance=0.2),
+                      measure_error=_deep_cuts_compound, site_class=classes, dense_plan=dense,
+                      plan_error=_plan_error, predict=_predict,
+                      uniform_plans={"plain": _uniform, "front": tagged("front", front_loaded)},
+                      uniform_variants={"plain": {"plain, graded": tagged("plain-variant", level_one)},
+                                        "front": {"front, graded": tagged("front-variant", _uniform)}})
+    fams = [r["family"] for r in out.rounds if r["status"] == "uniform-candidate" and "measured_ms" in r]
+    assert fams[:2] == ["plain", "front"] and "plain, graded" in fams and "front, graded" not in fams
+    assert "front-variant" not in made
+    assert out.output_error == pytest.approx(0.14)

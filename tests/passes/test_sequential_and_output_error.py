@@ -161,8 +161,50 @@ def test_uniform_candidates_are_measured_and_the_least_measured_error_wins(rng: 
     within = [r["measured_output_error"] for r in rounds
               if "measured_ms" in r and r["measured_ms"] <= st["aimed_ms"] * (1 + 1e-9)]
     assert st["budget_met"] is True and st["output_error"] == pytest.approx(min(within))
+    assert not [r for r in rounds if "cut more" in str(r.get("family"))]  # graded: off by default
     _st, off = compile_(uniform_candidates=False)
     assert not [r for r in off if r["status"] == "uniform-candidate"]
+
+
+def test_graded_variants_cut_deeper_groups_more_or_less_by_graph_order(
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graded variants of a kind's family (uniform-graded=true): the share removed grows (slope
+    +0.5) or falls (-0.5) linearly with the group's graph position, and they are measured after
+    the plain family."""
+    import spa_compiler.passes._pruning as pruning
+
+    seen: dict[str, object] = {}
+    real = pruning.meet_budget
+
+    def spy(*a: object, **kw: object):  # type: ignore[no-untyped-def]
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pruning, "meet_budget", spy)
+    dense = deep_mlp(rng, depth=5)
+    model = ModelIR.from_proto(dense)
+    provider = MacsProvider()
+    ctx = CompileContext(latency=provider, feeds={}, budget_ms=0.6 * provider.time(model, {}).ms, max_error=10.0,
+                         calibration=_calib(rng))
+    PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", error_feeds=2, uniform_graded=True)]).run(
+        model, ctx)
+    variants = seen["uniform_variants"]
+    assert isinstance(variants, dict)
+    (fam,) = variants
+    # graph order: up0 (its units read by down0), down0 (read by up1), up1, ...
+    groups = [g for i in range(5) for g in seen["dense_plan"] if str(g).split(":")[0] in (f"up{i}", f"down{i}")]
+    dense_units = seen["dense_plan"]
+    for name, sign in ((f"{fam}, deeper cut more", 1), (f"{fam}, earlier cut more", -1)):
+        plan = variants[fam][name](0.4)
+        share = [1 - int(plan[g]) / int(dense_units[g]) for g in groups]  # type: ignore[call-overload]
+        # a share of 16 or 48 units rounds: monotone to within one unit of the narrower group
+        assert all(sign * (b - a) > -1 / 16 for a, b in zip(share, share[1:])), (name, share)
+        assert sign * (share[-1] - share[0]) > 0.25, (name, share)
+    (rec,) = ctx.report.passes
+    rounds = next(d["search_rounds"] for d in rec.details if "search_rounds" in d)
+    fams = [r.get("family") for r in rounds if r["status"] == "uniform-candidate"]
+    assert fams.index(fam) < fams.index(f"{fam}, deeper cut more")
+    assert f"{fam}, earlier cut more" in fams
 
 
 def test_output_error_bound_refuses_a_budget(rng: np.random.Generator) -> None:
