@@ -487,8 +487,15 @@ class PruningPass(Pass):
         if probe is not None and out.output_error is not None:
             pred = [r.get("predicted_output_error") for r in out.rounds if "measured_output_error" in r]
             meas = [r["measured_output_error"] for r in out.rounds if "measured_output_error" in r]
+            src = next((r for r in out.rounds if r.get("measured_ms") == out.measured_ms
+                        and r.get("measured_output_error") == out.output_error), None)
+            origin = ""
+            if src is not None:  # which round found the plan kept: the knapsack's or a uniform family's
+                stats["chosen_round"] = src["round"]
+                stats["chosen_from"] = src.get("family") or "search"
+                origin = f" (round {src['round']}, {stats['chosen_from']})"
             notes.append(f"{self.name}: output error ({probe.describe()}, {probe.source}): chosen plan "
-                         f"{out.output_error:.4g}; per round predicted/measured "
+                         f"{out.output_error:.4g}{origin}; per round predicted/measured "
                          + ", ".join(f"{p:.3g}/{m:.3g}" if p is not None else f"-/{m:.3g}" for p, m in zip(pred, meas)))
         details = [method.detail(g, k, table.lookup(g, k)) | {"latency_dense_ms": round(table.groups[g].dense_ms, 6)}
                    for g, k in kept.items()]

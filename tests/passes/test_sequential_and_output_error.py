@@ -161,6 +161,9 @@ def test_uniform_candidates_are_measured_and_the_least_measured_error_wins(rng: 
     within = [r["measured_output_error"] for r in rounds
               if "measured_ms" in r and r["measured_ms"] <= st["aimed_ms"] * (1 + 1e-9)]
     assert st["budget_met"] is True and st["output_error"] == pytest.approx(min(within))
+    chosen = rounds[st["chosen_round"] - 1]  # the report says which round's plan was kept
+    assert chosen["measured_output_error"] == st["output_error"]
+    assert st["chosen_from"] == chosen.get("family", "search")
     assert not [r for r in rounds if "cut more" in str(r.get("family"))]  # graded: off by default
     _st, off = compile_(uniform_candidates=False)
     assert not [r for r in off if r["status"] == "uniform-candidate"]
