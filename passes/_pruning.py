@@ -74,9 +74,8 @@ class PruningPass(Pass):
             predicted weight; 0: off).
         uniform_candidates: With the output error measured, also measure one share of every group
             of each unit kind (the other kinds dense) and of every group, each at the share the
-            corrected table puts at the budget (the best family also at three shallower shares),
-            and keep whichever plan measures the least output error within the budget (search.loop:
-            a per-layer error sum can misallocate).
+            corrected table puts at the budget, and keep whichever plan measures the least output
+            error within the budget (search.loop: a per-layer error sum can misallocate).
         uniform_graded: Then, for the family that measured best, also its share graded with depth
             (deeper layers cut more, or less). Off by default: on SmolLM2-135M at 0.8x neither
             variant beat one share (4 more measured plans; benchmarks/quality/README.md).

@@ -40,9 +40,8 @@ latency table is:
   heads dense) are competitors, not only a fallback: after the rounds, each family's share that
   the table, corrected by the rounds' measured / predicted ratio, puts at the budget is measured
   (latency and output error; a second try at the family's own ratio when the first misses the
-  budget or leaves more than the tolerance unused), the best family once more at a few shallower
-  shares (`LoopSettings.refine_steps`: latency is jagged in the kept widths), and the least
-  measured output error within the budget wins. A per-layer error sum can misallocate badly once errors compound: SmolLM2-135M
+  budget or leaves more than the tolerance unused), and the least measured output error within
+  the budget wins. A per-layer error sum can misallocate badly once errors compound: SmolLM2-135M
   at 0.8x of CPU latency, the searched FFN plan measured perplexity 37.6 where one share of every
   FFN layer at the same latency measured 31.5 (benchmarks/quality/README.md).
 
@@ -84,9 +83,6 @@ class LoopSettings:
         safety: Aim this fraction under the budget (absorbs the final check's timing noise).
         joint_max_share: The deepest shared share the joint fallback tries.
         joint_rounds: Bisection steps of the joint fallback.
-        refine_steps: After the uniform families, the best one's plan is also measured this many
-            times shallower, each `refine_step` (relative) less share than the one before.
-        refine_step: See `refine_steps`.
     """
 
     max_iters: int = 8
@@ -94,8 +90,6 @@ class LoopSettings:
     safety: float = 0.015
     joint_max_share: float = 0.75
     joint_rounds: int = 4
-    refine_steps: int = 3
-    refine_step: float = 0.025
 
 
 @dataclasses.dataclass
@@ -361,31 +355,17 @@ def meet_budget(
             and predict is not None:
         ratios = [r["measured_ms"] / r["predicted_ms"] for r in rounds if r["predicted_ms"] > 0]
         ratio = float(sorted(ratios)[len(ratios) // 2]) if ratios else 1.0
-        found: dict[str, tuple[float, float]] = {}
-        makers = dict(uniform_plans)
-
-        def family(fam: str, make: Callable[[float], dict[str, Hashable]],
-                   shares: Sequence[float] | None = None) -> None:
-            e = _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
-                                   predict, measure, measure_error, model, rounds, settings, consider,
-                                   shares=shares)
-            if e is not None and (fam not in found or e[0] < found[fam][0]):
-                found[fam] = e
-
+        found: dict[str, float] = {}
         for fam, make in uniform_plans.items():
-            family(fam, make)
+            e = _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
+                                   predict, measure, measure_error, model, rounds, settings, consider)
+            if e is not None:
+                found[fam] = e
         if found and uniform_variants:  # the graded variants of the family that measured best
-            top = min(found, key=lambda f: found[f][0])
+            top = min(found, key=lambda f: found[f])
             for fam, make in uniform_variants.get(top, {}).items():
-                makers[fam] = make
-                family(fam, make)
-        if found and settings.refine_steps > 0:
-            # latency is jagged in the kept widths (kernel tiling): the best family's plan a little
-            # shallower may still measure within the budget, at less error
-            top = min(found, key=lambda f: found[f][0])
-            s0 = found[top][1]
-            family(top, makers[top], shares=[s0 * (1.0 - k * settings.refine_step)
-                                             for k in range(1, settings.refine_steps + 1)])
+                _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
+                                   predict, measure, measure_error, model, rounds, settings, consider)
     if best[0] > budget and has_measurements and joint_plan is not None:
         assert plan_error is not None and predict is not None
         best = _joint_fallback(best, budget, user_budget, max_total_error, n, joint_plan, plan_error,
@@ -423,12 +403,10 @@ def _uniform_candidate(
     rounds: list[dict[str, Any]],
     settings: LoopSettings,
     consider: Callable[[float, float, dict[str, Hashable], float | None], None],
-    shares: Sequence[float] | None = None,
-) -> tuple[float, float] | None:
+) -> float | None:
     """Measure one family's plan at the share the table, scaled by `ratio` (measured / predicted),
     puts at `budget`; once more at the family's own ratio when that misses the budget or lands
-    more than the tolerance under it. With `shares`: each of those shares instead (refinement).
-    Returns (the least output error measured within the budget, its share), or None."""
+    more than the tolerance under it. Returns the least output error measured within the budget."""
 
     def share_for(r: float) -> float | None:
         hi = settings.joint_max_share
@@ -444,52 +422,38 @@ def _uniform_candidate(
         return hi
 
     tried: list[dict[str, Hashable]] = []
-    best: tuple[float, float] | None = None
-
-    def one(share: float, status: str) -> tuple[float, float] | None:
-        """Time and probe the family's plan at `share`: (measured ms, predicted ms), None if skipped."""
-        nonlocal best
-        plan = make(share)
-        if plan in tried:
-            return None
-        tried.append(plan)
-        error = plan_error(plan)
-        if error > bound:
-            rounds.append({"round": len(rounds) + 1, "status": status, "family": family,
-                           "uniform_share": round(share, 4), "skipped": "summed error over the bound"})
-            return None
-        predicted = predict(plan)
-        measured = measure(plan, predicted)
-        out_err = measure_error(plan)
-        record: dict[str, Any] = {"round": len(rounds) + 1, "status": status, "family": family,
-                                  "uniform_share": round(share, 4), "predicted_ms": predicted,
-                                  "measured_ms": measured, "mean_error": error / n,
-                                  "measured_output_error": out_err}
-        if model is not None:
-            record["predicted_output_error"] = model.predict({str(g): plan_error({g: k}) for g, k in plan.items()})
-        rounds.append(record)
-        logger.info("%s %s: share %.4f, predicted %.4f, measured %.4f, output error %.4g",
-                    status, family, share, predicted, measured, out_err)
-        consider(measured, error, plan, out_err)
-        if measured <= budget and (best is None or out_err < best[0]):
-            best = (out_err, share)
-        return measured, predicted
-
-    if shares is not None:
-        for sh in shares:
-            one(sh, "uniform-refine")
-        return best
     r = ratio
+    best: float | None = None
     for attempt in range(2):
         share = share_for(r)
         if share is None:
             rounds.append({"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
                            "skipped": "the table puts its deepest share over the budget"})
             return best
-        got = one(share, "uniform-candidate")
-        if got is None:
+        plan = make(share)
+        if plan in tried:
             return best
-        measured, predicted = got
+        tried.append(plan)
+        error = plan_error(plan)
+        if error > bound:
+            rounds.append({"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
+                           "uniform_share": round(share, 4), "skipped": "summed error over the bound"})
+            return best
+        predicted = predict(plan)
+        measured = measure(plan, predicted)
+        out_err = measure_error(plan)
+        record: dict[str, Any] = {"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
+                                  "uniform_share": round(share, 4), "predicted_ms": predicted,
+                                  "measured_ms": measured, "mean_error": error / n,
+                                  "measured_output_error": out_err}
+        if model is not None:
+            record["predicted_output_error"] = model.predict({str(g): plan_error({g: k}) for g, k in plan.items()})
+        rounds.append(record)
+        logger.info("uniform candidate %s: share %.4f, predicted %.4f, measured %.4f, output error %.4g",
+                    family, share, predicted, measured, out_err)
+        consider(measured, error, plan, out_err)
+        if measured <= budget and (best is None or out_err < best):
+            best = out_err
         if budget >= measured >= user_budget * (1.0 - settings.tolerance) or attempt or predicted <= 0:
             return best
         r = measured / predicted  # this family's own measured / predicted ratio

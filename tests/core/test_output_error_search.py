@@ -271,34 +271,3 @@ def test_variants_are_tried_for_the_best_family_only() -> None:
     assert fams[:2] == ["plain", "front"] and "plain, graded" in fams and "front, graded" not in fams
     assert "front-variant" not in made
     assert out.output_error == pytest.approx(0.14)
-
-
-def test_the_best_family_is_refined_to_a_shallower_share_that_still_fits() -> None:
-    """Latency is jagged in the kept widths and the table can be off: it predicts the family's
-    level-1 plan (share 0.45-0.5) over the budget, so the bisection lands on share 0.5 (every site at
-    level 2, measured 2.0). The refinement measures share 0.4875: level 1 everywhere, 24 ms within
-    the budget, 0.14. Without it (refine_steps=0) the knapsack's plan (1.0) is kept."""
-
-    def stepped(share: float) -> dict[str, Hashable]:
-        level = 2 if share >= 0.5 else 1 if share >= 0.45 else 0
-        return {s: level for s in ("n1", "n2", "n3", "n4")}
-
-    def pessimistic(plan: Mapping[str, Hashable]) -> float:
-        return sum({0: 10.0, 1: 7.5, 2: 3.0}[int(k)] for k in plan.values())  # type: ignore[call-overload]
-
-    def run(steps: int):  # type: ignore[no-untyped-def]
-        opts, classes, dense = _one_kind()
-        return meet_budget(opts, plan_of, base_ms=0.0, budget_ms=28.0, dense_now_ms=40.0, table_dense_ms=40.0,
-                           measure=_exact_latency, max_total_error=10.0,
-                           settings=LoopSettings(max_iters=4, safety=0.0, tolerance=0.2, refine_steps=steps),
-                           measure_error=_deep_cuts_compound, site_class=classes, dense_plan=dense,
-                           plan_error=_plan_error, predict=pessimistic, uniform_plans={"every neuron group": stepped})
-
-    plain = run(0)
-    assert plain.output_error == pytest.approx(1.0)
-    assert not [r for r in plain.rounds if r["status"] == "uniform-refine"]
-    out = run(3)
-    ref = [r for r in out.rounds if r["status"] == "uniform-refine"]
-    assert len(ref) == 1 and ref[0]["uniform_share"] == pytest.approx(0.4875)  # 0.475, 0.4625: the same plan
-    assert dict(out.plan) == {"n1": 1, "n2": 1, "n3": 1, "n4": 1}
-    assert out.output_error == pytest.approx(0.14)
