@@ -316,7 +316,7 @@ class PruningPass(Pass):
             rank = {g: i for i, g in enumerate(sorted(mine, key=lambda g: (pos[g], g)))}
             last = len(mine) - 1
 
-            def graded(slope: float, kind: str = kind, rank: dict[str, int] = rank, last: int = last,
+            def graded(slope: float, rank: dict[str, int] = rank, last: int = last,
                        ) -> Callable[[float], dict[str, Hashable]]:
                 def make(share: float) -> dict[str, Hashable]:
                     plan: dict[str, Hashable] = {}
@@ -420,19 +420,18 @@ class PruningPass(Pass):
         if probe is not None and self.uniform_candidates and not uniform:
             from spa_compiler.search.output_error import site_classes
 
-            kinds = site_classes(method)
+            kinds = site_class if site_class is not None else site_classes(method)
             names = sorted({kinds[g] for g in groups if g in kinds})
 
-            def family(kind: str | None) -> Callable[[float], dict[str, Hashable]]:
-                def make(share: float) -> dict[str, Hashable]:
-                    plan = method.uniform_plan(share, fine)
-                    return {g: (k if kind is None or kinds.get(g) == kind else groups[g].n_units)
-                            for g, k in plan.items()}
+            def family(kind: str) -> Callable[[float], dict[str, Hashable]]:
+                def make(share: float) -> dict[str, Hashable]:  # one share of `kind`, the rest dense
+                    return {g: (k if kinds.get(g) == kind else groups[g].n_units)
+                            for g, k in joint_plan(share).items()}
                 return make
 
             families = {f"every {k} group": family(k) for k in names}
             if len(names) > 1:
-                families["every group"] = family(None)
+                families["every group"] = joint_plan
             variants = self._graded_families(method, fine, kinds, names) if self.uniform_graded else None
         settings = LoopSettings(max_iters=self.max_iters, tolerance=self.tolerance, safety=self.safety,
                                 joint_max_share=self.max_ratio)

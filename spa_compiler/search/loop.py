@@ -355,17 +355,16 @@ def meet_budget(
             and predict is not None:
         ratios = [r["measured_ms"] / r["predicted_ms"] for r in rounds if r["predicted_ms"] > 0]
         ratio = float(sorted(ratios)[len(ratios) // 2]) if ratios else 1.0
-        found: dict[str, float] = {}
-        for fam, make in uniform_plans.items():
-            e = _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
-                                   predict, measure, measure_error, model, rounds, settings, consider)
-            if e is not None:
-                found[fam] = e
+
+        def candidate(fam: str, make: Callable[[float], dict[str, Hashable]]) -> float | None:
+            return _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
+                                      predict, measure, measure_error, model, rounds, settings, consider)
+
+        found = {fam: e for fam, make in uniform_plans.items() if (e := candidate(fam, make)) is not None}
         if found and uniform_variants:  # the graded variants of the family that measured best
             top = min(found, key=lambda f: found[f])
             for fam, make in uniform_variants.get(top, {}).items():
-                _uniform_candidate(fam, make, ratio, budget, user_budget, max_total_error, n, plan_error,
-                                   predict, measure, measure_error, model, rounds, settings, consider)
+                candidate(fam, make)
     if best[0] > budget and has_measurements and joint_plan is not None:
         assert plan_error is not None and predict is not None
         best = _joint_fallback(best, budget, user_budget, max_total_error, n, joint_plan, plan_error,
