@@ -31,6 +31,13 @@ import numpy.typing as npt
 #: A term: an atom id (int) or ("+"|"*", tuple of terms).
 Term = int | tuple
 
+#: Nesting bound of one unification. Two cuts of an axis that disagree by a shift (a slice
+#: ``x[1:]`` against ``x[:-1]``, as position arithmetic in exported causal masks does) can only be
+#: unified by cutting the axis into one atom per position, one nested step each: on a 512-token
+#: sequence that exceeded Python's recursion limit. Past this depth the unification fails instead
+#: (the refinements made so far stay; they are sound) and the caller freezes the axes involved.
+MAX_UNIFY_DEPTH = 64
+
 
 @dataclasses.dataclass
 class AtomInfo:
@@ -60,6 +67,7 @@ class DimSpace:
         self._defn: dict[int, Term] = {}
         self._info: dict[int, AtomInfo] = {}
         self._touched: set[int] = set()
+        self._depth = 0
 
     def copy(self) -> DimSpace:
         """An independent copy in O(atoms): its union-find, atoms and info records are its own
@@ -70,6 +78,7 @@ class DimSpace:
         other._defn = dict(self._defn)
         other._info = {k: v.copy() for k, v in self._info.items()}
         other._touched = set(self._touched)
+        other._depth = 0
         return other
 
     # ------------------------------------------------------------------ atoms
@@ -216,7 +225,17 @@ class DimSpace:
         Returns False when they cannot be made the same (sizes differ, or a refinement is not
         a sum/product of atoms); partial refinements made before the failure stay (they are
         always sound: a refinement never changes what an axis means, only how finely it is cut).
+        It also fails past `MAX_UNIFY_DEPTH` nested steps.
         """
+        if self._depth >= MAX_UNIFY_DEPTH:
+            return False
+        self._depth += 1
+        try:
+            return self._unify(t1, t2)
+        finally:
+            self._depth -= 1
+
+    def _unify(self, t1: Term, t2: Term) -> bool:
         a, b = self.canon(t1), self.canon(t2)
         if self.size(a) != self.size(b):
             return False

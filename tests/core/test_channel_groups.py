@@ -133,6 +133,54 @@ def test_freeze_and_tags_survive_refinement() -> None:
         assert sp.frozen(r) == "because" and "head" in sp.info(r).tags
 
 
+def _shifted(sp: DimSpace, n: int) -> tuple[object, object]:
+    """x[1:] and x[:-1] of one axis of n positions."""
+    x = sp.new(n)
+    head = sp.split(x, 1)
+    tail = sp.split(x, n - 1)
+    assert head is not None and tail is not None
+    return head[1], tail[0]
+
+
+def test_a_shifted_axis_refines_when_short_and_fails_cleanly_when_long() -> None:
+    """x[1:] against x[:-1] ties every position to the next: short axes are cut into one atom
+    per position; long ones (a 512-token sequence) used to exceed the recursion limit and now
+    fail the unification, which makes the caller freeze them."""
+    sp = DimSpace()
+    a, b = _shifted(sp, 8)
+    assert sp.unify(a, b)
+    assert len(set(sp.leaves(a))) == 1 and len(sp.leaves(a)) == 7  # one class: every position
+    sp = DimSpace()
+    a, b = _shifted(sp, 4096)
+    assert not sp.unify(a, b)
+    sp.freeze(a, "incompatible")  # what the analysis does next: must not recurse either
+    assert all(sp.frozen(r) == "incompatible" for r in sp.leaves(a))
+
+
+@pytest.mark.parametrize("seq", [16, 512, 4096])
+def test_position_shift_on_a_long_sequence_leaves_the_channel_groups_alone(seq: int) -> None:
+    """Sub(x[:, 1:], x[:, :-1]) before a MatMul, as exported causal-mask and position code
+    does: the analysis finishes at any sequence length, with the same prunable groups."""
+    f = TensorProto.FLOAT
+    w1 = np.random.default_rng(0).standard_normal((8, 12)).astype(np.float32)
+    w2 = np.random.default_rng(1).standard_normal((12, 8)).astype(np.float32)
+    i64 = lambda v: np.array(v, dtype=np.int64)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["x", "one", "big", "ax"], ["a"]),
+        helper.make_node("Slice", ["x", "zero", "minus1", "ax"], ["b"]),
+        helper.make_node("Sub", ["a", "b"], ["d"]),
+        helper.make_node("MatMul", ["d", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", f, [1, "S", 8])], [helper.make_tensor_value_info("y", f, [1, "T", 8])],
+        {"one": i64([1]), "big": i64([2**62]), "zero": i64([0]), "minus1": i64([-1]), "ax": i64([1]),
+         "w1": w1, "w2": w2})
+    an = analyze(ModelIR.from_proto(model), input_shapes={"x": [1, seq, 8]})
+    assert [(g.n_units, g.unit) for g in an.prunable] == [(12, "neuron")]
+
+
 # ---------------------------------------------------------------------- round_to
 @hypothesis.given(
     st.integers(2, 64), st.sampled_from([1, 2, 8, 16]), st.sampled_from([1, 8, 16, 64]), st.data()
