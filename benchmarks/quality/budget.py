@@ -32,6 +32,27 @@ FIDELITY = {"smollm2": ("kl_to_dense", "top1_agreement"), "minilm": ("cosine_to_
 METRIC = {"smollm2": "perplexity", "minilm": "probe_accuracy", "efficientnet": "probe_accuracy"}
 
 
+def compile_args(cfg: dict[str, Any], dense: Any, onnx: pathlib.Path, report: pathlib.Path, budget: str,
+                 options: str, table: Any) -> list[str]:
+    """`spa-compile` arguments (after the program) of one budget row: `prune-to-budget{options}` on
+    ORT CPU, 1 thread, the given latency table, the summed-error bound lifted."""
+    return [str(dense), "-o", str(onnx), "-p", f"cleanup,prune-to-budget{{{options}}},cleanup",
+            "--latency-budget", f"{budget}x", "--target", "ort-cpu", "--latency-table", str(table),
+            "--max-error", "100", "--threads", "1", "--runs", str(cfg["runs"]), "--report", str(report),
+            *[a for s in cfg["shapes"] for a in ("--input-shape", s)]]
+
+
+def kept_units(rec: dict[str, Any]) -> dict[str, str]:
+    """unit kind -> "kept/total" over the groups of a pruning pass's report record."""
+    units: dict[str, list[int]] = {}
+    for d in rec.get("details", []):
+        if "unit" in d and "kept" in d:
+            units.setdefault(d["unit"], [0, 0])
+            units[d["unit"]][0] += d["kept"]
+            units[d["unit"]][1] += d["units"]
+    return {u: f"{k}/{n}" for u, (k, n) in units.items()}
+
+
 def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: pathlib.Path,
             work: pathlib.Path, eval_args: list[str], reuse: bool = False,
             compile_only: bool = False) -> dict[str, Any] | None:
@@ -39,12 +60,9 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
 
     cfg = MODELS[name]
     dense = real.export_real(cfg["real"], cfg["exporter"])
-    shapes = [a for s in cfg["shapes"] for a in ("--input-shape", s)]
     stem = f"{name}-{row}-{budget}"
     onnx, rep = work / f"{stem}.onnx", work / f"{stem}.report.json"
-    cmd = [*_spa(), str(dense), "-o", str(onnx), "-p", f"cleanup,prune-to-budget{{{options}}},cleanup",
-           "--latency-budget", f"{budget}x", "--target", "ort-cpu", "--latency-table", str(table),
-           "--max-error", "100", "--threads", "1", "--runs", str(cfg["runs"]), "--report", str(rep), *shapes]
+    cmd = [*_spa(), *compile_args(cfg, dense, onnx, rep, budget, options, table)]
     if calib:
         cmd += ["--calib", cfg["calib"]]
     log = work / f"{stem}.compile.log"
@@ -68,12 +86,6 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
     keep = ("round", "status", "predicted_ms", "measured_ms", "mean_error", "predicted_output_error",
             "measured_output_error", "measured_output_error_by_class", "class_weights", "uniform_share",
             "family", "skipped")
-    units: dict[str, list[int]] = {}
-    for d in rec.get("details", []):
-        if "unit" in d and "kept" in d:
-            units.setdefault(d["unit"], [0, 0])
-            units[d["unit"]][0] += d["kept"]
-            units[d["unit"]][1] += d["units"]
     return {
         "row": row, "budget": float(budget), "options": options, "calib": calib,
         "command": shlex.join(["spa-compile", *cmd[3:]]).replace(str(dense), f"<{cfg['real']}>"),
@@ -81,7 +93,7 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
                                         "<compiled>", "--dense", f"<{cfg['real']}>", *eval_args]),
         "latency_ratio": paired.get("ratio"), "budget_met": r.get("budget", {}).get("met"),
         "mac_ratio": r["after"]["macs"] / r["before"]["macs"] if r["before"].get("macs") else None,
-        "kept_units": {u: f"{k}/{n}" for u, (k, n) in units.items()},
+        "kept_units": kept_units(rec),
         "search_rounds": [{k: v for k, v in x.items() if k in keep} for x in rounds],
         "stats": {k: v for k, v in stats.items() if k in (
             "output_error", "output_error_final", "output_error_measure", "output_error_feeds", "output_error_plans_measured",

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.quality.budget import compile_args, kept_units
 from benchmarks.quality.table import MODELS, RESULTS
 
 
@@ -127,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(out.read_text()) if out.exists() else {"rows": {}}
     for v in a.variants.split(","):
         onnx, rep = work / f"{a.model}-{v}.onnx", work / f"{a.model}-{v}.report.json"
-        spa = [str(dense), "-o", str(onnx), "-p", "cleanup,prune-to-budget{criterion=obspa,error-feeds=0},cleanup",
-               "--latency-budget", f"{a.budget}x", "--target", "ort-cpu", "--latency-table", a.table,
-               "--max-error", "100", "--threads", "1", "--runs", str(cfg["runs"]), "--report", str(rep),
-               *[x for s in cfg["shapes"] for x in ("--input-shape", s)]]
+        spa = compile_args(cfg, dense, onnx, rep, a.budget, "criterion=obspa,error-feeds=0", a.table)
         print(f"[datafree] {v}: compiling", flush=True)
         subprocess.run([sys.executable, "-m", "benchmarks.quality.datafree_ablation", "--table", a.table,
                         "--workdir", a.workdir, "--_one", v, "--", *spa], check=True)
@@ -139,19 +137,14 @@ def main(argv: list[str] | None = None) -> int:
                         "--dense", str(dense), "--out", str(qjson), *shlex.split(a.eval_args)], check=True)
         r = json.loads(rep.read_text())
         rec = next(p for p in r["passes"] if p["name"] == "prune-to-budget")
-        kept: dict[str, list[int]] = {}
-        for d in rec.get("details", []):
-            if "unit" in d and "kept" in d:
-                kept.setdefault(d["unit"], [0, 0])
-                kept[d["unit"]][0] += d["kept"]
-                kept[d["unit"]][1] += d["units"]
-        q = json.loads(qjson.read_text())["results"]
+        evaluated = json.loads(qjson.read_text())
+        q = evaluated["results"]
         results["rows"][f"{v}@{a.budget}x"] = {
             "variant": v, "budget": float(a.budget),
             "quality": {k: q.get(k) for k in ("probe_accuracy", "cosine_to_dense", "cosine_to_dense_p05")},
             "latency_ratio": r["after"].get("paired", {}).get("ratio"),
-            "kept_units": {u: f"{k}/{n}" for u, (k, n) in kept.items()},
-            "git_commit": json.loads(qjson.read_text())["versions"].get("git_commit"),
+            "kept_units": kept_units(rec),
+            "git_commit": evaluated["versions"].get("git_commit"),
             "command": f"python -m benchmarks.quality.datafree_ablation --table T --workdir W --variants {v} "
                        f"--budget {a.budget} --eval-args {shlex.quote(a.eval_args)}",
             "load_avg": os.getloadavg(),

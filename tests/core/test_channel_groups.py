@@ -23,7 +23,7 @@ from spa_compiler.groups.analysis import (
     random_plan,
     round_removal,
 )
-from spa_compiler.groups.dims import DimSpace
+from spa_compiler.groups.dims import DimSpace, Term
 from spa_compiler.groups.oracle import oracle_check
 from spa_compiler.groups.report import format_groups, groups_to_json
 from spa_compiler.ir import ModelIR
@@ -133,7 +133,7 @@ def test_freeze_and_tags_survive_refinement() -> None:
         assert sp.frozen(r) == "because" and "head" in sp.info(r).tags
 
 
-def _shifted(sp: DimSpace, n: int) -> tuple[object, object]:
+def _shifted(sp: DimSpace, n: int) -> tuple[Term, Term]:
     """x[1:] and x[:-1] of one axis of n positions."""
     x = sp.new(n)
     head = sp.split(x, 1)
