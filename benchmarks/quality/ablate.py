@@ -14,6 +14,9 @@ fixed and only what follows it varies:
   (sequential=0);
 - ``residual``: the same with the residual's error in the target of a layer that feeds a residual
   Add (one such layer a stage);
+- ``layer-ln``: ``layer-oneshot``, then every LayerNormalization's scale and bias re-fitted, in
+  graph order, per channel by least squares to the dense model's LN output on the calibration
+  feeds (2 parameters a channel: a correction that cannot over-fit);
 - ``isolated``: each group's cut alone (every other group dense, one-shot re-fit): its own output
   error; the sum against the joint plan's says how much compounds.
 
@@ -81,12 +84,42 @@ def _checkpoints(model: Any, dense: Any, texts: list[str]) -> dict[str, float]:
             for nm, s in sums.items()}
 
 
+def _ln_refit(model: Any, dense: Any, feeds: list[dict[str, np.ndarray]]) -> int:
+    """Re-fit each LayerNormalization's scale/bias (per channel, least squares) so that its output
+    matches the dense model's on `feeds`, one LN at a time in graph order; returns how many."""
+    import onnx_graphsurgeon as gs
+
+    from spa_compiler.calibration import ActivationCollector
+
+    lns = [n for n in model.graph.nodes if n.op == "LayerNormalization"
+           and all(isinstance(t, gs.Constant) for t in n.inputs[1:3])]
+    dense_out = ActivationCollector(dense, [n.outputs[0].name for n in lns])
+    targets = [dense_out.run({k: v for k, v in f.items() if k in dense_out.input_names}) for f in feeds]
+    for ln in lns:
+        eps = float(ln.attrs.get("epsilon", 1e-5))
+        col = ActivationCollector(model, [ln.inputs[0].name], prune=True)
+        sums = np.zeros((5, ln.inputs[1].values.size))
+        for f, t in zip(feeds, targets):
+            x = col.run({k: v for k, v in f.items() if k in col.input_names})[ln.inputs[0].name]
+            x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+            y = np.asarray(t[ln.outputs[0].name], np.float64).reshape(x.shape)
+            xh = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + eps)
+            sums += [xh.sum(0), y.sum(0), (xh * xh).sum(0), (xh * y).sum(0), np.full(x.shape[1], len(x))]
+        sx, sy, sxx, sxy, n = sums
+        gain = (sxy / n - sx * sy / n**2) / np.maximum(sxx / n - (sx / n) ** 2, 1e-12)
+        dtype = ln.inputs[1].values.dtype
+        ln.inputs[1].values = gain.astype(dtype)
+        ln.inputs[2].values = (sy / n - gain * sx / n).astype(dtype)
+    return len(lns)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality.ablate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["minilm"], default="minilm")
     ap.add_argument("--report", required=True, help="a compile report of prune-to-budget (the plan)")
     ap.add_argument("--variants", default="layer-oneshot,layer-seq4,dense-1,dense-4,isolated")
     ap.add_argument("--n-test", type=int, default=300, help="held-out sentences (evaluation split)")
+    ap.add_argument("--calib-n", type=int, default=1024, help="calibration sentences (minilm_calibration)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     dense_path = real.export_real(cfg["real"], cfg["exporter"])
     dense = ModelIR.from_proto(onnx.load(str(dense_path)))
     shapes = {s.split(":")[0]: [int(v) for v in s.split(":")[1].split("x")] for s in cfg["shapes"]}
-    calib = list(evaluate.minilm_calibration())
+    calib = list(evaluate.minilm_calibration(args.calib_n))
     ctx = CompileContext(calibration=calib, input_shapes=shapes)
     t0 = time.perf_counter()
-    base = PruneToBudgetPass(criterion="obs", round_to=1)
+    # paths to the deepest cut (without a budget they would stop at the default ratio's share, and
+    # a plan beyond it would not apply)
+    base = PruneToBudgetPass(criterion="obs", round_to=1, ratio=PruneToBudgetPass.max_ratio)
     method = base.build_method(dense.clone(), ctx)
     method_s = time.perf_counter() - t0
     paths0 = dict(method.paths)
@@ -123,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dense-1": dict(sequential=0, refit="dense", refit_stages=1),
                 "dense-4": dict(sequential=0, refit="dense", refit_stages=4),
                 "dense-4-seq4": dict(sequential=4, refit="dense", refit_stages=4),
-                "residual": dict(sequential=0, refit="residual")}
+                "residual": dict(sequential=0, refit="residual"), "layer-ln": dict(sequential=0, refit="layer")}
     for v in args.variants.split(","):
         t = time.perf_counter()
         if v == "isolated":
@@ -144,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         m = dense.clone()
         stats = p._sequential(m, ctx, method, kept)
         method.apply(m, kept)
+        if v == "layer-ln":
+            stats["layer_norms_refitted"] = _ln_refit(m, dense, calib)
         cos = _sentence_cos(m, dense_emb, texts)
         out["variants"][v] = {"cosine_to_dense": round(cos, 5), "error": round(1 - cos, 5),
                               "checkpoints": _checkpoints(m, dense, texts[:100]),

@@ -55,7 +55,7 @@ def kept_units(rec: dict[str, Any]) -> dict[str, str]:
 
 def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: pathlib.Path,
             work: pathlib.Path, eval_args: list[str], reuse: bool = False,
-            compile_only: bool = False) -> dict[str, Any] | None:
+            compile_only: bool = False, calib_spec: str | None = None) -> dict[str, Any] | None:
     from spa_compiler.models_zoo import real
 
     cfg = MODELS[name]
@@ -64,7 +64,7 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
     onnx, rep = work / f"{stem}.onnx", work / f"{stem}.report.json"
     cmd = [*_spa(), *compile_args(cfg, dense, onnx, rep, budget, options, table)]
     if calib:
-        cmd += ["--calib", cfg["calib"]]
+        cmd += ["--calib", calib_spec or cfg["calib"]]
     log = work / f"{stem}.compile.log"
     if reuse and rep.exists() and onnx.exists():  # compiled by an earlier (interrupted) run
         cost = {**_from_log(log), "reused": True}
@@ -88,6 +88,7 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
             "family", "skipped")
     return {
         "row": row, "budget": float(budget), "options": options, "calib": calib,
+        "calib_spec": (calib_spec or cfg["calib"]) if calib else None,
         "command": shlex.join(["spa-compile", *cmd[3:]]).replace(str(dense), f"<{cfg['real']}>"),
         "evaluate_command": shlex.join(["python", "-m", "benchmarks.quality.run", "--model", name, "--onnx",
                                         "<compiled>", "--dense", f"<{cfg['real']}>", *eval_args]),
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row", help="the row's name in the results")
     ap.add_argument("--options", default="", help="prune-to-budget options, e.g. criterion=obs,sequential=0")
     ap.add_argument("--calib", action="store_true", help="compile with the model's calibration data")
+    ap.add_argument("--calib-spec", help="other calibration data than the model's function (implies --calib), "
+                    "e.g. benchmarks/quality/evaluate.py:minilm_calibration_256")
     ap.add_argument("--table", help="latency table (spa-compile profile) to reuse")
     ap.add_argument("--workdir", help="compiled models, reports and logs")
     ap.add_argument("--eval-args", default="", help="extra arguments of benchmarks.quality.run, e.g. '--windows 8'")
@@ -160,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    row = run_row(args.model, args.budget, args.row, args.options, args.calib, pathlib.Path(args.table), work,
-                  shlex.split(args.eval_args), reuse=args.reuse, compile_only=args.compile_only)
+    row = run_row(args.model, args.budget, args.row, args.options, args.calib or bool(args.calib_spec),
+                  pathlib.Path(args.table), work, shlex.split(args.eval_args), reuse=args.reuse,
+                  compile_only=args.compile_only, calib_spec=args.calib_spec)
     if row is None:
         return 0
     out = RESULTS / f"budget-{args.model}.json"

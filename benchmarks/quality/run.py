@@ -48,7 +48,7 @@ FULL = {
     "minilm": {"n_train": 8000, "n_test": 2568},
     "efficientnet": {"n": 2000, "n_train": 2000},
 }
-CALIB_DEFAULT_N = {"smollm2": 64, "minilm": 256, "efficientnet": 256}
+CALIB_DEFAULT_N = {"smollm2": 64, "minilm": 1024, "efficientnet": 256}
 
 
 def versions() -> dict[str, str]:

@@ -192,6 +192,9 @@ class GroupPath:
     #: Per view index, (kept, full-width weight) re-fitted elsewhere (`criteria.refit`): returned by
     #: `compensated` at that kept count instead of the OBS re-fit.
     fitted: dict[int, tuple[int, npt.NDArray[Any]]] = dataclasses.field(default_factory=dict)
+    #: Per view, the input rows (tokens, pixels, images) its measured statistics came from (0: a
+    #: closed form, no rows).
+    view_rows: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def moments(self) -> str | None:
@@ -207,8 +210,13 @@ class GroupPath:
         return float(self.errors[r])
 
     def removed(self, kept: int) -> list[int]:
-        """The units removed when keeping `kept`."""
-        return self.order[: self.n_units - kept]
+        """The units removed when keeping `kept` (ValueError when the path stops short of it: a
+        path built for a smaller share would otherwise remove fewer units than asked, silently)."""
+        r = self.n_units - kept
+        if not 0 <= r <= len(self.order):
+            raise ValueError(f"group {self.group_id}: {kept} kept units is outside the path "
+                             f"({self.n_units - len(self.order)}..{self.n_units})")
+        return self.order[:r]
 
     def compensated(self, kept: int) -> dict[int, npt.NDArray[Any]]:
         """Per view index, the consumer weight re-fitted on the kept columns (full shape, removed
@@ -460,20 +468,24 @@ def group_paths(
     pool = parallel.PathPool.for_groups(
         [(sum(v.w2d.shape[1] ** 2 for v in views_by_group[g.id]), n_removable(g)) for g in groups
          if views_by_group[g.id]], relative_obs_path) if criterion not in ("wanda", "magnitude") else None
-    pending: list[tuple[ChannelGroup, list[LinearView], list[Any], list[str]]] = []
+    pending: list[tuple[ChannelGroup, list[LinearView], list[Any], list[str], list[int]]] = []
     k = 0
     for gi, g in enumerate(groups):
         vs = views_by_group[g.id]
         n_remove = n_removable(g)
         hs = []
         sources = []
+        rows = []
         for v in vs:
             if k in closed:
                 hs.append(closed[k].hessian(v.w2d.shape[1], damp=damp))
                 sources.append(closed[k].source)
+                rows.append(0)
             else:
                 # popped: each accumulator (cols² float64) is freed once its Hessian is taken
-                hs.append(accs.pop(measured_index[id(v)]).hessian(damp=damp))
+                acc = accs.pop(measured_index[id(v)])
+                rows.append(int(acc.n_samples))
+                hs.append(acc.hessian(damp=damp))
                 sources.append(data_source)
             k += 1
         if not vs:
@@ -487,7 +499,7 @@ def group_paths(
             scores = sum(wanda_scores(v.w2d, h, v.unit_cols) for v, h in zip(vs, hs))
             order, errs = _path_from_scores(np.asarray(scores, dtype=np.float64), n_remove)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, "wanda", note=notes.get(g.id),
-                                    view_moments=sources)
+                                    view_moments=sources, view_rows=rows)
         else:
             from spa_compiler.criteria.obs import prepare_hessian
 
@@ -495,14 +507,15 @@ def group_paths(
 
             hs = [prepare_hessian(h) for h in hs]
             if pool is not None:
-                pending.append((g, vs, hs, sources))
+                pending.append((g, vs, hs, sources, rows))
                 pool.submit(g.id, vs, hs, g.n_units, n_remove)
                 continue
             order, errs = relative_obs_path(vs, hs, g.n_units, n_remove, step)
             steps_done += n_remove
             # kept for the re-fit: in memory up to a limit, on disk beyond it (criteria.spill)
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
-                                    views=vs, hessians=[keep(h) for h in hs], view_moments=sources)
+                                    views=vs, hessians=[keep(h) for h in hs], view_moments=sources,
+                                    view_rows=rows)
             del hs
         if progress and criterion == "wanda":
             progress(task, gi + 1, len(groups))
@@ -510,10 +523,11 @@ def group_paths(
         from spa_compiler.criteria.spill import keep
 
         results = pool.results(lambda done: progress(task, done, obs_steps) if progress else None)
-        for g, vs, hs, sources in pending:
+        for g, vs, hs, sources, rows in pending:
             order, errs = results[g.id]
             paths[g.id] = GroupPath(g.id, g.n_units, order, errs, criterion, note=notes.get(g.id),
-                                    views=vs, hessians=[keep(h) for h in hs], view_moments=sources)
+                                    views=vs, hessians=[keep(h) for h in hs], view_moments=sources,
+                                    view_rows=rows)
         pending.clear()
         paths = {g.id: paths[g.id] for g in groups if g.id in paths}  # the groups' order
     return paths

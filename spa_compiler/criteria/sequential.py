@@ -138,8 +138,11 @@ def sequential_refit(
             for g in gids:
                 vs = views[g]
                 hs = []
+                rows = []
                 for _ in vs:
-                    hs.append(prepare_hessian(accs.pop(i).hessian(damp=DAMP)))
+                    acc = accs.pop(i)
+                    rows.append(int(acc.n_samples))
+                    hs.append(prepare_hessian(acc.hessian(damp=DAMP)))
                     i += 1
                 if not vs:
                     continue
@@ -149,7 +152,7 @@ def sequential_refit(
                 ordr, errs = relative_obs_path(vs, hs, grp.n_units, n_remove)
                 paths[g] = GroupPath(g, grp.n_units, ordr, errs, old.criterion, note=old.note, views=vs,
                                      hessians=[keep(h) for h in hs],
-                                     view_moments=["calibration (sequential)"] * len(vs))
+                                     view_moments=["calibration (sequential)"] * len(vs), view_rows=rows)
                 del old, hs
                 recalibrated += 1
         mask_plan(model, [paths[g] for g in gids], kept)

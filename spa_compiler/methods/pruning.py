@@ -320,6 +320,27 @@ class PruningMethod:
                 counts["moments_batchnorm" if src == BATCHNORM else "moments_random_input"] += 1
         return counts
 
+    def calibration_coverage(self) -> dict[str, Any] | None:
+        """How well the measured statistics are determined: of the consumers whose second moments
+        were measured on feeds, the one with the fewest input rows per input column.
+
+        Returns:
+            {"rows_per_column", "rows", "columns", "consumer"}, or None when no consumer's moments
+            were measured (magnitude, closed forms only).
+        """
+        worst: tuple[float, int, int, str] | None = None
+        for p in (self.paths or {}).values():
+            for v, rows in zip(p.views, p.view_rows):
+                cols = int(v.w2d.shape[1])
+                if rows <= 0 or cols <= 0:
+                    continue
+                if worst is None or rows / cols < worst[0]:
+                    worst = (rows / cols, rows, cols, v.node.name)
+        if worst is None:
+            return None
+        return {"rows_per_column": round(worst[0], 2), "rows": worst[1], "columns": worst[2],
+                "consumer": worst[3]}
+
     def detail(self, gid: str, k: int, latency: float | None = None) -> dict[str, Any]:
         """The report record of one group at `k` kept units."""
         g = self.groups[gid]

@@ -81,6 +81,12 @@ def test_shorter_paths_are_prefixes_of_longer_ones(criterion: str, rng: np.rando
         if criterion == "obs":
             for i, w in short[g.id].compensated(g.n_units - r).items():
                 np.testing.assert_allclose(w, full[g.id].compensated(g.n_units - r)[i], rtol=1e-9, atol=1e-12)
+        # a plan deeper than the short path is refused, not applied with fewer units removed
+        with pytest.raises(ValueError, match="outside the path"):
+            short[g.id].removed(g.n_units - r - 1)
+        with pytest.raises(ValueError, match="outside the path"):
+            short[g.id].compensated(g.n_units - r - 1)
+        assert len(full[g.id].removed(g.n_units - r - 1)) == r + 1
 
 
 def test_ratio_without_budget_gives_the_same_model_with_shorter_paths(rng: np.random.Generator,

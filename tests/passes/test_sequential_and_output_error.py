@@ -420,3 +420,38 @@ def test_residual_refit_finds_the_residual_adds_and_corrects_the_stream(rng: np.
     assert st["refit_stages"] >= 4  # one residual-corrected layer a stage
     el, er = relative_output_error(layer, dense, held_out), relative_output_error(res, dense, held_out)
     assert er < el, (er, el)
+
+
+@pytest.mark.parametrize("sequential", [0, 4])
+def test_thin_calibration_is_reported_per_input_column(rng: np.random.Generator, sequential: int) -> None:
+    """The report gives the calibration rows per input column of the widest-fed consumer (the
+    hidden width 48 of `down*`: 8 feeds x 64 rows = 512 rows, 10.7 per column) and says when that
+    is under MIN_ROWS_PER_COLUMN; with twice the feeds (21.3 per column) it says nothing."""
+    from spa_compiler.passes._pruning import MIN_ROWS_PER_COLUMN
+
+    dense = deep_mlp(rng)
+
+    def run_with(n: int) -> tuple[dict, list[str]]:
+        model = ModelIR.from_proto(dense)
+        ctx = CompileContext(calibration=_calib(np.random.default_rng(3), n=n))
+        PassManager([PruneToBudgetPass(round_to=1, criterion="obs", ratio=0.5, sequential=sequential)]).run(model, ctx)
+        (rec,) = ctx.report.passes
+        return rec.stats, [x for x in ctx.report.notes if "calibration is thin" in x]
+
+    stats, notes = run_with(8)
+    assert stats["calibration_rows"] == 512
+    assert stats["calibration_rows_per_column"] == round(512 / 48, 2) < MIN_ROWS_PER_COLUMN
+    (note,) = notes
+    assert "down" in note and "48 input columns" in note and f"{MIN_ROWS_PER_COLUMN * 48} rows" in note
+    stats, notes = run_with(16)
+    assert stats["calibration_rows"] == 1024 and stats["calibration_rows_per_column"] == round(1024 / 48, 2)
+    assert notes == []
+
+
+def test_no_calibration_coverage_without_measured_statistics(rng: np.random.Generator) -> None:
+    model = ModelIR.from_proto(deep_mlp(rng))
+    ctx = CompileContext(calibration=_calib(rng))
+    PassManager([PruneToBudgetPass(round_to=1, criterion="magnitude", ratio=0.5)]).run(model, ctx)
+    (rec,) = ctx.report.passes
+    assert "calibration_rows_per_column" not in rec.stats
+    assert not any("calibration is thin" in x for x in ctx.report.notes)
