@@ -180,9 +180,15 @@ def test_disk_full_during_the_save_is_one_line_and_leaves_nothing(
 
 
 # ------------------------------------------------------------------------------ 2. signals
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*argv: str, **kw) -> subprocess.Popen[str]:
+    """The CLI as a terminal starts it: SIGINT at its default even when these tests run as a
+    background job (`cmd &` starts with SIGINT ignored, which the tool rightly keeps)."""
     return subprocess.Popen([sys.executable, "-m", "spa_compiler", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default, **kw)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
