@@ -184,6 +184,17 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _finish(p: subprocess.Popen[str], timeout: float = 60) -> str:
+    """`p`'s stderr once it exits; a run that outlives `timeout` is killed (a failed test must
+    not leave a compile running) and the test fails."""
+    try:
+        return p.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise
+
+
 def _cli(*argv: str, **kw) -> subprocess.Popen[str]:
     """The CLI as a terminal starts it: SIGINT at its default even when these tests run as a
     background job (`cmd &` starts with SIGINT ignored, which the tool rightly keeps)."""
@@ -217,7 +228,7 @@ def test_signal_during_a_pass_stops_with_one_line_and_a_report(tmp_path: Path, s
         time.sleep(0.05)
     time.sleep(0.3)
     p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
+    err = _finish(p)
     assert p.returncode == 128 + int(sig), err
     lines = _messages(err)
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -250,7 +261,7 @@ def test_early_ctrl_c_prints_no_traceback(tmp_path: Path, chain: Path, extra_del
         time.sleep(0.002)
     time.sleep(extra_delay)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    err = _finish(p)
     assert "Traceback" not in err, err
     if p.returncode != 0:  # (a fast machine may have finished)
         assert p.returncode == 130, err
