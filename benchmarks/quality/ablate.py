@@ -93,18 +93,18 @@ def _ln_refit(model: Any, dense: Any, feeds: list[dict[str, np.ndarray]]) -> int
 
     lns = [n for n in model.graph.nodes if n.op == "LayerNormalization"
            and all(isinstance(t, gs.Constant) for t in n.inputs[1:3])]
-    dense_out = ActivationCollector(dense, [n.outputs[0].name for n in lns])
-    targets = [dense_out.run({k: v for k, v in f.items() if k in dense_out.input_names}) for f in feeds]
+    with ActivationCollector(dense, [n.outputs[0].name for n in lns]) as dense_out:
+        targets = [dense_out.run({k: v for k, v in f.items() if k in dense_out.input_names}) for f in feeds]
     for ln in lns:
         eps = float(ln.attrs.get("epsilon", 1e-5))
-        col = ActivationCollector(model, [ln.inputs[0].name], prune=True)
         sums = np.zeros((5, ln.inputs[1].values.size))
-        for f, t in zip(feeds, targets):
-            x = col.run({k: v for k, v in f.items() if k in col.input_names})[ln.inputs[0].name]
-            x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-            y = np.asarray(t[ln.outputs[0].name], np.float64).reshape(x.shape)
-            xh = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + eps)
-            sums += [xh.sum(0), y.sum(0), (xh * xh).sum(0), (xh * y).sum(0), np.full(x.shape[1], len(x))]
+        with ActivationCollector(model, [ln.inputs[0].name], prune=True) as col:
+            for f, t in zip(feeds, targets):
+                x = col.run({k: v for k, v in f.items() if k in col.input_names})[ln.inputs[0].name]
+                x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+                y = np.asarray(t[ln.outputs[0].name], np.float64).reshape(x.shape)
+                xh = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + eps)
+                sums += [xh.sum(0), y.sum(0), (xh * xh).sum(0), (xh * y).sum(0), np.full(x.shape[1], len(x))]
         sx, sy, sxx, sxy, n = sums
         gain = (sxy / n - sx * sy / n**2) / np.maximum(sxx / n - (sx / n) ** 2, 1e-12)
         dtype = ln.inputs[1].values.dtype

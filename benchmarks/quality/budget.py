@@ -63,8 +63,9 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
     stem = f"{name}-{row}-{budget}"
     onnx, rep = work / f"{stem}.onnx", work / f"{stem}.report.json"
     cmd = [*_spa(), *compile_args(cfg, dense, onnx, rep, budget, options, table)]
-    if calib:
-        cmd += ["--calib", calib_spec or cfg["calib"]]
+    spec = (calib_spec or cfg["calib"]) if calib else None
+    if spec:
+        cmd += ["--calib", spec]
     log = work / f"{stem}.compile.log"
     if reuse and rep.exists() and onnx.exists():  # compiled by an earlier (interrupted) run
         cost = {**_from_log(log), "reused": True}
@@ -88,7 +89,7 @@ def run_row(name: str, budget: str, row: str, options: str, calib: bool, table: 
             "family", "skipped")
     return {
         "row": row, "budget": float(budget), "options": options, "calib": calib,
-        "calib_spec": (calib_spec or cfg["calib"]) if calib else None,
+        "calib_spec": spec,
         "command": shlex.join(["spa-compile", *cmd[3:]]).replace(str(dense), f"<{cfg['real']}>"),
         "evaluate_command": shlex.join(["python", "-m", "benchmarks.quality.run", "--model", name, "--onnx",
                                         "<compiled>", "--dense", f"<{cfg['real']}>", *eval_args]),
