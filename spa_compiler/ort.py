@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,9 @@ def make_session(
     if isinstance(model, ModelIR):
         model, own = model.to_proto_split()
         initializers = {**own, **(initializers or {})}
+    if isinstance(model, onnx.ModelProto):
+        model, shared = split_weights(model)
+        initializers = {**shared, **(initializers or {})}
     values = add_initializers(so, initializers or {})
     if isinstance(model, onnx.ModelProto):
         for lib in custom_op_libraries(model):
@@ -69,6 +73,7 @@ def make_session(
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     sess = ort.InferenceSession(src, sess_options=so, providers=list(providers))
     sess._spa_initializers = values  # ORT reads these arrays for the session's lifetime
+    sess._spa_names = list(initializers or {})
     return sess
 
 
@@ -89,6 +94,115 @@ def custom_op_libraries(model: onnx.ModelProto) -> list[str]:
         return [str(runtime_ops.ort_library_path())]  # type: ignore[attr-defined]
     except Exception:  # no op package or not built: ORT then names the missing op
         return []
+
+
+#: Weight arrays handed to ONNX Runtime sessions, by content (`split_weights`): models that share
+#: weights (the lowering variants of one model, candidates that differ in a few layers) give their
+#: sessions one copy of each shared tensor. Weak: an array lives while a session or a
+#: `share_weights` holder refers to it.
+_SHARED: weakref.WeakValueDictionary[str, npt.NDArray[Any]] = weakref.WeakValueDictionary()
+
+#: Location of a tensor whose data is an array of `_SHARED` (`share_weights`); the key follows.
+SHARED_LOCATION = "spa-shared:"
+
+#: Tensor types ONNX Runtime's Python binding takes as numpy arrays (others stay inline).
+_SPLIT_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+    onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+}
+
+
+def _shared_array(t: onnx.TensorProto) -> tuple[str, npt.NDArray[Any]]:
+    """The shared array holding a raw tensor's data (registered on first sight) and its key."""
+    import hashlib
+
+    data = t.raw_data
+    dims = tuple(int(d) for d in t.dims)
+    key = f"{t.data_type}:{'x'.join(map(str, dims))}:{hashlib.blake2b(data, digest_size=20).hexdigest()}"
+    arr = _SHARED.get(key)
+    if arr is None:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        arr = np.frombuffer(data, dtype=dtype).reshape(dims)  # read-only view of `data`, no copy
+        _SHARED[key] = arr
+    return key, arr
+
+
+def _is_large_raw(t: onnx.TensorProto) -> bool:
+    from spa_compiler.protos import EXTERNAL_DATA_MIN_TENSOR
+
+    return (t.data_location != onnx.TensorProto.EXTERNAL and t.data_type in _SPLIT_TYPES
+            and t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_DATA_MIN_TENSOR)
+
+
+def _placeholder(t: onnx.TensorProto, location: str) -> onnx.TensorProto:
+    out = onnx.TensorProto()
+    out.name, out.data_type = t.name, t.data_type
+    out.dims.extend(t.dims)
+    out.data_location = onnx.TensorProto.EXTERNAL
+    out.external_data.add(key="location", value=location)
+    return out
+
+
+def _with_initializers(model: onnx.ModelProto, initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+    from spa_compiler.protos import copy_fields
+
+    out = onnx.ModelProto()
+    copy_fields(out, model, skip="graph")
+    copy_fields(out.graph, model.graph, skip="initializer")
+    out.graph.initializer.extend(initializers)
+    return out
+
+
+def share_weights(model: onnx.ModelProto, held: list[Any]) -> onnx.ModelProto:
+    """A copy of `model` whose large initializers (main graph, raw data) point to shared arrays
+    instead of holding their data, for timing several variants of one model side by side without a
+    copy of the weights per variant (`make_session` resolves them). The arrays are appended to
+    `held`: keep it as long as the copy is used. Tensors equal in content are one array."""
+    inits: list[onnx.TensorProto] = []
+    for t in model.graph.initializer:
+        if _is_large_raw(t):
+            key, arr = _shared_array(t)
+            held.append(arr)
+            inits.append(_placeholder(t, SHARED_LOCATION + key))
+        else:
+            inits.append(t)
+    return _with_initializers(model, inits)
+
+
+def split_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, npt.NDArray[Any]]]:
+    """`model` without the data of its large initializers (main graph, raw data; placeholders at
+    `STRIPPED_LOCATION`) and those tensors as arrays by name, for ONNX Runtime's external
+    initializers (read in place on the CPU: the session makes no copy of them). A tensor whose
+    content another session already holds is that session's array; a `share_weights` reference is
+    its array. The model itself is returned when it has nothing to split."""
+    from spa_compiler.protos import STRIPPED_LOCATION
+
+    if not any(_is_large_raw(t) or _shared_key(t) for t in model.graph.initializer):
+        return model, {}
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    inits: list[onnx.TensorProto] = []
+    for t in model.graph.initializer:
+        key = _shared_key(t)
+        if key is not None:
+            arr = _SHARED.get(key)
+            if arr is None:
+                raise RuntimeError(f"initializer {t.name!r} refers to shared weights no longer held (a bug)")
+            arrays[t.name] = arr
+        elif _is_large_raw(t):
+            arrays[t.name] = _shared_array(t)[1]
+        else:
+            inits.append(t)
+            continue
+        inits.append(_placeholder(t, STRIPPED_LOCATION))
+    return _with_initializers(model, inits), arrays
+
+
+def _shared_key(t: onnx.TensorProto) -> str | None:
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    loc = next((e.value for e in t.external_data if e.key == "location"), "")
+    return loc[len(SHARED_LOCATION):] if loc.startswith(SHARED_LOCATION) else None
 
 
 def add_initializers(so: Any, arrays: Mapping[str, npt.NDArray[Any]]) -> list[Any]:

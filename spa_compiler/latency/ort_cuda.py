@@ -246,11 +246,20 @@ def make_cuda_session(
     so.log_severity_level = 3
     if not isinstance(model, (onnx.ModelProto, str)):
         model = model.to_proto()  # ModelIR
+    values: list[Any] = []
+    if isinstance(model, onnx.ModelProto):
+        from spa_compiler.ort import add_initializers, split_weights
+
+        # large weights as external initializers (one host copy shared by the variants timed
+        # side by side, `spa_compiler.ort.split_weights`); the provider copies them to the device
+        model, arrays = split_weights(model)
+        values = add_initializers(so, arrays)
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     opts = {"device_id": str(device_id), **{k: str(v) for k, v in (provider_options or {}).items()}}
     sess = ort.InferenceSession(
         src, sess_options=so, providers=[(CUDA_EP, opts), "CPUExecutionProvider"]
     )
+    sess._spa_initializers = values  # the session may read them while it lives
     if sess.get_providers()[0] != CUDA_EP:
         raise UsageError(
             "ONNX Runtime could not start the CUDA provider (no GPU, or no CUDA/cuDNN libraries)",

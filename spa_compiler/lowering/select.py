@@ -281,10 +281,15 @@ def _measure_families(
     provider: Any,
     decision: Decision,
 ) -> list[str]:
+    from spa_compiler.ort import share_weights
+
     labels = ["none", "all"] + ([f"all-minus-{f}" for f in passing] if len(passing) > 1 else [])
     plans = [base, base.with_families(passing)] + (
         [base.with_families([g for g in passing if g != f]) for f in passing] if len(passing) > 1 else [])
-    protos = [lower(model, p, input_shapes).model for p in plans]
+    # each variant is a full model; timed side by side (paired), they share one copy of the
+    # weights they have in common (`ort.share_weights`) instead of holding one each
+    held: list[Any] = []
+    protos = [share_weights(lower(model, p, input_shapes).model, held) for p in plans]
     times = [t.ms for t in provider.time_many(protos, feeds)]
     ms = dict(zip(labels, times, strict=True))
     decision.timings["dense_ms"] = {k: round(v, 5) for k, v in ms.items()}
@@ -306,7 +311,7 @@ def _measure_families(
         return []
     if keep != passing:
         t_none, t_keep = (t.ms for t in provider.time_many(
-            [protos[0], lower(model, base.with_families(keep), input_shapes).model], feeds))
+            [protos[0], share_weights(lower(model, base.with_families(keep), input_shapes).model, held)], feeds))
         decision.timings["kept_vs_none_ms"] = {"none": round(t_none, 5), "kept": round(t_keep, 5)}
     else:
         t_none, t_keep = ms["none"], t_all
