@@ -123,10 +123,10 @@ def sequential_refit(
             feeds = (calibration if not usable else
                      ({**f, **c} for f, c in zip(calibration, fed_values)))  # type: ignore[arg-type]
             capture = [] if nxt is None else [c for c in nxt if c not in usable]
-            captured: list[dict[str, Any]] = []
+            captured = cuts.capture()
             accs = collect_hessians(model, flat, feeds, seed=seed + s, prune=True, fed=usable,
                                     capture=capture, captured=captured)
-            if nxt is not None and cuts.fits(captured):
+            if nxt is not None and not captured.overflowed:
                 carried = [c for c in nxt if c in usable]
                 fed_values = [{**cap, **{c: old[c] for c in carried}} for cap, old in
                               zip(captured, fed_values or [{}] * len(captured))]
@@ -180,23 +180,52 @@ class _Cuts:
                 producer[t.name] = i
         self.producer = producer
         self.reads: list[set[str]] = []
+        #: tensors that depend on a graph input (the rest are functions of the weights alone, e.g.
+        #: a tied LM head's transposed embedding: the same on every feed, so never captured)
+        self.varying: set[str] = {t.name for t in model.graph.inputs}
         for i, n in enumerate(nodes):
             names = {t.name for t in n.inputs}
             names |= _subgraph_reads(n)
             self.reads.append(names)
             if any(producer.get(x, -1) >= i for x in names):
                 self.ok = False  # not topologically ordered: no cuts
+            if names & self.varying:
+                self.varying.update(t.name for t in n.outputs)
 
     def at(self, q: int) -> list[str] | None:
-        """Tensors made by nodes before position q and read at or after it (None: no cut)."""
+        """Tensors that depend on the graph's inputs, made by nodes before position q and read at or
+        after it (None: no cut). The weights-only tensors crossing the cut are not in it: the pass
+        fed the cut recomputes them from the weights."""
         if not self.ok or q <= 0:
             return None
         read_after: set[str] = set().union(*self.reads[q:]) if q < len(self.reads) else set()
-        return sorted(x for x in read_after if self.producer.get(x, len(self.nodes)) < q)
+        return sorted(x for x in read_after if self.producer.get(x, len(self.nodes)) < q and x in self.varying)
 
-    def fits(self, captured: list[dict[str, Any]]) -> bool:
-        total = sum(int(np.asarray(v).nbytes) for c in captured for v in c.values())
-        return total <= self.MAX_BYTES
+    def capture(self) -> _Captured:
+        """An empty list for one pass's captured cut values, bounded by MAX_BYTES."""
+        return _Captured(self.MAX_BYTES)
+
+
+class _Captured(list):  # type: ignore[type-arg]
+    """Captured cut values, one dict per feed (`collect_hessians(captured=)`). Past `limit` bytes it
+    empties itself and takes nothing more (`overflowed`): the next pass then starts at the graph's
+    inputs, and the captured values never hold more than the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.nbytes = 0
+        self.overflowed = False
+
+    def append(self, values: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        self.nbytes += sum(int(np.asarray(v).nbytes) for v in values.values())
+        if self.nbytes > self.limit:
+            self.overflowed = True
+            self.clear()
+            return
+        super().append(values)
 
 
 def _subgraph_reads(node: Any) -> set[str]:

@@ -275,6 +275,92 @@ def test_sequential_passes_start_at_the_previous_stage(rng: np.random.Generator,
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-6, atol=1e-7)
 
 
+def _tied_head(dense: onnx.ModelProto) -> onnx.ModelProto:
+    """`dense` with an output projection through a weights-only tensor made at the graph's start
+    (as an exporter writes a tied LM head: Transpose(embedding) first, read by the last MatMul):
+    it crosses every cut of the graph."""
+    out = onnx.ModelProto()
+    out.CopyFrom(dense)
+    g = out.graph
+    g.initializer.append(onnx.numpy_helper.from_array(np.random.default_rng(3).standard_normal((D, D)).astype(np.float32), "head"))
+    last = g.node[-1].input[0]
+    del g.node[-1]
+    nodes = [helper.make_node("Transpose", ["head"], ["headT"], name="tie"), *g.node,
+             helper.make_node("MatMul", [last, "headT"], ["y"], name="lm_head")]
+    del g.node[:]
+    g.node.extend(nodes)
+    return out
+
+
+def _cut_spy(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    from spa_compiler.criteria import paths as paths_mod
+
+    calls: list[dict] = []
+    real = paths_mod.collect_hessians
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        cap = kw.get("captured")
+        calls.append({"fed": tuple(kw.get("fed", ())), "capture": tuple(kw.get("capture", ())),
+                      "kept": len(cap) if cap is not None else None,
+                      "overflowed": getattr(cap, "overflowed", None)})
+        return out
+
+    monkeypatch.setattr(paths_mod, "collect_hessians", spy)
+    return calls
+
+
+def _same_weights(a: ModelIR, b: ModelIR, depth: int) -> None:
+    ta, tb = a.tensors(), b.tensors()
+    for name in [f"d{i}" for i in range(depth)] + [f"u{i}" for i in range(depth)]:
+        np.testing.assert_allclose(ta[name].values, tb[name].values, rtol=1e-6, atol=1e-7)
+
+
+def test_weights_only_tensors_are_recomputed_not_captured_at_a_cut(rng: np.random.Generator,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor made from the weights alone (a tied head's transpose) is the same on every feed: a
+    cut leaves it out (the pass recomputes it), so the captured values hold one copy of nothing
+    per feed instead of a weight per feed (SmolLM2: 113 MB a feed, 7.6 GB for 64 feeds)."""
+    from spa_compiler.criteria import sequential
+
+    dense = _tied_head(deep_mlp(rng, depth=6))
+    ir = ModelIR.from_proto(dense)
+    order = {n.name: i for i, n in enumerate(ir.graph.nodes)}
+    cut = sequential._Cuts(ir).at(order["up3"])
+    assert cut is not None and "o2" in cut and "headT" not in cut
+    calls = _cut_spy(monkeypatch)
+    calib = _calib(rng)
+    with_cuts, _ = _prune(dense, calib, sequential=4)
+    fed = [c for c in calls if c["fed"]]
+    assert len(fed) >= 2 and not any("headT" in c["fed"] + c["capture"] for c in calls)
+    monkeypatch.setattr(sequential._Cuts, "at", lambda self, q: None)
+    without, _ = _prune(dense, calib, sequential=4)
+    _same_weights(with_cuts, without, 6)
+    np.testing.assert_allclose(run(with_cuts.to_proto(), calib[0])[0], run(without.to_proto(), calib[0])[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_captured_cut_values_past_the_limit_are_dropped_as_they_come(rng: np.random.Generator,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Captured values stop at `_Cuts.MAX_BYTES` while the pass runs (not after it has held them
+    all): the list empties itself, the next pass starts at the inputs, and the weights are the same."""
+    from spa_compiler.criteria import sequential
+
+    dense = deep_mlp(rng, depth=6)
+    calib = _calib(rng)  # 8 feeds of 64 x 16 float32: 4 KiB of cut value each
+    calls = _cut_spy(monkeypatch)
+    monkeypatch.setattr(sequential._Cuts, "MAX_BYTES", 3 * 64 * D * 4)
+    small, _ = _prune(dense, calib, sequential=4)
+    captures = [c for c in calls if c["capture"]]
+    assert captures and all(c["overflowed"] and c["kept"] == 0 for c in captures)
+    assert not any(c["fed"] for c in calls)  # every pass from the graph's inputs
+    monkeypatch.setattr(sequential._Cuts, "MAX_BYTES", 2**30)
+    calls.clear()
+    roomy, _ = _prune(dense, calib, sequential=4)
+    assert any(c["fed"] for c in calls) and not any(c["overflowed"] for c in calls if c["capture"])
+    _same_weights(small, roomy, 6)
+
+
 def _bias_blocks(rng: np.random.Generator, depth: int, hidden: int, batch: int, *, up_bias: float,
                  down_scale: float, residual: bool) -> onnx.ModelProto:
     """x -> [down(relu(up(x) + bu)) + bd] x depth -> y, each block added to its input if `residual`."""
