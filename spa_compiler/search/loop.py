@@ -405,7 +405,9 @@ def _uniform_candidate(
 ) -> float | None:
     """Measure one family's plan at the share the table, scaled by `ratio` (measured / predicted),
     puts at `budget`; once more at the family's own ratio when that misses the budget or lands
-    more than the tolerance under it. Returns the least output error measured within the budget."""
+    more than the tolerance under it; and when those two measured shares bracket the budget (one
+    over it, one more than the tolerance under it), once more at the share interpolated between
+    their measured latencies. Returns the least output error measured within the budget."""
 
     def share_for(r: float) -> float | None:
         hi = settings.joint_max_share
@@ -421,10 +423,13 @@ def _uniform_candidate(
         return hi
 
     tried: list[dict[str, Hashable]] = []
+    measured_at: list[tuple[float, float]] = []  # (share, measured ms)
     r = ratio
     best: float | None = None
-    for attempt in range(2):
-        share = share_for(r)
+    for attempt in range(3):
+        share = share_for(r) if attempt < 2 else _bracketed_share(measured_at, budget)
+        if share is None and attempt == 2:
+            return best
         if share is None:
             rounds.append({"round": len(rounds) + 1, "status": "uniform-candidate", "family": family,
                            "skipped": "the table puts its deepest share over the budget"})
@@ -450,13 +455,31 @@ def _uniform_candidate(
         rounds.append(record)
         logger.info("uniform candidate %s: share %.4f, predicted %.4f, measured %.4f, output error %.4g",
                     family, share, predicted, measured, out_err)
+        if attempt == 2:
+            record["interpolated"] = True
         consider(measured, error, plan, out_err)
+        measured_at.append((share, measured))
         if measured <= budget and (best is None or out_err < best):
             best = out_err
-        if budget >= measured >= user_budget * (1.0 - settings.tolerance) or attempt or predicted <= 0:
+        if budget >= measured >= user_budget * (1.0 - settings.tolerance) or attempt == 2 or predicted <= 0:
             return best
         r = measured / predicted  # this family's own measured / predicted ratio
     return best
+
+
+def _bracketed_share(measured_at: Sequence[tuple[float, float]], budget: float) -> float | None:
+    """The share at which the line through two measured (share, ms) points, one over `budget` and
+    one under it, meets the budget; None unless the points bracket it with the over one at the
+    lesser share (deeper shares are faster)."""
+    over = [(s, m) for s, m in measured_at if m > budget]
+    under = [(s, m) for s, m in measured_at if m <= budget]
+    if not over or not under:
+        return None
+    (s0, m0), (s1, m1) = max(over), min(under)  # the closest pair around the budget
+    if not s0 < s1 or not m0 > m1:
+        return None
+    share = s0 + (s1 - s0) * (m0 - budget) / (m0 - m1)
+    return share if s0 < share < s1 else None
 
 
 def _joint_fallback(

@@ -271,3 +271,53 @@ def test_variants_are_tried_for_the_best_family_only() -> None:
     assert fams[:2] == ["plain", "front"] and "plain, graded" in fams and "front, graded" not in fams
     assert "front-variant" not in made
     assert out.output_error == pytest.approx(0.14)
+
+
+def test_a_uniform_family_bracketing_the_budget_is_measured_once_more_in_between() -> None:
+    """The table is linear; the real latency bends (faster than predicted past a share, slower
+    before it). The table's share measures over the budget, the family's own ratio overshoots
+    under it by more than the tolerance; the share interpolated between those two measurements is
+    measured too, meets the budget nearer to it and with less output error, and is what the family
+    returns."""
+    from spa_compiler.search.loop import _uniform_candidate
+
+    budget = 60.0
+
+    def predict(plan: Mapping[str, Hashable]) -> float:
+        return 100.0 * (1.0 - float(plan["n"]))  # type: ignore[arg-type]
+
+    def measure(plan: Mapping[str, Hashable], predicted: float) -> float:
+        share = float(plan["n"])  # type: ignore[arg-type]
+        return 100.0 * (1.0 - share) + (8.0 if share < 0.42 else -8.0)
+
+    rounds: list[dict] = []
+    seen: list[tuple[float, float | None]] = []
+    best = _uniform_candidate(
+        "every neuron group", lambda s: {"n": round(s, 4)}, 1.0, budget, budget, 10.0, 1,
+        plan_error=lambda p: float(p["n"]) ** 2, predict=predict, measure=measure,  # type: ignore[arg-type]
+        measure_error=lambda p: float(p["n"]), model=None, rounds=rounds,  # type: ignore[arg-type]
+        settings=LoopSettings(safety=0.0, tolerance=0.05),
+        consider=lambda m, e, p, o: seen.append((m, o)))
+    got = [(r["uniform_share"], r["measured_ms"]) for r in rounds]
+    assert len(got) == 3 and [r.get("interpolated", False) for r in rounds] == [False, False, True]
+    (s0, m0), (s1, m1), (s2, m2) = got
+    assert m0 > budget and m1 < budget * 0.95  # over, then more than the tolerance under
+    assert s0 < s2 < s1 and m1 < m2 <= budget  # in between, nearer the budget, within it
+    assert best == pytest.approx(s2, abs=1e-4) and best < s1  # less error than the overshoot
+    assert len(seen) == 3
+
+
+def test_a_uniform_family_is_not_interpolated_without_a_bracket() -> None:
+    """Both measured shares over the budget (the curve is slower than predicted everywhere): no
+    third share is guessed; the family returns no result within the budget."""
+    from spa_compiler.search.loop import _uniform_candidate
+
+    rounds: list[dict] = []
+    best = _uniform_candidate(
+        "every neuron group", lambda s: {"n": round(s, 4)}, 1.0, 60.0, 60.0, 10.0, 1,
+        plan_error=lambda p: float(p["n"]), predict=lambda p: 100.0 * (1.0 - float(p["n"])),  # type: ignore[arg-type]
+        measure=lambda p, pred: 100.0 * (1.0 - float(p["n"])) + 30.0,  # type: ignore[arg-type]
+        measure_error=lambda p: float(p["n"]), model=None, rounds=rounds,  # type: ignore[arg-type]
+        settings=LoopSettings(safety=0.0, tolerance=0.05), consider=lambda *a: None)
+    assert best is None
+    assert len(rounds) == 2 and not any(r.get("interpolated") for r in rounds)
