@@ -20,6 +20,12 @@ fixed and only what follows it varies:
 - ``isolated``: each group's cut alone (every other group dense, one-shot re-fit): its own output
   error; the sum against the joint plan's says how much compounds.
 
+With ``--criterion obspa`` the units are ranked and re-fitted data-free (the model's response to
+synthetic feeds) at the same plan's counts. The hybrid variants (``HYBRIDS``, one-shot, with
+``--criterion obs``) take the removal order from one criterion and the re-fit's Hessians from the
+other (or no re-fit): they say whether data-free OBSPA loses in which units it removes or in how it
+re-fits the consumers.
+
 Every figure is measured on held-out data (the evaluation split, never the calibration):
 ``1 - cosine`` of the mean-pooled sentence embeddings (the harness's `cosine_to_dense`), and per
 residual-stream checkpoint (every LayerNormalization output both models have) the mean token cosine.
@@ -113,6 +119,54 @@ def _ln_refit(model: Any, dense: Any, feeds: list[dict[str, np.ndarray]]) -> int
     return len(lns)
 
 
+#: hybrid variants: (whose removal order, whose Hessians re-fit the consumers; None: no re-fit),
+#: between calibrated OBS ("obs") and data-free OBSPA ("obspa"), one-shot, at the plan's counts
+HYBRIDS: dict[str, tuple[str, str | None]] = {
+    "obs-norefit": ("obs", None), "obspa-norefit": ("obspa", None),
+    "obspa-order-obs-refit": ("obspa", "obs"), "obs-order-obspa-refit": ("obs", "obspa"),
+    "obspa-oneshot": ("obspa", "obspa"),
+}
+
+
+#: re-fit variants on OBSPA's order: (feeds the consumers' moments come from, their form): "full"
+#: the second moment E[x x^T] (what OBS uses), "mean-diag" the per-column variances and the
+#: means' outer product, diag(var) + mu mu^T (the columns' correlations other than through their
+#: means dropped)
+MOMENTS: dict[str, tuple[str, str]] = {
+    "refit-synthetic-full": ("synthetic", "full"), "refit-synthetic-mean-diag": ("synthetic", "mean-diag"),
+    "refit-calibration-full": ("calibration", "full"), "refit-calibration-mean-diag": ("calibration", "mean-diag"),
+}
+
+
+def _synthetic(dense: Any, shapes: dict[str, list[int]]) -> list[dict[str, np.ndarray]]:
+    from spa_compiler.context import CompileContext
+    from spa_compiler.passes.prune_to_budget import PruneToBudgetPass
+
+    return PruneToBudgetPass(criterion="obspa")._synthetic(CompileContext(input_shapes=shapes), dense)
+
+
+def _refit_moments(dense: Any, paths: dict[str, Any], feeds: list[dict[str, np.ndarray]],
+                   form: str, damp: float = 0.01) -> dict[str, list[np.ndarray]]:
+    """Per group, per consumer view, the prepared Hessian of its re-fit from `feeds`."""
+    from spa_compiler.criteria.obs import prepare_hessian
+    from spa_compiler.criteria.paths import collect_hessians
+
+    flat = [(g, v) for g, p in paths.items() for v in p.views]
+    accs = collect_hessians(dense, [v for _, v in flat], feeds, prune=True)
+    out: dict[str, list[np.ndarray]] = {}
+    for i, (g, _v) in enumerate(flat):
+        a = accs[i]
+        if form == "full":
+            h = a.hessian(damp=damp)
+        else:
+            mu = a.mean()
+            var = np.maximum(np.diag(a.second_moment()) - mu * mu, 0.0)
+            h = 2.0 * (np.diag(var) + np.outer(mu, mu))
+            h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
+        out.setdefault(g, []).append(prepare_hessian(h))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality.ablate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["minilm"], default="minilm")
@@ -120,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="layer-oneshot,layer-seq4,dense-1,dense-4,isolated")
     ap.add_argument("--n-test", type=int, default=300, help="held-out sentences (evaluation split)")
     ap.add_argument("--calib-n", type=int, default=1024, help="calibration sentences (minilm_calibration)")
+    ap.add_argument("--criterion", choices=["obs", "obspa"], default="obs",
+                    help="obs: units ranked and re-fitted on calibration; obspa: data-free (the model's "
+                         "response to synthetic feeds), the same plan's counts")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -140,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     dense = ModelIR.from_proto(onnx.load(str(dense_path)))
     shapes = {s.split(":")[0]: [int(v) for v in s.split(":")[1].split("x")] for s in cfg["shapes"]}
     calib = list(evaluate.minilm_calibration(args.calib_n))
-    ctx = CompileContext(calibration=calib, input_shapes=shapes)
+    ctx = CompileContext(calibration=calib if args.criterion == "obs" else None, input_shapes=shapes)
     t0 = time.perf_counter()
     # paths to the deepest cut (without a budget they would stop at the default ratio's share, and
     # a plan beyond it would not apply)
-    base = PruneToBudgetPass(criterion="obs", round_to=1, ratio=PruneToBudgetPass.max_ratio)
+    base = PruneToBudgetPass(criterion=args.criterion, round_to=1, ratio=PruneToBudgetPass.max_ratio)
     method = base.build_method(dense.clone(), ctx)
     method_s = time.perf_counter() - t0
     paths0 = dict(method.paths)
@@ -152,15 +209,48 @@ def main(argv: list[str] | None = None) -> int:
     dense_emb = evaluate.minilm_embeddings(make_session(dense, threads=2, optimize=True), texts)
     out: dict[str, Any] = {"command": "python -m benchmarks.quality.ablate " + " ".join(argv or sys.argv[1:]),
                            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                           "load_avg": os.getloadavg(), "kept": kept, "n_test": len(texts),
+                           "load_avg": os.getloadavg(), "criterion": args.criterion, "kept": kept, "n_test": len(texts),
                            "method_build_s": round(method_s, 1), "variants": {}}
     settings = {"layer-oneshot": dict(sequential=0, refit="layer"), "layer-seq4": dict(sequential=4, refit="layer"),
                 "dense-1": dict(sequential=0, refit="dense", refit_stages=1),
                 "dense-4": dict(sequential=0, refit="dense", refit_stages=4),
                 "dense-4-seq4": dict(sequential=4, refit="dense", refit_stages=4),
                 "residual": dict(sequential=0, refit="residual"), "layer-ln": dict(sequential=0, refit="layer")}
+    other = None  # the data-free paths, for the hybrid variants
+    if any(v in HYBRIDS or v in MOMENTS for v in args.variants.split(",")):
+        if args.criterion != "obs":
+            raise SystemExit("the hybrid variants compare against calibrated OBS: use --criterion obs")
+        df = PruneToBudgetPass(criterion="obspa", round_to=1, ratio=PruneToBudgetPass.max_ratio)
+        other = dict(df.build_method(dense.clone(), CompileContext(input_shapes=shapes)).paths)
     for v in args.variants.split(","):
         t = time.perf_counter()
+        if v in MOMENTS:
+            source, form = MOMENTS[v]
+            hs = _refit_moments(dense, paths0, calib if source == "calibration" else _synthetic(dense, shapes), form)
+            method.paths = {x: dataclasses.replace(other[x], fitted={}, views=paths0[x].views,
+                                                   hessians=hs.get(x, [])) for x in paths0}
+            m = dense.clone()
+            method.apply(m, kept)
+            cos = _sentence_cos(m, dense_emb, texts)
+            out["variants"][v] = {"cosine_to_dense": round(cos, 5), "error": round(1 - cos, 5), "order": "obspa",
+                                  "refit": f"{source} {form}", "seconds": round(time.perf_counter() - t, 1)}
+            print(v, out["variants"][v], flush=True)
+            continue
+        if v in HYBRIDS:
+            order_of, refit_of = HYBRIDS[v]
+            src = {"obs": paths0, "obspa": other}
+            method.paths = {x: dataclasses.replace(
+                src[order_of][x], fitted={},
+                views=src[refit_of][x].views if refit_of else [],
+                hessians=src[refit_of][x].hessians if refit_of else []) for x in paths0}
+            m = dense.clone()
+            method.apply(m, kept)
+            cos = _sentence_cos(m, dense_emb, texts)
+            out["variants"][v] = {"cosine_to_dense": round(cos, 5), "error": round(1 - cos, 5),
+                                  "order": order_of, "refit": refit_of or "none",
+                                  "seconds": round(time.perf_counter() - t, 1)}
+            print(v, out["variants"][v], flush=True)
+            continue
         if v == "isolated":
             iso = {}
             for g, k in kept.items():
@@ -175,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             print(v, out["variants"][v], flush=True)
             continue
         method.paths = {x: dataclasses.replace(p, fitted={}) for x, p in paths0.items()}
-        p = PruneToBudgetPass(criterion="obs", round_to=1, **settings[v])
+        p = PruneToBudgetPass(criterion=args.criterion, round_to=1, **settings[v])
         m = dense.clone()
         stats = p._sequential(m, ctx, method, kept)
         method.apply(m, kept)
