@@ -131,8 +131,9 @@ def _shared_array(t: onnx.TensorProto) -> tuple[str, npt.NDArray[Any]]:
 def _is_large_raw(t: onnx.TensorProto) -> bool:
     from spa_compiler.protos import EXTERNAL_DATA_MIN_TENSOR
 
+    # ByteSize, not len(raw_data): reading a bytes field copies it
     return (t.data_location != onnx.TensorProto.EXTERNAL and t.data_type in _SPLIT_TYPES
-            and t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_DATA_MIN_TENSOR)
+            and t.HasField("raw_data") and t.ByteSize() >= EXTERNAL_DATA_MIN_TENSOR)
 
 
 def _placeholder(t: onnx.TensorProto, location: str) -> onnx.TensorProto:

@@ -110,7 +110,7 @@ def test_proto_sessions_share_equal_weights_and_match_inline_sessions() -> None:
     feeds = random_feeds(model, shapes)
     s1, s2 = make_session(proto, threads=1), make_session(other, threads=1)
     p1, p2 = _pointers(s1), _pointers(s2)
-    assert set(p1) == {t.name for t in big}  # every large tensor went to ORT as an external initializer
+    assert {t.name for t in big} <= set(p1)  # every large tensor went to ORT as an external initializer
     assert all(p1[n] == p2[n] for n in p1 if n != changed)  # one copy of what the variants share
     assert p1[changed] != p2[changed]
     for m, s in ((proto, s1), (other, s2)):  # same results as ORT reading the serialized model
