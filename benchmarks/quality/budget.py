@@ -9,7 +9,9 @@ search's predicted and measured output error per round and the compile's cost.
 Each row compiles with `prune-to-budget{<options>}` (the default pipeline's pass), `--target ort-cpu
 --threads 1`, the given latency table (profiled once with `spa-compile profile`, so rows do not
 re-profile), `--max-error 100` (the summed-error bound lifted, as in the criteria table, so every row
-reaches the budget) and `--calib <the model's calibration function>` when `--calib` is given. Then
+reaches the budget), `--no-cache` (rows measured before 2026-12-02 ran with the timing cache on, so
+a row could reuse an earlier row's timings: row e2e-1202c of budget-smollm2.json did) and `--calib
+<the model's calibration function>` when `--calib` is given. Then
 `benchmarks.quality.run` evaluates the output against the dense model. Results:
 benchmarks/quality/results/budget-<model>.json, one record per row key `<row>@<budget>x`.
 """
@@ -35,10 +37,13 @@ METRIC = {"smollm2": "perplexity", "minilm": "probe_accuracy", "efficientnet": "
 def compile_args(cfg: dict[str, Any], dense: Any, onnx: pathlib.Path, report: pathlib.Path, budget: str,
                  options: str, table: Any) -> list[str]:
     """`spa-compile` arguments (after the program) of one budget row: `prune-to-budget{options}` on
-    ORT CPU, 1 thread, the given latency table, the summed-error bound lifted."""
+    ORT CPU, 1 thread, the given latency table, the summed-error bound lifted, the timing cache off
+    (every row's search times its candidates itself: the rows' plans and compile costs do not
+    depend on which rows ran before)."""
     return [str(dense), "-o", str(onnx), "-p", f"cleanup,prune-to-budget{{{options}}},cleanup",
             "--latency-budget", f"{budget}x", "--target", "ort-cpu", "--latency-table", str(table),
             "--max-error", "100", "--threads", "1", "--runs", str(cfg["runs"]), "--report", str(report),
+            "--no-cache",
             *[a for s in cfg["shapes"] for a in ("--input-shape", s)]]
 
 
