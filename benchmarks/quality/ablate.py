@@ -224,31 +224,27 @@ def main(argv: list[str] | None = None) -> int:
         other = dict(df.build_method(dense.clone(), CompileContext(input_shapes=shapes)).paths)
     for v in args.variants.split(","):
         t = time.perf_counter()
-        if v in MOMENTS:
-            source, form = MOMENTS[v]
-            hs = _refit_moments(dense, paths0, calib if source == "calibration" else _synthetic(dense, shapes), form)
-            method.paths = {x: dataclasses.replace(other[x], fitted={}, views=paths0[x].views,
-                                                   hessians=hs.get(x, [])) for x in paths0}
-            m = dense.clone()
-            method.apply(m, kept)
-            cos = _sentence_cos(m, dense_emb, texts)
-            out["variants"][v] = {"cosine_to_dense": round(cos, 5), "error": round(1 - cos, 5), "order": "obspa",
-                                  "refit": f"{source} {form}", "seconds": round(time.perf_counter() - t, 1)}
-            print(v, out["variants"][v], flush=True)
-            continue
-        if v in HYBRIDS:
-            order_of, refit_of = HYBRIDS[v]
-            src = {"obs": paths0, "obspa": other}
-            method.paths = {x: dataclasses.replace(
-                src[order_of][x], fitted={},
-                views=src[refit_of][x].views if refit_of else [],
-                hessians=src[refit_of][x].hessians if refit_of else []) for x in paths0}
+        if v in MOMENTS or v in HYBRIDS:
+            if v in MOMENTS:
+                source, form = MOMENTS[v]
+                hs = _refit_moments(dense, paths0, calib if source == "calibration" else _synthetic(dense, shapes),
+                                    form)
+                method.paths = {x: dataclasses.replace(other[x], fitted={}, views=paths0[x].views,
+                                                       hessians=hs.get(x, [])) for x in paths0}
+                order_of, refit = "obspa", f"{source} {form}"
+            else:
+                order_of, refit_of = HYBRIDS[v]
+                src = {"obs": paths0, "obspa": other}
+                method.paths = {x: dataclasses.replace(
+                    src[order_of][x], fitted={},
+                    views=src[refit_of][x].views if refit_of else [],
+                    hessians=src[refit_of][x].hessians if refit_of else []) for x in paths0}
+                refit = refit_of or "none"
             m = dense.clone()
             method.apply(m, kept)
             cos = _sentence_cos(m, dense_emb, texts)
             out["variants"][v] = {"cosine_to_dense": round(cos, 5), "error": round(1 - cos, 5),
-                                  "order": order_of, "refit": refit_of or "none",
-                                  "seconds": round(time.perf_counter() - t, 1)}
+                                  "order": order_of, "refit": refit, "seconds": round(time.perf_counter() - t, 1)}
             print(v, out["variants"][v], flush=True)
             continue
         if v == "isolated":
